@@ -1,0 +1,68 @@
+"""From mediapipe's 478 pseudo-3D landmarks to a head pose, a reference camera, and metric 3D
+landmarks in the head frame.
+
+mediapipe gives ``x, y`` in pixels and a relative depth ``z`` in the same scale (smaller is closer).
+The head's axes come from the landmarks themselves: left/right from mirror-symmetric pairs, up from
+chin to forehead. Scale is set by a prior on the outer eye-corner distance; the camera distance
+follows from the field of view, so that a face of that size appears at the photographed size.
+Landmark depths are then unprojected through the camera exactly, so each 3D landmark projects back
+onto its pixel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .camera import CV_TO_GL, Camera, ypr_from_rotation
+
+# mediapipe face-mesh indices: the subject's right side (image left in a frontal photo) and the
+# mirrored points on the left side.
+RIGHT_SIDE = [33, 133, 234, 61, 159, 145, 70, 127, 93]
+LEFT_SIDE = [263, 362, 454, 291, 386, 374, 300, 356, 323]
+FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
+EYE_OUTER = (33, 263)
+FACE_SIDES = (234, 454)
+
+
+def head_rotation(lm_px: np.ndarray) -> np.ndarray:
+    """``(478, 3)`` landmarks -> ``(3, 3)`` rotation from the head frame to the camera frame with
+    axes x right, y up, z toward the viewer (columns: head +X, +Y, +Z seen in that frame)."""
+    P = lm_px * np.array([1.0, -1.0, -1.0])
+    x = (P[LEFT_SIDE] - P[RIGHT_SIDE]).mean(0)
+    x /= np.linalg.norm(x)
+    up = P[FOREHEAD] - P[CHIN]
+    y = up - x * (up @ x)
+    y /= np.linalg.norm(y)
+    z = np.cross(x, y)
+    return np.stack([x, y, z], axis=1)
+
+
+def lift_landmarks(lm_px: np.ndarray, size: int, fovy_deg: float, eye_width_m: float,
+                   center_depth: float) -> tuple[np.ndarray, tuple[float, float, float], Camera, np.ndarray]:
+    """Landmarks in an ``size x size`` crop -> (rotation, yaw/pitch/roll, reference camera, 3D landmarks).
+
+    ``center_depth``: how far behind the face's side points (234/454) the head centre lies, in face
+    widths. The 3D landmarks ``(478, 3)`` are in metres in the head frame.
+    """
+    R = head_rotation(lm_px)
+    P = lm_px * np.array([1.0, -1.0, -1.0])
+    s = eye_width_m / np.linalg.norm(P[EYE_OUTER[1]] - P[EYE_OUTER[0]])  # metres per pixel
+    sides = P[list(FACE_SIDES)].mean(0)
+    C = (P - sides) @ R  # head frame, pixel units
+    face_w = np.linalg.norm(C[FACE_SIDES[1]] - C[FACE_SIDES[0]])
+    eye_y = C[list(EYE_OUTER)].mean(0)[1]
+    center = np.array([C[[FOREHEAD, CHIN]].mean(0)[0], eye_y, -center_depth * face_w])
+    center_px = sides + R @ center  # x right, y up, z toward viewer
+
+    K = Camera.intrinsics(fovy_deg, size, size)
+    f = K[1, 1]
+    dist = f * s
+    R_w2c = CV_TO_GL @ R  # head frame -> OpenCV camera frame
+    uv_c = np.array([center_px[0], -center_px[1], 1.0])
+    t = dist * (np.linalg.inv(K) @ uv_c)
+    cam = Camera(K=K, R=R_w2c, t=t, width=size, height=size)
+
+    # Exact unprojection: camera depth of each landmark = centre depth + its relative depth.
+    depth = dist + (center_px[2] - P[:, 2]) * s
+    world = cam.unproject(lm_px[:, :2], depth)
+    return R, ypr_from_rotation(R), cam, world

@@ -1,0 +1,243 @@
+"""Stage 5, texture (``fast``: back-projection + mirroring + progressive classical inpainting).
+
+1. UV atlas with xatlas; every texel of the atlas knows its surface point and normal.
+2. Back-projection of the photo from the reference view onto visible, camera-facing texels.
+3. Mirroring: texels still empty take the colour of their left/right mirror point when that one
+   was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly).
+4. Progressive inpainting along the paper's camera trajectory (front, sides, back, then from above):
+   each view renders the current texture, fills its empty pixels with a classical inpainter
+   (OpenCV Telea), and back-projects the new pixels into the texels that are still empty.
+5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
+   feathered into the photo region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import xatlas
+
+from .camera import Camera
+from .config import register
+from .mesh import vertex_normals
+from .render import get_rasterizer
+from .types import HeadMesh, PortraitAnalysis, TexturedHead
+
+Progress = Callable[[float, str], None]
+
+# The paper's 15 inpainting views (elevation, azimuth), in order.
+PAPER_TRAJECTORY = ((-15, -45), (-15, 45), (-15, 0), (-15, -90), (-15, 90), (-15, 120), (-15, -120),
+                    (-15, 150), (-15, -150), (-15, 180), (45, 0), (45, 90), (45, -90), (45, 135), (45, -135))
+
+
+def unwrap(mesh: HeadMesh, resolution: int, padding: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas atlas -> (uv ``(M, 2)`` in [0, 1] v up, uv faces ``(F, 3)``, uv-to-vertex ``(M,)``).
+
+    Faces keep their order and winding.
+    """
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(mesh.vertices, mesh.faces.astype(np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = resolution
+    pack.padding = padding
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmap, idx, uv = atlas[0]
+    return uv.astype(np.float32), idx.astype(np.int64), vmap.astype(np.int64)
+
+
+def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill unknown pixels of ``img (H, W, C)`` float from ``known (H, W)`` bool by a mean pyramid."""
+    w = known.astype(np.float32)
+    levels = [(img * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        c, ww = levels[-1]
+        h2, w2 = (c.shape[0] + 1) // 2, (c.shape[1] + 1) // 2
+        c = cv2.resize(c, (w2, h2), interpolation=cv2.INTER_AREA)
+        ww = cv2.resize(ww, (w2, h2), interpolation=cv2.INTER_AREA)
+        levels.append((c.reshape(h2, w2, -1), ww))
+    c, ww = levels[-1]
+    filled = c / np.maximum(ww, 1e-8)[..., None]
+    for c, ww in reversed(levels[:-1]):
+        up = cv2.resize(filled, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(c.shape)
+        a = np.clip(ww, 0, 1)[..., None]
+        filled = np.where(ww[..., None] > 1e-6, c / np.maximum(ww, 1e-8)[..., None], up) * a + up * (1 - a)
+    return np.where(known[..., None], img, filled)
+
+
+@register("texture", "classical")
+class ClassicalTexture:
+    @dataclass
+    class Config:
+        texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
+        view_size: int = field(default=320, metadata={"help": "render side of each inpainting view"})
+        min_facing: float = field(default=0.3, metadata={"help": "cos(normal, view) below which the photo is not projected"})
+        view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
+        mirror: bool = field(default=True, metadata={"help": "fill the unseen side from the mirrored seen side"})
+        inpaint_radius: int = field(default=6, metadata={"help": "Telea inpainting radius, view pixels"})
+        feather: float = field(default=3.0, metadata={"help": "seam blur sigma at filled regions, texels"})
+        mask_erode: int = field(default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"})
+
+    def __init__(self, cfg: "ClassicalTexture.Config"):
+        self.cfg = cfg
+        self.raster = get_rasterizer("torch")
+
+    # -- geometry helpers -------------------------------------------------------------------
+    def _texels(self, mesh: HeadMesh, uv: np.ndarray, uv_faces: np.ndarray):
+        """Rasterize the atlas: per texel triangle id ``(T, T)``, surface point and normal ``(T, T, 3)``."""
+        T = self.cfg.texture_size
+        u = torch.tensor(uv, dtype=torch.float32)
+        pos = torch.stack([u[:, 0] * 2 - 1, 1 - u[:, 1] * 2, torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])], 1)
+        tri = torch.tensor(uv_faces)
+        rast = self.raster.rasterize(pos, tri, (T, T))
+        v = torch.tensor(mesh.vertices, dtype=torch.float32)
+        n = vertex_normals(v, torch.tensor(mesh.faces))
+        faces = torch.tensor(mesh.faces)
+        # uv_faces and mesh.faces index the same triangles, so interpolate on the mesh's own corners.
+        p = self.raster.interpolate(v, rast, faces).numpy()
+        nn = torch.nn.functional.normalize(self.raster.interpolate(n, rast, faces), dim=-1).numpy()
+        return rast.tri_id.numpy(), rast.bary.numpy(), p, nn
+
+    def _depth_map(self, mesh: HeadMesh, cam: Camera) -> np.ndarray:
+        v = torch.tensor(mesh.vertices, dtype=torch.float64)
+        tri = torch.tensor(mesh.faces)
+        rast = self.raster.rasterize(cam.clip(v).float(), tri, (cam.height, cam.width))
+        z = self.raster.interpolate(cam.to_camera(v)[:, 2:].float(), rast, tri)[..., 0].numpy()
+        return np.where(rast.mask.numpy(), z, np.inf)
+
+    def _visible(self, pts: np.ndarray, nrm: np.ndarray, cam: Camera, depth: np.ndarray, min_facing: float):
+        """Texels ``(P, 3)`` -> (pixel ``(P, 2)``, visible ``(P,)``, facing cos ``(P,)``)."""
+        uv, z = cam.project(pts)
+        to_cam = cam.center[None] - pts
+        cos = (nrm * to_cam).sum(1) / np.linalg.norm(to_cam, axis=1)
+        xi = np.clip(uv[:, 0].astype(int), 0, cam.width - 1)
+        yi = np.clip(uv[:, 1].astype(int), 0, cam.height - 1)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
+        tol = 0.004 + 0.002 * np.linalg.norm(cam.center)
+        vis = inside & (cos > min_facing) & (z <= depth[yi, xi] + tol)
+        return uv, vis, cos
+
+    @staticmethod
+    def _sample(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        """Bilinear colours ``(P, 3)`` float of ``img (H, W, 3)`` at pixels ``uv (P, 2)``."""
+        H, W = img.shape[:2]
+        x = np.clip(uv[:, 0] - 0.5, 0, W - 1)
+        y = np.clip(uv[:, 1] - 0.5, 0, H - 1)
+        x0 = np.minimum(x.astype(int), W - 2)
+        y0 = np.minimum(y.astype(int), H - 2)
+        fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+        im = img.astype(np.float32)
+        top = im[y0, x0] * (1 - fx) + im[y0, x0 + 1] * fx
+        bot = im[y0 + 1, x0] * (1 - fx) + im[y0 + 1, x0 + 1] * fx
+        return top * (1 - fy) + bot * fy
+
+    # -- the stage -------------------------------------------------------------------------
+    def __call__(self, a: PortraitAnalysis, mesh: HeadMesh, progress: Progress | None = None) -> TexturedHead:
+        cfg = self.cfg
+        T = cfg.texture_size
+        report = progress or (lambda f, m: None)
+        uv, uv_faces, uv_to_vertex = unwrap(mesh, T)
+        report(0.1, "uv atlas")
+        tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
+        used = tri_id >= 0
+        idx = np.nonzero(used.ravel())[0]
+        pts, nrm = pts_map.reshape(-1, 3)[idx], nrm_map.reshape(-1, 3)[idx]
+        colors = np.zeros((len(idx), 3), np.float32)
+        known = np.zeros(len(idx), bool)
+        source = np.zeros(len(idx), np.uint8)  # 0 none, 1 photo, 2 mirror, 3 views, 4 uv fill
+
+        # 2. The photo, from the reference view.
+        cam = a.camera
+        k = cfg.mask_erode * 2 + 1
+        mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+        pix, vis, _ = self._visible(pts, nrm, cam, self._depth_map(mesh, cam), cfg.min_facing)
+        xi = np.clip(pix[:, 0].astype(int), 0, cam.width - 1)
+        yi = np.clip(pix[:, 1].astype(int), 0, cam.height - 1)
+        vis &= mask[yi, xi]
+        colors[vis] = self._sample(a.crop, pix[vis])
+        known |= vis
+        source[vis] = 1
+        report(0.2, "photo projected")
+
+        # 3. Mirror the seen side onto the unseen one.
+        if cfg.mirror:
+            mp = self._mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
+            mpix, mvis, _ = self._visible(mp, nrm * [-1, 1, 1], cam, self._depth_map(mesh, cam), cfg.min_facing)
+            mxi = np.clip(mpix[:, 0].astype(int), 0, cam.width - 1)
+            myi = np.clip(mpix[:, 1].astype(int), 0, cam.height - 1)
+            take = ~known & mvis & mask[myi, mxi]
+            colors[take] = self._sample(a.crop, mpix[take])
+            known |= take
+            source[take] = 2
+        report(0.3, "mirrored")
+
+        # 4. Progressive inpainting along the trajectory.
+        dist = float(np.linalg.norm(cam.center))
+        for i, (elev, azim) in enumerate(PAPER_TRAJECTORY):
+            vcam = Camera.orbit(azim, elev, dist, cam.fovy_deg * 1.1, cfg.view_size)
+            depth = self._depth_map(mesh, vcam)
+            sil = np.isfinite(depth)
+            vpix, vvis, _ = self._visible(pts, nrm, vcam, depth, cfg.view_min_facing)
+            todo = vvis & ~known
+            if todo.any():
+                img, have = self._render_known(vpix[vvis & known], colors[vvis & known], vcam.width, sil)
+                holes = (sil & ~have).astype(np.uint8)
+                # Pixels outside the head are holes too, so they are never used as sources.
+                filled = cv2.inpaint(img, (holes | ~sil).astype(np.uint8), cfg.inpaint_radius, cv2.INPAINT_TELEA)
+                colors[todo] = self._sample(filled, vpix[todo])
+                known |= todo
+                source[todo] = 3
+            report(0.3 + 0.6 * (i + 1) / len(PAPER_TRAJECTORY), f"view {i + 1}/{len(PAPER_TRAJECTORY)}")
+
+        # 5. Atlas: unseen texels and the gutter by push-pull, then feather the filled regions.
+        tex = np.zeros((T * T, 3), np.float32)
+        tex[idx[known]] = colors[known]
+        have = np.zeros(T * T, bool)
+        have[idx[known]] = True
+        stats = {
+            "texels_used": int(len(idx)),
+            "from_photo": float((source == 1).mean()),
+            "from_mirror": float((source == 2).mean()),
+            "from_views": float((source == 3).mean()),
+            "from_uv_fill": float((~known).mean()),
+        }
+        tex = push_pull(tex.reshape(T, T, 3), have.reshape(T, T))
+        src_map = np.zeros(T * T, np.float32)
+        src_map[idx[source == 1]] = 1.0
+        if cfg.feather > 0:
+            blurred = cv2.GaussianBlur(tex, (0, 0), cfg.feather)
+            photo = cv2.GaussianBlur(src_map.reshape(T, T), (0, 0), cfg.feather)
+            keep = np.clip(photo * 1.5, 0, 1)[..., None]
+            keep = np.where(src_map.reshape(T, T)[..., None] > 0, np.maximum(keep, 0.85), keep)
+            tex = tex * keep + blurred * (1 - keep)
+        texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
+        stats["coverage"] = 1.0  # every used texel holds a colour after the fills above
+        stats["seen_coverage"] = float(known.mean())
+        report(1.0, "texture done")
+        return TexturedHead(mesh=mesh, uv=uv, uv_faces=uv_faces, uv_to_vertex=uv_to_vertex, texture=texture,
+                            stats=stats)
+
+    def _render_known(self, pix: np.ndarray, col: np.ndarray, size: int, sil: np.ndarray):
+        """Splat known texel colours into a view image; returns (uint8 image, covered mask)."""
+        acc = np.zeros((size * size, 3), np.float32)
+        cnt = np.zeros(size * size, np.float32)
+        flat = np.clip(pix[:, 1].astype(int), 0, size - 1) * size + np.clip(pix[:, 0].astype(int), 0, size - 1)
+        np.add.at(acc, flat, col)
+        np.add.at(cnt, flat, 1)
+        have = (cnt > 0).reshape(size, size)
+        img = (acc / np.maximum(cnt, 1)[:, None]).reshape(size, size, 3)
+        # Close single-pixel gaps between splats before deciding what is a hole.
+        closed = cv2.morphologyEx(have.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0
+        img = push_pull(img, have)
+        have = closed & sil
+        return np.clip(img, 0, 255).astype(np.uint8), have
+
+    @staticmethod
+    def _mirror_points(mesh: HeadMesh, tids: np.ndarray, bary: np.ndarray) -> np.ndarray:
+        """Surface points ``(P, 3)`` mirrored through the mesh's left/right vertex map."""
+        corners = mesh.mirror[mesh.faces[tids]]
+        return (mesh.vertices[corners] * bary[..., None]).sum(1)
