@@ -31,6 +31,7 @@ class MediapipeAnalysis:
         crop_size: int = field(default=512, metadata={"help": "side of the square crop, pixels"})
         crop_scale: float = field(default=2.6, metadata={"help": "crop side in face-box sides"})
         crop_shift: float = field(default=0.12, metadata={"help": "upward shift of the crop centre, in face-box heights"})
+        max_megapixels: float = field(default=50.0, metadata={"help": "largest input accepted (decompression-bomb guard)"})
         min_face_px: int = field(default=64, metadata={"help": "smallest face (box side, input pixels) accepted"})
         detection_confidence: float = field(default=0.5, metadata={"help": "face detector threshold"})
         fovy_deg: float = field(default=20.0, metadata={"help": "vertical field of view of the reference camera over the crop"})

@@ -1,0 +1,142 @@
+"""``portrait3d``: one command with subcommands (generate, eval, info)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import Portrait3DError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Turn one portrait photo into a textured, full 360-degree 3D head (glTF).")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(e: Portrait3DError) -> None:
+    err.print(f"[bold red]error[/] ({e.kind}): {e}")
+    raise typer.Exit(e.exit_code)
+
+
+@app.command()
+def generate(
+    image: Path = typer.Argument(..., help="portrait photo (JPEG, PNG, WebP, ...)"),
+    output: Path = typer.Option(Path("out"), "--output", "-o", help="output folder for the head bundle"),
+    profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
+    seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
+    config: Optional[List[str]] = typer.Option(None, "--config", "-c",
+                                               help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
+                                                    "or a JSON file {stage: {field: value}}; repeatable"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Photo -> OUTPUT/head.glb, head.json, views.png."""
+    from .pipelines.config import build_profile_config
+    from .pipelines.export import check_output_dir
+    from .pipelines.pipeline import STAGE_ORDER, Portrait3D
+
+    try:
+        cfg = build_profile_config(profile, config, seed)
+        check_output_dir(output)
+        with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err, disable=quiet) as bar:
+            tasks = {s: bar.add_task(s, total=1.0, msg="") for s in STAGE_ORDER}
+
+            def progress(stage: str, frac: float, msg: str) -> None:
+                bar.update(tasks[stage], completed=frac, msg=msg)
+
+            p3d = Portrait3D(cfg)
+            result = p3d.run(image, progress)
+            paths = p3d.write(result, output, progress)
+    except Portrait3DError as e:
+        _fail(e)
+    t = result.timings
+    err.print(f"[green]done[/] in {sum(t.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    for note in result.analysis.notes:
+        err.print(f"[yellow]note[/]: {note}")
+    for name, path in paths.items():
+        out.print(path)
+
+
+@app.command("eval")
+def eval_cmd(
+    bundle: Path = typer.Argument(..., help="a head bundle folder (from `portrait3d generate`)"),
+    image: Path = typer.Option(..., "--image", "-i", help="the portrait the bundle was made from"),
+    as_json: bool = typer.Option(False, "--json", help="print the full metrics as JSON"),
+) -> None:
+    """Score a head bundle against its portrait; exit status 1 when a target is missed."""
+    from .pipelines.evaluate import evaluate
+
+    try:
+        m = evaluate(bundle, image)
+    except Portrait3DError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(m))
+    else:
+        table = Table(title=f"{bundle}")
+        for col in ("check", "value", "target", "pass"):
+            table.add_column(col)
+        for name, c in m["checks"].items():
+            v = c["value"]
+            vs = f"{v:.3f}" if isinstance(v, float) else str(v)
+            table.add_row(name, vs, c["target"], "[green]yes[/]" if c["pass"] else "[red]no[/]")
+        out.print(table)
+        out.print(f"masked PSNR {m['masked_psnr_db']:.2f} dB; same input as generated: {m['same_input']}")
+    raise typer.Exit(0 if m["passed"] else 1)
+
+
+@app.command()
+def info() -> None:
+    """Versions, profiles, and which profiles can run here (and why not)."""
+    from .pipelines.config import PROFILES, STAGES, help_of, lookup, registered
+    from .pipelines.pipeline import library_versions
+
+    for k, v in library_versions().items():
+        out.print(f"{k:>24} {v}")
+    import torch
+    out.print(f"{'device':>24} {'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
+    for name, spec in PROFILES.items():
+        ok, why = _can_run(name)
+        out.print(f"\nprofile [bold]{name}[/]: {'[green]can run here[/]' if ok else '[red]cannot run here[/]: ' + why}")
+        out.print(f"  {spec.description}")
+        for stage in STAGES:
+            cls = lookup(stage, spec.impls[stage])
+            out.print(f"  {stage}: {spec.impls[stage]}")
+            for field, (typ, default, help_) in help_of(cls.Config).items():
+                d = default if not hasattr(default, "points") else [list(p) for p in default.points]
+                out.print(f"    {stage}.{field} = {d!s}  [dim]{help_}[/]")
+    out.print(f"\nimplementations: " + "; ".join(f"{s}: {', '.join(registered(s))}" for s in STAGES))
+
+
+def _can_run(profile: str) -> tuple[bool, str]:
+    try:
+        import dlib  # noqa: F401
+        import mediapipe as mp
+        import xatlas  # noqa: F401
+        mp.solutions.face_mesh  # noqa: B018 (the legacy models ship only in 0.10.21)
+    except Exception as e:  # any import failure is the reason
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The whole method in-process: stages picked by a profile, run in order, bundle written.
+
+``Portrait3D`` builds every stage once (models stay warm) and then turns many portraits into heads.
+
+Example:
+    >>> p3d = Portrait3D(build_profile_config("fast"))             # doctest: +SKIP
+    >>> result = p3d.run("photo.jpg")                               # doctest: +SKIP
+    >>> p3d.write(result, "out/")                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .config import PipelineConfig, build_profile_config, lookup
+from .export import check_output_dir, glb_bytes, json_bytes, png_bytes, write_bundle
+from .image_io import DecodedImage, load_image
+from .mesh import quality
+from .types import HeadMesh, PortraitAnalysis, TexturedHead
+from .views import contact_sheet, orbit_views
+
+# progress(stage, fraction of that stage done, message)
+Progress = Callable[[str, float, str], None]
+STAGE_ORDER = ("analysis", "init", "sculpt", "texture", "export")
+
+
+@dataclass
+class HeadResult:
+    analysis: PortraitAnalysis
+    initial: HeadMesh
+    head: TexturedHead
+    timings: dict[str, float] = field(default_factory=dict)
+    sculpt_info: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"portrait3d": __version__, "python": platform.python_version()}
+    for name in ("torch", "numpy", "mediapipe", "dlib-bin", "face-recognition-models", "opencv-python-headless",
+                 "xatlas", "trimesh"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class Portrait3D:
+    def __init__(self, config: PipelineConfig | None = None):
+        self.config = config or build_profile_config("fast")
+        self.stages = {s: lookup(s, self.config.impls[s])(self.config.stages[s]) for s in self.config.impls}
+
+    def run(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None) -> HeadResult:
+        report = progress or (lambda s, f, m: None)
+        seed_everything(self.config.seed)
+        timings: dict[str, float] = {}
+
+        def timed(stage: str, fn, *args, **kw):
+            report(stage, 0.0, "")
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            timings[stage] = round(time.perf_counter() - t0, 3)
+            report(stage, 1.0, "")
+            return out
+
+        image = src if isinstance(src, DecodedImage) else load_image(
+            src, max_megapixels=self.config.stages["analysis"].max_megapixels)
+        analysis = timed("analysis", self.stages["analysis"], image)
+        initial = timed("init", self.stages["init"], analysis)
+        sculpted, info = timed("sculpt", self.stages["sculpt"], analysis, initial,
+                               progress=lambda f, m: report("sculpt", f, m))
+        head = timed("texture", self.stages["texture"], analysis, sculpted,
+                     progress=lambda f, m: report("texture", f, m))
+        return HeadResult(analysis=analysis, initial=initial, head=head, timings=timings, sculpt_info=info)
+
+    def bundle(self, result: HeadResult, progress: Progress | None = None) -> dict[str, bytes]:
+        """The bundle's files as bytes (nothing written yet)."""
+        report = progress or (lambda s, f, m: None)
+        report("export", 0.0, "")
+        t0 = time.perf_counter()
+        a, head = result.analysis, result.head
+        views = orbit_views(head, a.camera, 256, background=(255, 255, 255))
+        files = {"head.glb": glb_bytes(head), "views.png": png_bytes(contact_sheet(views))}
+        timings = {**result.timings, "export": round(time.perf_counter() - t0, 3)}
+        record = {
+            "format": "portrait3d.head/1",
+            **a.record(),
+            "profile": self.config.profile,
+            "config": self.config.to_dict(),
+            "versions": library_versions(),
+            "timings_s": timings,
+            "metrics": {
+                "mesh": quality(head.mesh.vertices, head.mesh.faces),
+                "texture": head.stats,
+                "sculpt": result.sculpt_info,
+            },
+            "axes": {"up": "+Y", "forward": "+Z", "units": "metres", "origin": "head centre"},
+        }
+        files["head.json"] = json_bytes(record)
+        report("export", 1.0, "")
+        return files
+
+    def write(self, result: HeadResult, out: str | Path, progress: Progress | None = None) -> dict[str, str]:
+        return write_bundle(out, self.bundle(result, progress))
+
+    def generate(self, src, out: str | Path, progress: Progress | None = None) -> dict[str, str]:
+        """Photo -> bundle in ``out``. The output folder is checked before any work starts."""
+        check_output_dir(out)
+        return self.write(self.run(src, progress), out, progress)
