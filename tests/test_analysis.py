@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from portrait3d.errors import FaceTooSmallError, NoFaceError
+from portrait3d.pipelines.camera import rotation_ypr
+from portrait3d.pipelines.face_geometry import head_rotation, lift_landmarks
+from portrait3d.pipelines.image_io import load_image
+
+from .conftest import astronaut, grace_hopper_path, png_bytes
+
+
+def test_astronaut_analysis(astronaut_analysis):
+    a = astronaut_analysis
+    S = a.crop.shape[0]
+    assert a.crop.shape == (S, S, 3) and a.landmarks_px.shape == (478, 3) and a.landmarks_3d.shape == (478, 3)
+    assert abs(a.pose_ypr[0]) < 15 and abs(a.pose_ypr[2]) < 15  # a near-frontal portrait
+    assert a.identity.shape == (128,) and np.isfinite(a.identity).all()
+    # The 3D landmarks project exactly onto the detected 2D landmarks through the reference camera.
+    uv, z = a.camera.project(a.landmarks_3d)
+    np.testing.assert_allclose(uv, a.landmarks_px[:, :2], atol=1e-6)
+    assert (z > 0).all()
+    # Metric scale: a face about 13-16 cm wide; the nose tip is in front of the face's sides.
+    width = np.linalg.norm(a.landmarks_3d[454] - a.landmarks_3d[234])
+    assert 0.10 < width < 0.18
+    assert a.landmarks_3d[1, 2] > a.landmarks_3d[234, 2] + 0.03
+    # The head mask covers the face landmarks and is a sensible part of the crop.
+    lm = a.landmarks_px[:468, :2].astype(int)
+    assert a.head_mask[lm[:, 1], lm[:, 0]].mean() > 0.99
+    assert 0.1 < a.head_mask.mean() < 0.6
+    assert a.canny.dtype == np.uint8 and a.canny.max() == 255
+
+
+def test_grace_hopper_identity_differs(analysis_stage, astronaut_analysis):
+    b = analysis_stage(load_image(grace_hopper_path()))
+    assert np.linalg.norm(b.identity - astronaut_analysis.identity) > 0.6  # two different people
+    assert b.head_mask.any()
+
+
+def test_same_person_mirrored_is_close(analysis_stage, astronaut_analysis):
+    flipped = analysis_stage(load_image(png_bytes(np.ascontiguousarray(astronaut()[:, ::-1]))))
+    assert np.linalg.norm(flipped.identity - astronaut_analysis.identity) < 0.6
+    assert np.sign(flipped.pose_ypr[0]) != np.sign(astronaut_analysis.pose_ypr[0]) or abs(flipped.pose_ypr[0]) < 3
+
+
+def test_pose_from_rotated_landmarks(astronaut_analysis):
+    # Rotate the lifted landmarks by a known yaw; the pose estimate follows it.
+    lm = astronaut_analysis.landmarks_px.copy()
+    base = head_rotation(lm)
+    P = lm * [1, -1, -1]
+    c = P.mean(0)
+    R = rotation_ypr(25, 0, 0)
+    turned = ((P - c) @ R.T + c) * [1, -1, -1]
+    np.testing.assert_allclose(head_rotation(turned), R @ base, atol=1e-9)
+    _, ypr, _, _ = lift_landmarks(turned, 512, 20, 0.09, 0.1)
+    assert abs(ypr[0] - (astronaut_analysis.pose_ypr[0] + 25)) < 3
+
+
+def test_no_face(analysis_stage):
+    import skimage.data
+    with pytest.raises(NoFaceError):
+        analysis_stage(load_image(png_bytes(skimage.data.coffee())))
+    with pytest.raises(NoFaceError):
+        analysis_stage(load_image(png_bytes(np.full((300, 300, 3), 127, np.uint8))))
+
+
+def test_face_too_small(analysis_stage):
+    small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.LANCZOS))
+    with pytest.raises(FaceTooSmallError, match="px across"):
+        analysis_stage(load_image(png_bytes(small)))
+
+
+def test_largest_of_several_faces_is_used(analysis_stage):
+    big = astronaut()
+    small = np.asarray(Image.fromarray(big).resize((384, 384), Image.LANCZOS))
+    canvas = np.full((512, 512 + 384, 3), 200, np.uint8)
+    canvas[:, :512] = big
+    canvas[:384, 512:] = small
+    a = analysis_stage(load_image(png_bytes(canvas)))
+    assert any("2 faces" in n for n in a.notes)
+    assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one

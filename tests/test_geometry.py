@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from portrait3d.pipelines.camera import Camera
+from portrait3d.pipelines.config import build_profile_config
+from portrait3d.pipelines.init import HeadPriorInit, polar_radius, rays_from_origin
+from portrait3d.pipelines.mesh import harmonic_fill, quality, symmetric_sphere
+from portrait3d.pipelines.sculpt import ReferenceViewSculpt, negative_pearson
+from portrait3d.pipelines.render import get_rasterizer
+
+
+def test_rays_from_origin_hits_plane():
+    verts = np.array([[-1, -1, 2.0], [1, -1, 2.0], [0, 1, 2.0]])
+    dirs = np.array([[0, 0, 1.0], [0, 0, -1.0], [0.2, 0, 1.0], [0.6, 0, 0.8]])
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    r = rays_from_origin(dirs, verts, np.array([[0, 1, 2]]))
+    assert r[0] == pytest.approx(2.0) and np.isnan(r[1]) and np.isnan(r[3])
+    assert r[2] == pytest.approx(np.hypot(0.4, 2.0))
+
+
+def test_polar_radius_of_disc():
+    yy, xx = np.mgrid[0:101, 0:101]
+    disc = (xx - 50) ** 2 + (yy - 50) ** 2 <= 30 ** 2
+    r = polar_radius(disc, np.array([50.5, 50.5]))
+    assert np.abs(r - 30).max() <= 1.5
+    assert polar_radius(disc, np.array([2.0, 2.0])) is None
+
+
+def test_harmonic_fill_is_bounded_and_exact_on_fixed():
+    v, f, _ = symmetric_sphere(2)
+    vals = v[:, 1].copy()
+    fixed = np.abs(v[:, 1]) > 0.5
+    out = harmonic_fill(np.where(fixed, vals, 0.0), fixed, f)
+    assert np.allclose(out[fixed], vals[fixed])
+    assert out[~fixed].min() >= vals.min() - 1e-9 and out[~fixed].max() <= vals.max() + 1e-9
+
+
+def test_negative_pearson():
+    a = torch.randn(100)
+    assert negative_pearson(a, 3 * a + 1).item() == pytest.approx(-1.0, abs=1e-5)
+    assert negative_pearson(a, -a).item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def initial_head(astronaut_analysis):
+    cfg = build_profile_config("fast")
+    return HeadPriorInit(cfg.stages["init"])(astronaut_analysis)
+
+
+def test_init_is_a_full_watertight_head(astronaut_analysis, initial_head):
+    h = initial_head
+    q = quality(h.vertices, h.faces)
+    assert q["watertight"] and q["winding_consistent"] and q["degenerate_faces"] == 0 and q["volume_m3"] > 0
+    # Full head, not a face patch: it extends well behind the face and below the chin (neck).
+    lm = astronaut_analysis.landmarks_3d
+    assert h.vertices[:, 2].min() < lm[:, 2].min() - 0.1
+    assert h.vertices[:, 1].min() < lm[152, 1] - 0.03
+    # The face keeps the person's landmark geometry: face vertices lie on the landmark surface.
+    from portrait3d.pipelines.init import oriented_face_triangles
+    face = h.face_weight >= 1
+    r_lm = rays_from_origin(h.vertices[face] / np.linalg.norm(h.vertices[face], axis=1, keepdims=True),
+                            lm[:468], oriented_face_triangles(lm[:468]))
+    hit = ~np.isnan(r_lm)
+    assert hit.mean() > 0.8
+    assert np.abs(np.linalg.norm(h.vertices[face][hit], axis=1) - r_lm[hit]).max() < 1e-5
+    # The mirror map is an involution.
+    assert (h.mirror[h.mirror] == np.arange(len(h.mirror))).all()
+
+
+def test_sculpt_improves_silhouette(astronaut_analysis, initial_head):
+    cfg = build_profile_config("fast", ["sculpt.steps=25"])
+    sculpted, info = ReferenceViewSculpt(cfg.stages["sculpt"])(astronaut_analysis, initial_head)
+    assert info["last"]["mask"] < info["first"]["mask"]
+    q = quality(sculpted.vertices, sculpted.faces)
+    assert q["watertight"] and q["degenerate_faces"] == 0
+    cam = astronaut_analysis.camera.resized(256)
+    r = get_rasterizer("torch")
+    m = r.rasterize(cam.clip(torch.tensor(sculpted.vertices, dtype=torch.float64)).float(),
+                    torch.tensor(sculpted.faces), (256, 256)).mask.numpy()
+    hm = torch.nn.functional.interpolate(torch.tensor(astronaut_analysis.head_mask, dtype=torch.float32)[None, None],
+                                         size=(256, 256), mode="area")[0, 0].numpy() > 0.5
+    assert (m & hm).sum() / (m | hm).sum() > 0.95
