@@ -86,7 +86,7 @@ class HeadPriorInit:
         ear_size: float = field(default=0.09, metadata={"help": "ear region bulge, in face widths"})
         blend_rings: int = field(default=4, metadata={"help": "vertex rings blending face and prior"})
         silhouette_fit: bool = field(default=True, metadata={"help": "warp the prior to the head mask at the reference view"})
-        depth_follow: float = field(default=0.6, metadata={"help": "how much depth follows the silhouette warp (0..1)"})
+        depth_follow: float = field(default=0.35, metadata={"help": "how much depth follows the silhouette warp (0..1)"})
 
     def __init__(self, cfg: "HeadPriorInit.Config"):
         self.cfg = cfg

@@ -69,15 +69,52 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.where(known[..., None], img, filled)
 
 
+def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimuth_deg: float) -> np.ndarray:
+    """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head.
+
+    Heads are close to rotationally alike in what covers them at a given height (hair, headwear,
+    ears, neck): each texel takes the colour of a seen, non-face texel at its elevation from the
+    side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
+    """
+    r = np.linalg.norm(pts, axis=1)
+    elev = np.arcsin(np.clip(pts[:, 1] / np.maximum(r, 1e-9), -1, 1))
+    az = np.abs(np.arctan2(pts[:, 0], pts[:, 2]))
+    side = pts[:, 0] >= 0
+    out = np.full_like(colors, np.nan)
+    from scipy.spatial import cKDTree
+    for sd in (True, False):
+        ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
+        if ring.sum() < 50:
+            continue
+        lo, hi = np.quantile(az[ring], [0.05, 1.0])
+        width = max(hi - lo, 1e-3)
+        q = side == sd
+        a = az[q]
+        beyond = a > hi
+        a = np.where(beyond, hi - np.mod(a - hi, width), a)  # reflect back into the ring
+        tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
+        _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1))
+        c = colors[ring][nn]
+        # Only where the ring has something at that height.
+        dz = np.abs(elev[ring][nn] - elev[q])
+        c[dz > np.radians(8)] = np.nan
+        out[q] = c
+    return out
+
+
 @register("texture", "classical")
 class ClassicalTexture:
     @dataclass
     class Config:
         texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
         view_size: int = field(default=320, metadata={"help": "render side of each inpainting view"})
-        min_facing: float = field(default=0.3, metadata={"help": "cos(normal, view) below which the photo is not projected"})
+        min_facing: float = field(default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"})
         view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
         mirror: bool = field(default=True, metadata={"help": "fill the unseen side from the mirrored seen side"})
+        mirror_margin: float = field(default=0.3, metadata={"help": "use the mirror point when it faced the camera this much better (cos)"})
+        ring_prior: bool = field(default=True, metadata={"help": "continue the outermost seen hair/headwear ring around the unseen head"})
+        ring_min_azimuth: float = field(default=50.0, metadata={"help": "seen texels beyond this azimuth (deg) form the ring"})
+        prior_distance: float = field(default=12.0, metadata={"help": "view pixels from known colour over which inpainting hands over to the ring prior"})
         inpaint_radius: int = field(default=6, metadata={"help": "Telea inpainting radius, view pixels"})
         feather: float = field(default=3.0, metadata={"help": "seam blur sigma at filled regions, texels"})
         mask_erode: int = field(default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"})
@@ -154,7 +191,8 @@ class ClassicalTexture:
         cam = a.camera
         k = cfg.mask_erode * 2 + 1
         mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-        pix, vis, _ = self._visible(pts, nrm, cam, self._depth_map(mesh, cam), cfg.min_facing)
+        ref_depth = self._depth_map(mesh, cam)
+        pix, vis, cos = self._visible(pts, nrm, cam, ref_depth, cfg.min_facing)
         xi = np.clip(pix[:, 0].astype(int), 0, cam.width - 1)
         yi = np.clip(pix[:, 1].astype(int), 0, cam.height - 1)
         vis &= mask[yi, xi]
@@ -166,14 +204,19 @@ class ClassicalTexture:
         # 3. Mirror the seen side onto the unseen one.
         if cfg.mirror:
             mp = self._mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
-            mpix, mvis, _ = self._visible(mp, nrm * [-1, 1, 1], cam, self._depth_map(mesh, cam), cfg.min_facing)
+            mpix, mvis, mcos = self._visible(mp, nrm * [-1, 1, 1], cam, ref_depth, cfg.min_facing)
             mxi = np.clip(mpix[:, 0].astype(int), 0, cam.width - 1)
             myi = np.clip(mpix[:, 1].astype(int), 0, cam.height - 1)
-            take = ~known & mvis & mask[myi, mxi]
+            # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera.
+            take = mvis & mask[myi, mxi] & (~known | (mcos > cos + cfg.mirror_margin))
             colors[take] = self._sample(a.crop, mpix[take])
             known |= take
             source[take] = 2
         report(0.3, "mirrored")
+
+        # A prior for what no photo pixel shows: the outermost seen ring, continued around the head.
+        fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
+        prior = ring_prior(pts, colors, (source == 1) & (fw < 0.5), cfg.ring_min_azimuth) if cfg.ring_prior else None
 
         # 4. Progressive inpainting along the trajectory.
         dist = float(np.linalg.norm(cam.center))
@@ -188,7 +231,15 @@ class ClassicalTexture:
                 holes = (sil & ~have).astype(np.uint8)
                 # Pixels outside the head are holes too, so they are never used as sources.
                 filled = cv2.inpaint(img, (holes | ~sil).astype(np.uint8), cfg.inpaint_radius, cv2.INPAINT_TELEA)
-                colors[todo] = self._sample(filled, vpix[todo])
+                new = self._sample(filled, vpix[todo])
+                if prior is not None:
+                    # Near known colour the inpainting continues it; farther away the prior takes over.
+                    far = cv2.distanceTransform(holes, cv2.DIST_L2, 3)
+                    alpha = np.clip(self._sample(far[..., None], vpix[todo])[:, 0] / cfg.prior_distance - 0.5, 0, 1)
+                    p = prior[todo]
+                    ok = ~np.isnan(p[:, 0])
+                    new[ok] = new[ok] * (1 - alpha[ok, None]) + p[ok] * alpha[ok, None]
+                colors[todo] = new
                 known |= todo
                 source[todo] = 3
             report(0.3 + 0.6 * (i + 1) / len(PAPER_TRAJECTORY), f"view {i + 1}/{len(PAPER_TRAJECTORY)}")
