@@ -139,9 +139,16 @@ def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_wi
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
     d = np.stack([xx + 0.5 - chin[0], yy + 0.5 - chin[1]], -1)
     along, across = d @ up, d @ right
-    below_chin = along < 0
-    keep = ~below_chin | ((along > -neck_length * face_h) & (np.abs(across) < neck_width * face_w / 2))
-    m = (person & keep).astype(np.uint8)
+    # Beside the neck, cut from jaw height (a fraction of the face above the chin tip): collars and
+    # shoulders rise that high; the face itself is added back from its landmark hull below.
+    below_chin = along < 0.2 * face_h
+    band = (along > -neck_length * face_h) & (np.abs(across) < neck_width * face_w / 2)
+    # Below the chin the person mask also holds collars and hair strands: open away what is much
+    # thinner than a neck.
+    kn = max(3, int(0.25 * face_w)) | 1
+    neck = cv2.morphologyEx((person & band & below_chin).astype(np.uint8), cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kn, kn))) > 0
+    m = ((person & ~below_chin) | neck).astype(np.uint8)
     hull = cv2.convexHull(lm_px[:468, :2].astype(np.float32))
     cv2.fillConvexPoly(m, hull.astype(np.int32), 1)
     k = max(3, S // 100) | 1

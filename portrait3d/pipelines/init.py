@@ -86,6 +86,7 @@ class HeadPriorInit:
         ear_size: float = field(default=0.09, metadata={"help": "ear region bulge, in face widths"})
         blend_rings: int = field(default=4, metadata={"help": "vertex rings blending face and prior"})
         silhouette_fit: bool = field(default=True, metadata={"help": "warp the prior to the head mask at the reference view"})
+        neck_max_scale: float = field(default=1.1, metadata={"help": "largest silhouette-warp scale below the chin"})
         depth_follow: float = field(default=0.35, metadata={"help": "how much depth follows the silhouette warp (0..1)"})
 
     def __init__(self, cfg: "HeadPriorInit.Config"):
@@ -102,7 +103,7 @@ class HeadPriorInit:
         r, face_w = self.fit_face(dirs, faces, r_prior, lm)
         verts = dirs * r[:, None]
         if cfg.silhouette_fit:
-            verts = self.fit_silhouette(verts, faces, face_w, a.camera, a.head_mask)
+            verts = self.fit_silhouette(verts, faces, face_w, a.camera, a.head_mask, chin_y=float(lm[CHIN, 1]))
         return HeadMesh(vertices=verts.astype(np.float32), faces=faces.copy(), mirror=mirror.copy(),
                         face_weight=face_w.astype(np.float32))
 
@@ -155,9 +156,10 @@ class HeadPriorInit:
         return r, w
 
     def fit_silhouette(self, verts: np.ndarray, faces: np.ndarray, face_w: np.ndarray, cam: Camera,
-                       mask: np.ndarray, iterations: int = 2, res: int = 256) -> np.ndarray:
+                       mask: np.ndarray, chin_y: float, iterations: int = 2, res: int = 256) -> np.ndarray:
         """Scale the non-face part of the head, per image angle about the head centre, so its
-        reference-view silhouette follows ``mask``."""
+        reference-view silhouette follows ``mask``. Below the chin (the neck, where masks also hold
+        collars and hair) the scale may shrink but grows by at most ``neck_max_scale``."""
         small = cam.resized(res)
         m = torch.nn.functional.interpolate(torch.tensor(mask, dtype=torch.float32)[None, None], size=(res, res),
                                             mode="area")[0, 0].numpy() > 0.5
@@ -177,6 +179,7 @@ class HeadPriorInit:
             uv, _ = small.project(verts)
             theta = np.arctan2(uv[:, 1] - center_uv[0, 1], uv[:, 0] - center_uv[0, 0])
             kv = np.interp(theta, np.linspace(-np.pi, np.pi, len(k), endpoint=False), k, period=2 * np.pi)
+            kv = np.where(verts[:, 1] < chin_y, np.minimum(kv, self.cfg.neck_max_scale), kv)
             kv = 1 + (kv - 1) * (1 - face_w)
             pc = verts @ small.R.T + small.t
             c = small.t

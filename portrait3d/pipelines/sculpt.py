@@ -60,6 +60,7 @@ class ReferenceViewSculpt:
         w_depth: Schedule = field(default=Schedule.parse(0.2), metadata={"help": "face depth negative-Pearson weight"})
         w_laplacian: Schedule = field(default=Schedule.parse(2e4), metadata={"help": "Laplacian smoothness weight"})
         w_symmetry: Schedule = field(default=Schedule.parse(50.0), metadata={"help": "left/right symmetry weight (skull only)"})
+        face_mobility: float = field(default=0.05, metadata={"help": "how far face vertices may move relative to the rest (0: the landmark face stays as it is)"})
 
     def __init__(self, cfg: "ReferenceViewSculpt.Config"):
         self.cfg = cfg
@@ -81,10 +82,13 @@ class ReferenceViewSculpt:
         w_sym = torch.tensor(1.0 - head.face_weight)[:, None]
         R = torch.tensor(cam.R, dtype=torch.float32)
 
-        v = v0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([v], lr=cfg.lr)
+        # The face keeps the person's landmark geometry: its vertices move only by face_mobility.
+        mobility = torch.tensor(np.clip(1.0 - head.face_weight, cfg.face_mobility, 1.0), dtype=torch.float32)[:, None]
+        delta = torch.zeros_like(v0, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=cfg.lr)
         history = []
         for step in range(cfg.steps):
+            v = v0 + delta * mobility
             pos = cam.clip(v.double()).float()
             rast = self.raster.rasterize(pos, tri, (res, res))
             sil = self.raster.antialias(rast.mask.float()[..., None], rast, pos, tri)
@@ -108,6 +112,7 @@ class ReferenceViewSculpt:
                             "depth": l_depth.item()})
             if progress:
                 progress((step + 1) / cfg.steps, f"loss {loss.item():.4f}")
-        out = HeadMesh(vertices=v.detach().numpy().astype(np.float32), faces=head.faces, mirror=head.mirror,
+        v = (v0 + delta * mobility).detach()
+        out = HeadMesh(vertices=v.numpy().astype(np.float32), faces=head.faces, mirror=head.mirror,
                        face_weight=head.face_weight)
         return out, {"first": history[0] if history else {}, "last": history[-1] if history else {}}
