@@ -4,6 +4,7 @@ import torch
 
 from portrait3d.pipelines.camera import Camera
 from portrait3d.pipelines.config import build_profile_config
+from portrait3d.pipelines.image_io import mask_coverage
 from portrait3d.pipelines.init import HeadPriorInit, polar_radius, rays_from_origin
 from portrait3d.pipelines.mesh import harmonic_fill, quality, symmetric_sphere
 from portrait3d.pipelines.sculpt import ReferenceViewSculpt, negative_pearson
@@ -78,6 +79,5 @@ def test_sculpt_improves_silhouette(astronaut_analysis, initial_head):
     r = get_rasterizer("torch")
     m = r.rasterize(cam.clip(torch.tensor(sculpted.vertices, dtype=torch.float64)).float(),
                     torch.tensor(sculpted.faces), (256, 256)).mask.numpy()
-    hm = torch.nn.functional.interpolate(torch.tensor(astronaut_analysis.head_mask, dtype=torch.float32)[None, None],
-                                         size=(256, 256), mode="area")[0, 0].numpy() > 0.5
+    hm = mask_coverage(astronaut_analysis.head_mask, 256) > 0.5
     assert (m & hm).sum() / (m | hm).sum() > 0.95

@@ -90,3 +90,9 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img)
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def mask_coverage(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bool mask ``(H, W)`` -> per-pixel coverage ``(size, size)`` float32 in [0, 1] (area average)."""
+    import cv2
+    return cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)

@@ -23,6 +23,7 @@ import torch
 from .camera import Camera
 from .config import register
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD
+from .image_io import mask_coverage
 from .mesh import adjacency, harmonic_fill, symmetric_sphere
 from .render import get_rasterizer
 from .types import HeadMesh, PortraitAnalysis
@@ -161,8 +162,7 @@ class HeadPriorInit:
         reference-view silhouette follows ``mask``. Below the chin (the neck, where masks also hold
         collars and hair) the scale may shrink but grows by at most ``neck_max_scale``."""
         small = cam.resized(res)
-        m = torch.nn.functional.interpolate(torch.tensor(mask, dtype=torch.float32)[None, None], size=(res, res),
-                                            mode="area")[0, 0].numpy() > 0.5
+        m = mask_coverage(mask, res) > 0.5
         center_uv, _ = small.project(np.zeros((1, 3)))
         r_mask = polar_radius(m, center_uv[0])
         if r_mask is None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .config import Schedule, register
+from .image_io import mask_coverage
 from .init import oriented_face_triangles
 from .mesh import uniform_laplacian, vertex_normals
 from .render import get_rasterizer
@@ -70,8 +71,7 @@ class ReferenceViewSculpt:
         cfg = self.cfg
         res = cfg.resolution
         cam = a.camera.resized(res)
-        mask = torch.nn.functional.interpolate(torch.tensor(a.head_mask, dtype=torch.float32)[None, None],
-                                               size=(res, res), mode="area")[0, 0, ..., None]
+        mask = torch.from_numpy(mask_coverage(a.head_mask, res))[..., None]
         target = reference_geometry(a, cam)
         tri = torch.tensor(head.faces)
         v0 = torch.tensor(head.vertices, dtype=torch.float32)

@@ -266,7 +266,8 @@ class ClassicalTexture:
             keep = np.where(src_map.reshape(T, T)[..., None] > 0, np.maximum(keep, 0.85), keep)
             tex = tex * keep + blurred * (1 - keep)
         texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
-        stats["coverage"] = 1.0  # every used texel holds a colour after the fills above
+        # Used texels holding a colour (from any source, the atlas fill included).
+        stats["coverage"] = float(np.isfinite(tex.reshape(-1, 3)[idx]).all(1).mean())
         stats["seen_coverage"] = float(known.mean())
         report(1.0, "texture done")
         return TexturedHead(mesh=mesh, uv=uv, uv_faces=uv_faces, uv_to_vertex=uv_to_vertex, texture=texture,
