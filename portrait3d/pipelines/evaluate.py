@@ -1,7 +1,7 @@
 """Score a head bundle against its portrait (``portrait3d eval``).
 
 - identity: dlib descriptor distance between the photo and renders at yaw 0 and +-30 (same person
-  below 0.6); a render where no face is detected counts as a failure;
+  below 0.6; also reported at +-60); a render where no face is detected counts as a failure;
 - profile views: mediapipe's full-range detector must find a face at yaw +-60;
 - back view: no detector (mediapipe full range, dlib HOG) may find a face at yaw 180;
 - reference view: silhouette IoU against the head mask, PSNR inside the head mask;
@@ -77,7 +77,7 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
             im, _ = render_textured(head, cam, background=(128, 128, 128))
             faces = stage.detect_faces(im)
             entry: dict[str, Any] = {"mediapipe_faces": len(faces)}
-            if yaw in (0, 30, -30):
+            if yaw != 180:  # checked at 0 and +-30; reported at +-60 too
                 d = None
                 if faces:
                     e = dlib_enc.embed(im, faces[0][1])
