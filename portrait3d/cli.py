@@ -116,7 +116,7 @@ def info() -> None:
             for field, (typ, default, help_) in help_of(cls.Config).items():
                 d = default if not hasattr(default, "points") else [list(p) for p in default.points]
                 out.print(f"    {stage}.{field} = {d!s}  [dim]{help_}[/]")
-    out.print(f"\nimplementations: " + "; ".join(f"{s}: {', '.join(registered(s))}" for s in STAGES))
+    out.print("\nimplementations: " + "; ".join(f"{s}: {', '.join(registered(s))}" for s in STAGES))
 
 
 def _can_run(profile: str) -> tuple[bool, str]:

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from portrait3d.pipelines.camera import Camera
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.image_io import mask_coverage
 from portrait3d.pipelines.init import HeadPriorInit, polar_radius, rays_from_origin

@@ -114,8 +114,6 @@ class Schedule:
             raise ConfigError(f"not a number or a [[step, value], ...] schedule: {value!r}") from None
 
 
-ScalarOrSchedule = Schedule
-
 
 def help_of(cfg_cls: type) -> dict[str, tuple[str, Any, str]]:
     """``{field: (type name, default, help)}`` for a Config dataclass."""
