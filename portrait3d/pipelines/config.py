@@ -114,7 +114,6 @@ class Schedule:
             raise ConfigError(f"not a number or a [[step, value], ...] schedule: {value!r}") from None
 
 
-
 def help_of(cfg_cls: type) -> dict[str, tuple[str, Any, str]]:
     """``{field: (type name, default, help)}`` for a Config dataclass."""
     out = {}
