@@ -21,7 +21,6 @@ from ..errors import BundleError
 from .analysis import MediapipeAnalysis
 from .camera import Camera
 from .config import make_config
-from .identity import DlibFaceDescriptor
 from .image_io import load_image
 from .mesh import quality
 from .types import HeadMesh, TexturedHead
@@ -58,7 +57,7 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
     stage = MediapipeAnalysis(cfg)
     try:
         a = stage(img)
-        dlib_enc = stage.identity if isinstance(stage.identity, DlibFaceDescriptor) else DlibFaceDescriptor()
+        dlib_enc = stage.identity  # cfg.identity is "dlib" above
         ref = Camera.from_dict(record["reference_camera"])
         dist = float(np.linalg.norm(ref.center))
         out: dict[str, Any] = {"bundle": str(bundle), "image": str(image),

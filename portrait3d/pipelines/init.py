@@ -181,12 +181,10 @@ class HeadPriorInit:
             kv = np.interp(theta, np.linspace(-np.pi, np.pi, len(k), endpoint=False), k, period=2 * np.pi)
             kv = np.where(verts[:, 1] < chin_y, np.minimum(kv, self.cfg.neck_max_scale), kv)
             kv = 1 + (kv - 1) * (1 - face_w)
-            pc = verts @ small.R.T + small.t
-            c = small.t
-            off = pc - c
+            off = verts @ small.R.T  # camera-aligned offsets from the head centre
             off[:, :2] *= kv[:, None]
             off[:, 2] *= 1 + (kv - 1) * self.cfg.depth_follow
-            verts = (off + c - small.t) @ small.R
+            verts = off @ small.R
         return verts
 
 

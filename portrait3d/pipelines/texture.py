@@ -69,6 +69,11 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.where(known[..., None], img, filled)
 
 
+def _pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(P, 2)`` -> clamped (row, col) integer indices."""
+    return (np.clip(pix[:, 1].astype(int), 0, height - 1), np.clip(pix[:, 0].astype(int), 0, width - 1))
+
+
 def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimuth_deg: float) -> np.ndarray:
     """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head.
 
@@ -151,8 +156,7 @@ class ClassicalTexture:
         uv, z = cam.project(pts)
         to_cam = cam.center[None] - pts
         cos = (nrm * to_cam).sum(1) / np.linalg.norm(to_cam, axis=1)
-        xi = np.clip(uv[:, 0].astype(int), 0, cam.width - 1)
-        yi = np.clip(uv[:, 1].astype(int), 0, cam.height - 1)
+        yi, xi = _pixel_index(uv, cam.width, cam.height)
         inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
         tol = 0.004 + 0.002 * np.linalg.norm(cam.center)
         vis = inside & (cos > min_facing) & (z <= depth[yi, xi] + tol)
@@ -193,9 +197,7 @@ class ClassicalTexture:
         mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
         ref_depth = self._depth_map(mesh, cam)
         pix, vis, cos = self._visible(pts, nrm, cam, ref_depth, cfg.min_facing)
-        xi = np.clip(pix[:, 0].astype(int), 0, cam.width - 1)
-        yi = np.clip(pix[:, 1].astype(int), 0, cam.height - 1)
-        vis &= mask[yi, xi]
+        vis &= mask[_pixel_index(pix, cam.width, cam.height)]
         colors[vis] = self._sample(a.crop, pix[vis])
         known |= vis
         source[vis] = 1
@@ -205,10 +207,8 @@ class ClassicalTexture:
         if cfg.mirror:
             mp = self._mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
             mpix, mvis, mcos = self._visible(mp, nrm * [-1, 1, 1], cam, ref_depth, cfg.min_facing)
-            mxi = np.clip(mpix[:, 0].astype(int), 0, cam.width - 1)
-            myi = np.clip(mpix[:, 1].astype(int), 0, cam.height - 1)
             # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera.
-            take = mvis & mask[myi, mxi] & (~known | (mcos > cos + cfg.mirror_margin))
+            take = mvis & mask[_pixel_index(mpix, cam.width, cam.height)] & (~known | (mcos > cos + cfg.mirror_margin))
             colors[take] = self._sample(a.crop, mpix[take])
             known |= take
             source[take] = 2
@@ -277,7 +277,8 @@ class ClassicalTexture:
         """Splat known texel colours into a view image; returns (uint8 image, covered mask)."""
         acc = np.zeros((size * size, 3), np.float32)
         cnt = np.zeros(size * size, np.float32)
-        flat = np.clip(pix[:, 1].astype(int), 0, size - 1) * size + np.clip(pix[:, 0].astype(int), 0, size - 1)
+        yi, xi = _pixel_index(pix, size, size)
+        flat = yi * size + xi
         np.add.at(acc, flat, col)
         np.add.at(cnt, flat, 1)
         have = (cnt > 0).reshape(size, size)
