@@ -1,4 +1,4 @@
-"""``portrait3d``: one command with subcommands (generate, eval, info)."""
+"""``portrait3d``: one command with subcommands (generate, batch, eval, info)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,68 @@ def generate(
         out.print(path)
 
 
+@app.command()
+def batch(
+    inputs: str = typer.Argument(..., metavar="INPUT",
+                                 help="folder, glob, CSV/Parquet manifest of URIs, or s3:// prefix of portraits"),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="local folder or s3:// prefix for the heads"),
+    profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
+    seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
+    config: Optional[List[str]] = typer.Option(None, "--config", "-c",
+                                               help="override a stage setting, stage.field=value, or a JSON file; "
+                                                    "repeatable"),
+    pool: Optional[List[str]] = typer.Option(None, "--pool",
+                                             help="override a worker-pool or batch setting, e.g. "
+                                                  "geometry.num_gpus=1, texture.accelerator_type=H100, "
+                                                  "batch.max_task_retries=3, or a JSON file; repeatable "
+                                                  "(`portrait3d info` lists them)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                          help="size of the analysis, geometry and texture pools"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's logs and progress bars"),
+) -> None:
+    """A whole dataset -> OUTPUT/heads/<hash>/ bundles and OUTPUT/manifest.parquet (one row per input).
+
+    Rerunning skips every input whose bundle exists with the same settings. Exit status 1 when some
+    inputs failed (their rows say why), 2 when the run could not start.
+    """
+    from .engine import storage
+    from .engine.batch import list_inputs, run_batch
+    from .engine.cluster import connect
+    from .engine.config import build_engine_config
+    from .pipelines.config import build_profile_config
+
+    try:
+        cfg = build_profile_config(profile, config, seed)
+        engine = build_engine_config(profile, pool, workers)
+        uris, skipped = list_inputs(inputs)
+        output = storage.check_writable(output)
+        err.print(f"{len(uris)} portraits from {inputs}" + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+        where = connect(engine, address, verbose=verbose)
+        err.print(f"ray: {where}")
+        with Progress(TextColumn("heads"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                      TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err,
+                      disable=quiet) as bar:
+            task = bar.add_task("heads", total=len(uris), msg="starting workers")
+
+            def on_row(row, p) -> None:
+                bar.update(task, total=p.total, completed=p.done,
+                           msg=f"ok {p.ok} (reused {p.reused}) · failed {p.failed} · {p.heads_per_min:.1f} heads/min")
+                if row["status"] != "ok":
+                    err.print(f"[red]failed[/] {row['input_uri']}: {row['error_type']}: {row['error_message']}")
+
+            summary = run_batch(uris, output, cfg, engine, on_row=on_row, show_ray_progress=verbose)
+    except Portrait3DError as e:
+        _fail(e)
+    p = summary.progress
+    err.print(f"[green]done[/] in {summary.elapsed_s:.0f} s: {p.ok} ok ({p.reused} reused, {p.made} made), "
+              f"{p.failed} failed, {p.heads_per_min:.1f} heads/min")
+    out.print(summary.manifest_uri)
+    raise typer.Exit(1 if p.failed else 0)
+
+
 @app.command("eval")
 def eval_cmd(
     bundle: Path = typer.Argument(..., help="a head bundle folder (from `portrait3d generate`)"),
@@ -117,6 +179,14 @@ def info() -> None:
                 d = default if not hasattr(default, "points") else [list(p) for p in default.points]
                 out.print(f"    {stage}.{field} = {d!s}  [dim]{help_}[/]")
     out.print("\nimplementations: " + "; ".join(f"{s}: {', '.join(registered(s))}" for s in STAGES))
+    from .engine.config import POOLS, BatchSettings, PoolConfig, build_engine_config
+
+    eng = build_engine_config("fast")
+    out.print("\nworker pools of `portrait3d batch` (--pool pool.field=value; defaults of the fast profile):")
+    for pool in (*POOLS, "batch"):
+        cls, cfg = (BatchSettings, eng.batch) if pool == "batch" else (PoolConfig, eng.pools[pool])
+        for field, (typ, default, help_) in help_of(cls).items():
+            out.print(f"    {pool}.{field} = {getattr(cfg, field)!s}  [dim]{help_}[/]")
 
 
 def _can_run(profile: str) -> tuple[bool, str]:

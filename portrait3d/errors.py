@@ -49,6 +49,14 @@ class OutputPathError(Portrait3DError):
     """The output location cannot be written (e.g. it is a file, not a folder)."""
 
 
+class StorageError(Portrait3DError):
+    """A local path or ``s3://`` URI cannot be read, listed or written."""
+
+
+class WorkerDiedError(Portrait3DError):
+    """A worker process died on this input on every attempt (e.g. out of memory)."""
+
+
 class ConfigError(Portrait3DError):
     """A profile, stage name or config override is invalid."""
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -155,6 +156,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             if len(args) != len(value):
                 raise ValueError(value)
             return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        if origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip() else {}
+            kt, vt = typing.get_args(typ)
+            return {_coerce(k, kt, where): _coerce(v, vt, where) for k, v in dict(value).items()}
         if origin is typing.Union:
             args = [a for a in typing.get_args(typ) if a is not type(None)]
             if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -217,6 +223,10 @@ class PipelineConfig:
             "impls": dict(self.impls),
             "stages": {k: _jsonable(dataclasses.asdict(v)) for k, v in self.stages.items()},
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the resolved settings: equal fingerprints make equal heads from equal inputs."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _jsonable(x: Any) -> Any:

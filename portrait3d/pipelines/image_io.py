@@ -51,8 +51,11 @@ def read_bytes(src: str | Path | bytes) -> tuple[bytes, str]:
         raise ImageReadError(f"cannot read {p}: {e.strerror or e}") from None
 
 
-def load_image(src: str | Path | bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
-    data, name = read_bytes(src)
+def load_image(src: str | Path | bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+               name: str | None = None) -> DecodedImage:
+    """Decode a photo, upright, as RGB8. ``name`` (e.g. the URI the bytes came from) is used in errors."""
+    data, default_name = read_bytes(src)
+    name = name or default_name
     if not data:
         raise NotAnImageError(f"{name} is empty")
     digest = hashlib.sha256(data).hexdigest()

@@ -37,10 +37,25 @@ STAGE_ORDER = ("analysis", "init", "sculpt", "texture", "export")
 @dataclass
 class HeadResult:
     analysis: PortraitAnalysis
-    initial: HeadMesh
     head: TexturedHead
+    initial: HeadMesh | None = None
     timings: dict[str, float] = field(default_factory=dict)
     sculpt_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _no_progress(stage: str, frac: float, msg: str) -> None:
+    pass
+
+
+def _timed(stage: str, progress: Progress | None, timings: dict[str, float] | None, fn, /, *args, **kw):
+    report = progress or _no_progress
+    report(stage, 0.0, "")
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    if timings is not None:
+        timings[stage] = round(time.perf_counter() - t0, 3)
+    report(stage, 1.0, "")
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -74,40 +89,70 @@ def library_versions() -> dict[str, str]:
 
 
 class Portrait3D:
-    def __init__(self, config: PipelineConfig | None = None):
+    """The stages of one profile, built once (models stay warm), run as three steps.
+
+    The steps are the units the engine places on separate worker pools: ``analyze`` (stage 1),
+    ``shape`` (stages 2-4: init and sculpt) and ``paint`` (stage 5). Each step seeds the random
+    generators itself, so a head is the same whether the steps run in one process or in three.
+    ``stages`` builds only some stages (a worker pool loads only the models it needs).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, stages: tuple[str, ...] | None = None):
         self.config = config or build_profile_config("fast")
-        self.stages = {s: lookup(s, self.config.impls[s])(self.config.stages[s]) for s in self.config.impls}
+        names = tuple(self.config.impls) if stages is None else tuple(stages)
+        unknown = set(names) - set(self.config.impls)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {list(self.config.impls)}")
+        self.stages = {s: lookup(s, self.config.impls[s])(self.config.stages[s]) for s in names}
 
-    def run(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None) -> HeadResult:
+    def _stage(self, name: str):
+        try:
+            return self.stages[name]
+        except KeyError:
+            raise RuntimeError(f"this Portrait3D was built without the {name!r} stage") from None
+
+    @contextlib.contextmanager
+    def _step(self):
         with deterministic_torch():
-            return self._run(src, progress)
+            seed_everything(self.config.seed)
+            yield
 
-    def _run(self, src, progress: Progress | None) -> HeadResult:
-        report = progress or (lambda s, f, m: None)
-        seed_everything(self.config.seed)
-        timings: dict[str, float] = {}
-
-        def timed(stage: str, fn, *args, **kw):
-            report(stage, 0.0, "")
-            t0 = time.perf_counter()
-            out = fn(*args, **kw)
-            timings[stage] = round(time.perf_counter() - t0, 3)
-            report(stage, 1.0, "")
-            return out
-
+    def analyze(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None,
+                timings: dict[str, float] | None = None) -> PortraitAnalysis:
+        """Stage 1: decode (unless already decoded) and analyse the portrait."""
         image = src if isinstance(src, DecodedImage) else load_image(
             src, max_megapixels=self.config.stages["analysis"].max_megapixels)
-        analysis = timed("analysis", self.stages["analysis"], image)
-        initial = timed("init", self.stages["init"], analysis)
-        sculpted, info = timed("sculpt", self.stages["sculpt"], analysis, initial,
-                               progress=lambda f, m: report("sculpt", f, m))
-        head = timed("texture", self.stages["texture"], analysis, sculpted,
-                     progress=lambda f, m: report("texture", f, m))
+        with self._step():
+            return _timed("analysis", progress, timings, self._stage("analysis"), image)
+
+    def shape(self, analysis: PortraitAnalysis, progress: Progress | None = None,
+              timings: dict[str, float] | None = None) -> tuple[HeadMesh, HeadMesh, dict[str, Any]]:
+        """Stages 2-4: ``(initial mesh, sculpted mesh, sculpt info)``."""
+        report = progress or _no_progress
+        with self._step():
+            initial = _timed("init", progress, timings, self._stage("init"), analysis)
+            sculpted, info = _timed("sculpt", progress, timings, self._stage("sculpt"), analysis, initial,
+                                    progress=lambda f, m: report("sculpt", f, m))
+        return initial, sculpted, info
+
+    def paint(self, analysis: PortraitAnalysis, mesh: HeadMesh, progress: Progress | None = None,
+              timings: dict[str, float] | None = None) -> TexturedHead:
+        """Stage 5: the textured head."""
+        report = progress or _no_progress
+        with self._step():
+            return _timed("texture", progress, timings, self._stage("texture"), analysis, mesh,
+                          progress=lambda f, m: report("texture", f, m))
+
+    def run(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None) -> HeadResult:
+        timings: dict[str, float] = {}
+        analysis = self.analyze(src, progress, timings)
+        initial, sculpted, info = self.shape(analysis, progress, timings)
+        head = self.paint(analysis, sculpted, progress, timings)
         return HeadResult(analysis=analysis, initial=initial, head=head, timings=timings, sculpt_info=info)
 
     def bundle(self, result: HeadResult, progress: Progress | None = None) -> dict[str, bytes]:
         """The bundle's files as bytes (nothing written yet)."""
-        report = progress or (lambda s, f, m: None)
+        report = progress or _no_progress
         report("export", 0.0, "")
         t0 = time.perf_counter()
         a, head = result.analysis, result.head
@@ -119,6 +164,7 @@ class Portrait3D:
             **a.record(),
             "profile": self.config.profile,
             "config": self.config.to_dict(),
+            "config_sha256": self.config.fingerprint(),
             "versions": library_versions(),
             "timings_s": timings,
             "metrics": {

@@ -1,0 +1,43 @@
+"""Connecting to Ray: the cluster named by ``--address`` or ``RAY_ADDRESS``, else a local instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .config import EngineConfig, local_cpus
+
+#: Environment for worker processes: quiet C++ logging of mediapipe / TFLite.
+WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def connect(engine: EngineConfig, address: str | None = None, verbose: bool = False) -> str:
+    """Join a Ray cluster or start a local one; returns a description of where the work runs.
+
+    A running Ray session in this process is used as it is. With no address (argument or
+    ``RAY_ADDRESS``) a local instance starts with enough logical CPUs for the warm pools.
+    """
+    import ray
+    import ray.data  # noqa: F401 (configures its loggers on import; quiet them after)
+
+    if not verbose:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # we draw our own progress; Ray Data warns that its bars are off
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return _describe(ray)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=local_cpus(engine), include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=verbose, logging_level=logging.WARNING)
+    return _describe(ray)
+
+
+def _describe(ray) -> str:
+    res = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return (f"{nodes} node{'s' * (nodes != 1)}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")

@@ -1,0 +1,68 @@
+"""Where heads live in an output root (local or ``s3://``), keyed by the input's content hash.
+
+``OUTPUT/heads/<hash16>/``: ``head.glb``, ``views.png``, then ``head.json`` written last, so a bundle
+whose ``head.json`` exists is complete. ``OUTPUT/_work/<hash16>/``: intermediates passed between
+pools (``analysis.npz``, ``mesh.npz``, ``head.npz``), removed once the bundle is written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import StorageError
+from ..pipelines.export import BUNDLE_FILES
+from . import storage
+
+KEY_CHARS = 16  # 64 bits of SHA-256: collisions are not a concern at dataset sizes
+
+
+def head_key(content_hash: str) -> str:
+    key = content_hash[:KEY_CHARS]
+    if len(key) != KEY_CHARS or any(c not in "0123456789abcdef" for c in key):
+        raise StorageError(f"not a content hash: {content_hash!r}")
+    return key
+
+
+def bundle_uri(output: str, content_hash: str) -> str:
+    return storage.join(output, "heads", head_key(content_hash))
+
+
+def work_uri(output: str, content_hash: str) -> str:
+    return storage.join(output, "_work", head_key(content_hash))
+
+
+def write_head_bundle(uri: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Write the bundle's files, ``head.json`` last; returns ``{name: uri}``."""
+    order = sorted(files, key=lambda n: n == "head.json")
+    out = {}
+    for name in order:
+        out[name] = storage.join(uri, name)
+        storage.write_bytes(out[name], files[name])
+    return out
+
+
+def find_bundle(uri: str, config_sha256: str) -> dict[str, Any] | None:
+    """The ``head.json`` record of a complete bundle made with these settings, else None."""
+    json_uri = storage.join(uri, "head.json")
+    if not storage.exists(json_uri):
+        return None
+    try:
+        record = json.loads(storage.read_bytes(json_uri))
+    except (StorageError, ValueError):
+        return None
+    if record.get("config_sha256") != config_sha256:
+        return None
+    if not all(storage.exists(storage.join(uri, n)) for n in BUNDLE_FILES):
+        return None
+    return record
+
+
+def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The small part of ``head.json`` that goes into a manifest row."""
+    return {
+        "face_score": record.get("face_score"),
+        "pose_deg": record.get("pose_deg"),
+        "notes": record.get("notes", []),
+        **record.get("metrics", {}),
+    }

@@ -1,0 +1,179 @@
+"""Ray Data workers: callable classes that load their stage models once and then process rows.
+
+Each worker reads its inputs from storage, runs its step of :class:`Portrait3D`, writes its output
+to storage and puts only the URI and small metadata into the row. A typed error (or a bug) in one
+row becomes an error row; the worker goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from ..errors import Portrait3DError
+from ..pipelines.codec import decode, encode
+from ..pipelines.config import PipelineConfig
+from ..pipelines.pipeline import HeadResult, Portrait3D
+from ..pipelines.types import HeadMesh, PortraitAnalysis, TexturedHead
+from . import heads, storage
+from .config import BatchSettings, PoolConfig
+from .rows import TIMING_COLUMNS, batch_to_rows, mark_error, rows_to_batch
+
+log = logging.getLogger(__name__)
+
+
+def placement() -> dict[str, Any]:
+    """Where this worker runs: Ray node, process, GPUs and accelerator type."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "accelerator_ids": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v}}
+
+
+class StageWorker:
+    """Base of the pool workers. Subclasses set ``pool``, ``stages`` and implement ``process``."""
+
+    pool = ""
+    stages: tuple[str, ...] = ()
+
+    def __init__(self, config: PipelineConfig, output: str, pool: PoolConfig, batch: BatchSettings):
+        import torch
+
+        torch.set_num_threads(pool.threads())
+        self.config, self.output, self.batch = config, output, batch
+        self.p3d = Portrait3D(config, stages=self.stages)
+        self.where = placement()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        rows = batch_to_rows(batch)
+        for row in rows:
+            if row["status"] == "pending":
+                self._guarded(row)
+        return rows_to_batch(rows)
+
+    def _guarded(self, row: dict[str, Any]) -> None:
+        started = time.time()
+        try:
+            self.process(row)
+        except Portrait3DError as e:
+            mark_error(row, self.pool, e.kind, str(e))
+        except Exception as e:  # a bug must cost one row, not the run; the traceback goes to the log
+            log.error("internal error on %s:\n%s", row["input_uri"], traceback.format_exc())
+            mark_error(row, self.pool, type(e).__name__, f"internal error: {e}")
+        workers = json.loads(row["workers_json"])
+        workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3)}
+        row["workers_json"] = json.dumps(workers)
+
+    def process(self, row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _timings(self, row: dict[str, Any], timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            row[TIMING_COLUMNS[stage]] = float(seconds)
+
+    def _read(self, row: dict[str, Any], name: str, cls: type):
+        return decode(storage.read_bytes(storage.join(row["work_uri"], name)), cls)
+
+    def _write(self, row: dict[str, Any], name: str, obj: Any) -> None:
+        storage.write_bytes(storage.join(row["work_uri"], name), encode(obj))
+
+
+class AnalysisWorker(StageWorker):
+    """Stage 1. Reads the input, hashes it, and skips it when its bundle is already complete."""
+
+    pool, stages = "analysis", ("analysis",)
+
+    def process(self, row: dict[str, Any]) -> None:
+        uri = row["input_uri"]
+        data = storage.read_bytes(uri, max_bytes=int(self.batch.max_input_mb * 2**20))
+        row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
+        bundle = heads.bundle_uri(self.output, digest)
+        record = heads.find_bundle(bundle, self.config.fingerprint())
+        if record is not None:
+            fill_outputs(row, bundle, record)
+            row["reused"] = True
+            return
+        timings: dict[str, float] = {}
+        image = _decode(data, uri, self.config)
+        analysis = self.p3d.analyze(image, timings=timings)
+        row["work_uri"] = heads.work_uri(self.output, digest)
+        self._write(row, "analysis.npz", analysis)
+        self._timings(row, timings)
+
+
+class GeometryWorker(StageWorker):
+    """Stages 2-4: the head prior fitted to the portrait, then sculpted."""
+
+    pool, stages = "geometry", ("init", "sculpt")
+
+    def process(self, row: dict[str, Any]) -> None:
+        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
+        timings: dict[str, float] = {}
+        _, sculpted, info = self.p3d.shape(analysis, timings=timings)
+        self._write(row, "mesh.npz", sculpted)
+        row["sculpt_json"] = json.dumps(info, default=_jsonable)
+        self._timings(row, timings)
+
+
+class TextureWorker(StageWorker):
+    """Stage 5: the UV texture."""
+
+    pool, stages = "texture", ("texture",)
+
+    def process(self, row: dict[str, Any]) -> None:
+        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
+        mesh = self._read(row, "mesh.npz", HeadMesh)
+        timings: dict[str, float] = {}
+        head = self.p3d.paint(analysis, mesh, timings=timings)
+        self._write(row, "head.npz", head)
+        self._timings(row, timings)
+
+
+class ExportWorker(StageWorker):
+    """The bundle: ``head.glb``, ``views.png`` and, last, ``head.json``. Needs no models."""
+
+    pool, stages = "export", ()
+
+    def process(self, row: dict[str, Any]) -> None:
+        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
+        head = self._read(row, "head.npz", TexturedHead)
+        timings = {s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"}
+        result = HeadResult(analysis=analysis, head=head, timings=timings,
+                            sculpt_info=json.loads(row["sculpt_json"]))
+        files = self.p3d.bundle(result)
+        bundle = heads.bundle_uri(self.output, row["content_hash"])
+        heads.write_head_bundle(bundle, files)
+        record = json.loads(files["head.json"])
+        fill_outputs(row, bundle, record)
+        row["t_export_s"] = float(record["timings_s"]["export"])
+        if not self.batch.keep_work:
+            storage.delete_tree(row["work_uri"])
+
+
+def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
+    row.update(status="ok", bundle_uri=bundle, glb_uri=storage.join(bundle, "head.glb"),
+               json_uri=storage.join(bundle, "head.json"), views_uri=storage.join(bundle, "views.png"),
+               metrics_json=json.dumps(heads.summary_metrics(record), default=_jsonable))
+
+
+def _decode(data: bytes, uri: str, config: PipelineConfig):
+    from ..pipelines.image_io import load_image
+
+    return load_image(data, max_megapixels=config.stages["analysis"].max_megapixels, name=uri)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
