@@ -10,49 +10,14 @@ painting-like (OpenCV stylization), strong side light, JPEG quality 10. A failed
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-
-
-def variants(tmp: Path) -> list[Path]:
-    import matplotlib
-    import skimage.data
-    astro = skimage.data.astronaut()
-    grace = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
-    out: dict[str, np.ndarray | bytes] = {"astronaut": astro, "grace_hopper": grace,
-                                          "cameraman": np.repeat(skimage.data.camera()[..., None], 3, 2)}
-    for name, img in (("astronaut", astro), ("grace", grace)):
-        h, w = img.shape[:2]
-        out[f"{name}_mirrored"] = np.ascontiguousarray(img[:, ::-1])
-        out[f"{name}_lowres"] = cv2.resize(img, (int(w * 0.7), int(h * 0.7)), interpolation=cv2.INTER_AREA)
-        out[f"{name}_gray"] = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
-        M = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0)
-        out[f"{name}_roll20"] = cv2.warpAffine(img, M, (w, h), borderMode=cv2.BORDER_REFLECT)
-        out[f"{name}_painting"] = cv2.stylization(img, sigma_s=60, sigma_r=0.45)
-        ramp = np.linspace(1.15, 0.35, w)[None, :, None]
-        out[f"{name}_sidelight"] = np.clip(img * ramp, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=10)
-        out[f"{name}_jpeg10"] = buf.getvalue()
-    paths = []
-    for name, data in out.items():
-        p = tmp / f"{name}.{'jpg' if isinstance(data, bytes) else 'png'}"
-        if isinstance(data, bytes):
-            p.write_bytes(data)
-        else:
-            Image.fromarray(data).save(p)
-        paths.append(p)
-    return paths
 
 
 def main() -> None:
@@ -60,9 +25,10 @@ def main() -> None:
     from portrait3d.pipelines.config import build_profile_config
     from portrait3d.pipelines.evaluate import evaluate
     from portrait3d.pipelines.pipeline import Portrait3D
+    from portrait3d.testing import evaluation_set
 
     tmp = Path(tempfile.mkdtemp(prefix="p3d-eval-"))
-    photos = [Path(p) for p in sys.argv[1:]] or variants(tmp)
+    photos = [Path(p) for p in sys.argv[1:]] or evaluation_set(tmp)
     p3d = Portrait3D(build_profile_config("fast"))
     hdr = ["photo", "secs", "id0", "id+30", "id-30", "f+60", "f-60", "back", "IoU", "PSNR", "pass"]
     print("".join(f"{h:>10}" if i else f"{h:<22}" for i, h in enumerate(hdr)))

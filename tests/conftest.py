@@ -44,3 +44,51 @@ def analysis_stage():
 def astronaut_analysis(analysis_stage, astronaut_png):
     from portrait3d.pipelines.image_io import load_image
     return analysis_stage(load_image(astronaut_png))
+
+
+#: Settings that make a head in about 2 s: for tests of plumbing, not of head quality.
+QUICK_HEAD = ["init.subdivisions=4", "sculpt.steps=10", "sculpt.resolution=128", "texture.texture_size=256",
+              "texture.view_size=128"]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback; the AWS environment points at it.
+
+    Session-scoped and set up before any Ray instance that needs it, so that Ray's worker
+    processes inherit the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket; returns its name."""
+    import boto3
+    import re
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,96 @@
+"""Real portraits for tests and benchmarks: the photos that ship inside scikit-image and matplotlib
+(public domain), variants of them, and small datasets with broken files mixed in.
+
+Needs the ``test`` extra (scikit-image, matplotlib). Nothing here is downloaded.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> paths = portrait_dataset(pathlib.Path(tempfile.mkdtemp()), portraits=2, broken=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def shipped_portraits() -> dict[str, np.ndarray]:
+    """``{name: (H, W, 3) uint8 RGB}``: astronaut (NASA), grace_hopper (US Navy), cameraman."""
+    import matplotlib
+    import skimage.data
+
+    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    return {"astronaut": skimage.data.astronaut(), "grace_hopper": np.asarray(Image.open(grace).convert("RGB")),
+            "cameraman": np.repeat(skimage.data.camera()[..., None], 3, 2)}
+
+
+def variants(img: np.ndarray) -> dict[str, np.ndarray | bytes]:
+    """Harder versions of one portrait: mirrored, 0.7x resolution, grayscale, rolled 20 degrees,
+    painting-like, strong side light, and JPEG quality 10 (as bytes)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0)
+    ramp = np.linspace(1.15, 0.35, w)[None, :, None]
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=10)
+    return {
+        "mirrored": np.ascontiguousarray(img[:, ::-1]),
+        "lowres": cv2.resize(img, (int(w * 0.7), int(h * 0.7)), interpolation=cv2.INTER_AREA),
+        "gray": np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, 2),
+        "roll20": cv2.warpAffine(img, rot, (w, h), borderMode=cv2.BORDER_REFLECT),
+        "painting": cv2.stylization(img, sigma_s=60, sigma_r=0.45),
+        "sidelight": np.clip(img * ramp, 0, 255).astype(np.uint8),
+        "jpeg10": buf.getvalue(),
+    }
+
+
+def save(folder: Path, name: str, data: np.ndarray | bytes) -> Path:
+    """An array as ``name.png``, bytes as ``name.jpg``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f"{name}.{'jpg' if isinstance(data, bytes) else 'png'}"
+    if isinstance(data, bytes):
+        p.write_bytes(data)
+    else:
+        Image.fromarray(data).save(p)
+    return p
+
+
+def evaluation_set(folder: Path) -> list[Path]:
+    """The three shipped portraits plus every variant of astronaut and grace_hopper."""
+    shipped = shipped_portraits()
+    paths = [save(folder, n, img) for n, img in shipped.items()]
+    for name in ("astronaut", "grace_hopper"):
+        paths += [save(folder, f"{name}_{v}", d) for v, d in variants(shipped[name]).items()]
+    return paths
+
+
+BATCH_PORTRAITS = ("astronaut", "grace_hopper", "cameraman", "astronaut_mirrored", "grace_hopper_mirrored",
+                   "astronaut_lowres", "grace_hopper_gray", "astronaut_sidelight")
+
+
+def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[Path]:
+    """A folder of ``portraits`` real portraits (at most 8: the shipped ones and variants) and
+    ``broken`` broken files (a truncated JPEG, text named .png); returns every path."""
+    if not 0 <= portraits <= len(BATCH_PORTRAITS) or not 0 <= broken <= 2:
+        raise ValueError(f"portraits must be 0..{len(BATCH_PORTRAITS)} and broken 0..2")
+    shipped = shipped_portraits()
+    paths = []
+    for name in BATCH_PORTRAITS[:portraits]:
+        if name in shipped:
+            data = shipped[name]
+        else:
+            base, variant = name.rsplit("_", 1)
+            data = variants(shipped[base])[variant]
+        paths.append(save(folder, name, data))
+    jpeg = io.BytesIO()
+    Image.fromarray(shipped["grace_hopper"]).save(jpeg, "JPEG", quality=90)
+    broken_files = {"truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
+                    "not_an_image.png": b"these are the minutes of the meeting, not a photo\n"}
+    for name in list(broken_files)[:broken]:
+        (folder / name).write_bytes(broken_files[name])
+        paths.append(folder / name)
+    return paths

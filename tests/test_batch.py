@@ -1,0 +1,149 @@
+"""``portrait3d batch`` on a local Ray instance: real portraits, broken files, reruns, a killed
+worker, S3 in and out (moto on loopback), and the CLI."""
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from portrait3d.engine.batch import run_batch
+from portrait3d.engine.cluster import connect
+from portrait3d.engine.config import build_engine_config
+from portrait3d.pipelines.config import build_profile_config
+from portrait3d.testing import portrait_dataset
+
+from .conftest import QUICK_HEAD
+
+pytestmark = pytest.mark.slow
+POOLS = {"analysis", "geometry", "texture", "export"}
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    import ray
+    connect(build_engine_config("fast"))
+    yield
+    ray.shutdown()
+
+
+def quick(*extra, seed=0):
+    return build_profile_config("fast", [*QUICK_HEAD, *extra], seed=seed)
+
+
+def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
+    inputs = portrait_dataset(tmp_path / "in", portraits=8, broken=2)
+    out = tmp_path / "out"
+    seen = []
+    s = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"),
+                  on_row=lambda row, p: seen.append((row["input_uri"], p.done)))
+    assert [d for _, d in seen] == list(range(1, 11))  # progress per row, as rows finish
+    rows = {Path(r["input_uri"]).name: r for r in pq.read_table(s.manifest_uri).to_pylist()}
+    assert len(rows) == 10 and (s.progress.ok, s.progress.failed) == (8, 2)
+    assert rows["truncated.jpg"]["error_type"] == "TruncatedImageError"
+    assert rows["not_an_image.png"]["error_type"] == "NotAnImageError"
+    assert {rows[n]["error_stage"] for n in ("truncated.jpg", "not_an_image.png")} == {"analysis"}
+    for p in inputs[:8]:
+        r = rows[p.name]
+        assert r["status"] == "ok" and not r["reused"], r
+        assert r["content_hash"] == hashlib.sha256(p.read_bytes()).hexdigest()
+        assert Path(r["glb_uri"]).read_bytes()[:4] == b"glTF"
+        assert json.loads(Path(r["json_uri"]).read_text())["input_sha256"] == r["content_hash"]
+        assert Path(r["views_uri"]).stat().st_size > 1000
+        assert all(not math.isnan(r[f"t_{s}_s"]) for s in ("analysis", "init", "sculpt", "texture", "export"))
+        assert set(json.loads(r["workers_json"])) == POOLS
+        assert json.loads(r["metrics_json"])["mesh"]["watertight"]
+    assert not (out / "_work").exists()
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")}
+    s2 = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"))
+    rows2 = {Path(r["input_uri"]).name: r for r in pq.read_table(s2.manifest_uri).to_pylist()}
+    assert (s2.progress.reused, s2.progress.made, s2.progress.failed) == (8, 0, 2)
+    assert all(rows2[p.name]["reused"] and rows2[p.name]["glb_uri"] == rows[p.name]["glb_uri"] for p in inputs[:8])
+    assert all(set(json.loads(rows2[p.name]["workers_json"])) == {"analysis"} for p in inputs[:8])
+    assert {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")} == mtimes  # nothing rewritten
+
+
+def test_ray_head_equals_in_process_head(ray_local, tmp_path):
+    from portrait3d.pipelines.pipeline import Portrait3D
+    src = portrait_dataset(tmp_path / "in", portraits=1, broken=0)[0]
+    cfg = quick()
+    s = run_batch(str(src), str(tmp_path / "out"), cfg, build_engine_config("fast"))
+    (row,) = s.rows
+    p3d = Portrait3D(cfg)
+    files = p3d.bundle(p3d.run(src))
+    assert Path(row["glb_uri"]).read_bytes() == files["head.glb"]
+
+
+def _kill_first(title: str, killed: list, stop: threading.Event) -> None:
+    import psutil
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or []).strip()  # Ray pads process titles
+            if title in cmd and cmd.endswith(".submit"):  # the worker is inside a head
+                os.kill(proc.info["pid"], signal.SIGKILL)
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.02)
+
+
+def test_killed_worker_head_is_retried(ray_local, tmp_path):
+    portrait_dataset(tmp_path / "in", portraits=2, broken=0)
+    killed, stop = [], threading.Event()
+    watcher = threading.Thread(target=_kill_first, args=("MapBatches(GeometryWorker)", killed, stop), daemon=True)
+    watcher.start()
+    try:
+        s = run_batch(str(tmp_path / "in"), str(tmp_path / "out"), quick("sculpt.steps=150"),
+                      build_engine_config("fast"))
+    finally:
+        stop.set()
+    assert len(killed) == 1, "the geometry worker was never caught inside a head"
+    assert [r["status"] for r in s.rows] == ["ok", "ok"], [r["error_message"] for r in s.rows]
+    geometry_pids = {json.loads(r["workers_json"])["geometry"]["pid"] for r in s.rows}
+    assert killed[0] not in geometry_pids  # the restarted worker finished the head
+
+
+def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
+    s3 = boto3.client("s3")
+    for p in portrait_dataset(tmp_path / "in", portraits=1, broken=1):
+        s3.upload_file(str(p), s3_bucket, f"portraits/{p.name}")
+    out = f"s3://{s3_bucket}/heads"
+    s = run_batch(f"s3://{s3_bucket}/portraits/", out, quick(), build_engine_config("fast"))
+    table = pq.read_table(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key="heads/manifest.parquet")["Body"].read()))
+    rows = {r["input_uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
+    assert rows["astronaut.png"]["status"] == "ok" and rows["truncated.jpg"]["status"] == "error"
+    key = rows["astronaut.png"]["glb_uri"][len(f"s3://{s3_bucket}/"):]
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()[:4] == b"glTF"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="heads/")["Contents"]}
+    assert not any("/_work/" in k for k in keys)
+    again = run_batch(f"s3://{s3_bucket}/portraits/", out, quick(), build_engine_config("fast"))
+    assert again.progress.reused == 1
+    other_seed = run_batch(f"s3://{s3_bucket}/portraits/", out, quick(seed=1), build_engine_config("fast"))
+    assert (other_seed.progress.reused, other_seed.progress.made) == (0, 1)  # new settings: made again
+
+
+def test_cli_batch(tmp_path):
+    portrait_dataset(tmp_path / "in", portraits=1, broken=1)
+    cmd = [sys.executable, "-m", "portrait3d.cli", "batch", str(tmp_path / "in"), str(tmp_path / "out"), "-q",
+           *[a for c in QUICK_HEAD for a in ("-c", c)]]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1, r.stderr  # one input failed
+    assert "1 ok (0 reused, 1 made), 1 failed" in r.stderr
+    assert "TruncatedImageError" in r.stderr
+    assert r.stdout.strip().endswith("manifest.parquet")
+    assert pq.read_table(tmp_path / "out" / "manifest.parquet").num_rows == 2
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "nothing-here"), str(tmp_path / "out2")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "InputError" in bad.stderr
+    assert not (tmp_path / "out2").exists()
