@@ -109,6 +109,9 @@ def batch(
         err.print(f"{len(uris)} portraits from {inputs}" + (f" ({len(skipped)} other files skipped)" if skipped else ""))
         where = connect(engine, address, verbose=verbose)
         err.print(f"ray: {where}")
+        if not where.startswith("1 node") and not (storage.is_s3(output) and all(map(storage.is_s3, uris))):
+            err.print("[yellow]note[/]: local paths on a multi-node cluster must be storage every node "
+                      "sees (a shared file system); otherwise use s3://")
         with Progress(TextColumn("heads"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                       TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err,
                       disable=quiet) as bar:

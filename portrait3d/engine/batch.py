@@ -157,6 +157,7 @@ def configure_data_context(engine: EngineConfig, show_ray_progress: bool = False
     # A block fails only when a worker died on every retry of its one head (a caught error is an
     # error row); dropping it lets the run finish, and the driver writes that input's error row.
     ctx.max_errored_blocks = -1
+    ctx.wait_for_min_actors_s = engine.batch.wait_for_workers_s
     ctx.enable_progress_bars = show_ray_progress
     ctx.print_on_execution_start = show_ray_progress
     ctx.execution_options.preserve_order = False

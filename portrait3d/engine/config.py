@@ -74,12 +74,15 @@ class BatchSettings:
     no_progress_timeout_s: float = field(default=3600.0, metadata={
         "help": "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)"})
     max_input_mb: float = field(default=64.0, metadata={"help": "inputs bigger than this become error rows"})
+    wait_for_workers_s: float = field(default=0.0, metadata={
+        "help": "before streaming, wait up to this long until every pool has its min_size workers "
+                "(0: start as soon as a pool has one; a timeout fails the run)"})
     keep_work: bool = field(default=False, metadata={
         "help": "keep the per-stage intermediates under OUTPUT/_work after a head is done"})
 
     def validate(self) -> None:
-        if self.max_task_retries < 0 or self.max_input_mb <= 0:
-            raise ConfigError("max_task_retries must be >= 0 and max_input_mb > 0")
+        if self.max_task_retries < 0 or self.max_input_mb <= 0 or self.wait_for_workers_s < 0:
+            raise ConfigError("max_task_retries and wait_for_workers_s must be >= 0, max_input_mb > 0")
 
 
 @dataclass

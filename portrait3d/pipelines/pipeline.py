@@ -104,6 +104,8 @@ class Portrait3D:
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {list(self.config.impls)}")
         self.stages = {s: lookup(s, self.config.impls[s])(self.config.stages[s]) for s in names}
+        with deterministic_torch():  # its first use imports torch._inductor (~1.4 s): pay it at load time
+            pass
 
     def _stage(self, name: str):
         try:
