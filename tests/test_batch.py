@@ -113,6 +113,24 @@ def test_killed_worker_head_is_retried(ray_local, tmp_path):
     assert killed[0] not in geometry_pids  # the restarted worker finished the head
 
 
+def test_head_that_kills_its_worker_every_time_is_an_error_row(ray_local, tmp_path):
+    portrait_dataset(tmp_path / "in", portraits=2, broken=0)
+    killed, stop = [], threading.Event()
+    watcher = threading.Thread(target=_kill_first, args=("MapBatches(TextureWorker)", killed, stop), daemon=True)
+    watcher.start()
+    try:  # no retries: the one death is the head's last attempt
+        s = run_batch(str(tmp_path / "in"), str(tmp_path / "out"), quick("texture.texture_size=1024"),
+                      build_engine_config("fast", ["batch.max_task_retries=0"]))
+    finally:
+        stop.set()
+    assert len(killed) == 1
+    assert sorted(r["status"] for r in s.rows) == ["error", "ok"]  # the run went on with the other head
+    (dead,) = [r for r in s.rows if r["status"] == "error"]
+    assert dead["error_type"] == "WorkerDiedError" and "1 attempt(s)" in dead["error_message"]
+    table = pq.read_table(s.manifest_uri)
+    assert table.num_rows == 2 and sorted(table.column("status").to_pylist()) == ["error", "ok"]
+
+
 def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
     s3 = boto3.client("s3")
     for p in portrait_dataset(tmp_path / "in", portraits=1, broken=1):

@@ -199,8 +199,8 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
         if i not in finished:
             row = new_row(i, uri)
             if interrupted is None:
-                err = WorkerDiedError(f"the worker process died on every one of "
-                                      f"{engine.batch.max_task_retries + 1} attempts")
+                err = WorkerDiedError(f"a worker process died on this input on each of its "
+                                      f"{engine.batch.max_task_retries + 1} attempt(s) (out of memory? a crash?)")
             else:
                 err = WorkerDiedError(f"not finished: the run stopped ({type(interrupted).__name__})")
             mark_error(row, "", err.kind, str(err))
