@@ -137,6 +137,7 @@ def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
         s3.upload_file(str(p), s3_bucket, f"portraits/{p.name}")
     out = f"s3://{s3_bucket}/heads"
     s = run_batch(f"s3://{s3_bucket}/portraits/", out, quick(), build_engine_config("fast"))
+    assert s.manifest_uri == f"{out}/manifest.parquet"
     table = pq.read_table(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key="heads/manifest.parquet")["Body"].read()))
     rows = {r["input_uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
     assert rows["astronaut.png"]["status"] == "ok" and rows["truncated.jpg"]["status"] == "error"
