@@ -1,6 +1,11 @@
-"""Ray engine (issue 3): warm model actors, stage actor pools, Ray Data pipelines, storage.
+"""Ray engine: warm worker pools, the Ray Data batch pipeline, storage.
 
-Imports ``portrait3d.pipelines``; never the other way round. Nothing lives here yet: the stages in
-``portrait3d.pipelines`` are already shaped (typed dataclasses in and out, models loaded once in
-``__init__``) to become Ray actors without change.
+- ``batch``: ``portrait3d batch``: inputs -> analysis -> geometry -> texture -> export pools -> manifest.
+- ``workers``: the pool workers (stage models loaded once per worker).
+- ``config``: per-pool resources and sizes, batch settings.
+- ``storage``: local paths and ``s3://`` behind one interface; ``heads``: where bundles live.
+- ``rows``: the row that travels between pools and the manifest schema.
+- ``cluster``: join a Ray cluster or start a local instance.
+
+Imports ``portrait3d.pipelines``; never the other way round.
 """
