@@ -82,12 +82,10 @@ def scaling(folder: Path, tmp: Path) -> None:
           f"Ray with 1 worker per pool vs in-process loop: {rates[1] / base:.2f}x")
 
 
-STAGE_COLUMNS = ("t_analysis_s", "t_init_s", "t_sculpt_s", "t_texture_s", "t_export_s")
-
-
 def overhead(folder: Path, tmp: Path, repeats: int) -> None:
     import torch
 
+    from portrait3d.engine.rows import TIMING_COLUMNS
     from portrait3d.pipelines.config import build_profile_config
     from portrait3d.pipelines.pipeline import Portrait3D
 
@@ -111,7 +109,7 @@ def overhead(folder: Path, tmp: Path, repeats: int) -> None:
         (row,) = s.rows
         w = json.loads(row["workers_json"])
         via_ray.append(w["export"]["finished"] - w["analysis"]["started"])
-        glue.append(via_ray[-1] - sum(row[c] for c in STAGE_COLUMNS))
+        glue.append(via_ray[-1] - sum(row[c] for c in TIMING_COLUMNS.values()))
         startup.append(s.elapsed_s - via_ray[-1])
     a, b = statistics.mean(inproc), statistics.mean(via_ray)
     print(f"one head in-process: {a:.2f} s ({', '.join(f'{x:.2f}' for x in inproc)})")

@@ -195,15 +195,14 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     except (KeyboardInterrupt, Exception) as e:  # keep what is done: write the manifest, then re-raise
         interrupted = e
     rows = list(finished.values())
+    # Rows Ray dropped: their worker died on every attempt, or the run stopped before them.
+    why = (f"not finished: the run stopped ({type(interrupted).__name__})" if interrupted is not None else
+           f"a worker process died on this input on each of its {engine.batch.max_task_retries + 1} "
+           "attempt(s) (out of memory? a crash?)")
     for i, uri in enumerate(uris):
         if i not in finished:
             row = new_row(i, uri)
-            if interrupted is None:
-                err = WorkerDiedError(f"a worker process died on this input on each of its "
-                                      f"{engine.batch.max_task_retries + 1} attempt(s) (out of memory? a crash?)")
-            else:
-                err = WorkerDiedError(f"not finished: the run stopped ({type(interrupted).__name__})")
-            mark_error(row, "", err.kind, str(err))
+            mark_error(row, "", WorkerDiedError.__name__, why)
             rows.append(row)
             if interrupted is None:
                 progress.add(row)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,4 @@ def build_engine_config(profile: str, overrides: list[str] | None = None, worker
 def local_cpus(cfg: EngineConfig, available: int | None = None) -> int:
     """Logical CPUs for a local Ray instance: the machine's, or what the warm pools need if that is
     more (the pools then share the cores)."""
-    import os
-
     return max(available or os.cpu_count() or 1, math.ceil(cfg.required_cpus()))

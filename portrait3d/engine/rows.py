@@ -6,7 +6,6 @@ has one type in every row, so Ray Data's Arrow blocks never need to unify types.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -77,7 +76,3 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({n: pa.array([_py(r.get(n, d)) for r in rows], type=t) for n, t, d, _ in COLUMNS},
                     schema=MANIFEST_SCHEMA)
 
-
-def elapsed(row: dict[str, Any]) -> float:
-    """Seconds of stage work recorded in the row (0 for reused or failed-early rows)."""
-    return sum(v for c in TIMING_COLUMNS.values() if not math.isnan(v := float(row.get(c, NAN))))

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import Portrait3DError
 from ..pipelines.codec import decode, encode
 from ..pipelines.config import PipelineConfig
+from ..pipelines.export import json_default
 from ..pipelines.pipeline import HeadResult, Portrait3D
 from ..pipelines.types import HeadMesh, PortraitAnalysis, TexturedHead
 from . import heads, storage
@@ -103,8 +104,7 @@ class AnalysisWorker(StageWorker):
             row["reused"] = True
             return
         timings: dict[str, float] = {}
-        image = _decode(data, uri, self.config)
-        analysis = self.p3d.analyze(image, timings=timings)
+        analysis = self.p3d.analyze(data, timings=timings, name=uri)
         row["work_uri"] = heads.work_uri(self.output, digest)
         self._write(row, "analysis.npz", analysis)
         self._timings(row, timings)
@@ -120,7 +120,7 @@ class GeometryWorker(StageWorker):
         timings: dict[str, float] = {}
         _, sculpted, info = self.p3d.shape(analysis, timings=timings)
         self._write(row, "mesh.npz", sculpted)
-        row["sculpt_json"] = json.dumps(info, default=_jsonable)
+        row["sculpt_json"] = json.dumps(info, default=json_default)
         self._timings(row, timings)
 
 
@@ -162,18 +162,5 @@ class ExportWorker(StageWorker):
 def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
     row.update(status="ok", bundle_uri=bundle, glb_uri=storage.join(bundle, "head.glb"),
                json_uri=storage.join(bundle, "head.json"), views_uri=storage.join(bundle, "views.png"),
-               metrics_json=json.dumps(heads.summary_metrics(record), default=_jsonable))
+               metrics_json=json.dumps(heads.summary_metrics(record)))
 
-
-def _decode(data: bytes, uri: str, config: PipelineConfig):
-    from ..pipelines.image_io import load_image
-
-    return load_image(data, max_megapixels=config.stages["analysis"].max_megapixels, name=uri)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -25,11 +25,11 @@ import numpy as np
 
 from ..errors import BundleError
 from .camera import Camera
-from .types import HeadMesh, PortraitAnalysis, TexturedHead
+from .export import json_default
+from .types import HeadMesh  # noqa: F401 (the example uses it)
 
 T = TypeVar("T")
 _META = "__meta__"
-CODEC_TYPES = (PortraitAnalysis, HeadMesh, TexturedHead)
 
 
 def encode(obj: Any) -> bytes:
@@ -37,7 +37,7 @@ def encode(obj: Any) -> bytes:
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"type": type(obj).__name__}
     _flatten(obj, "", arrays, meta)
-    arrays[_META] = np.frombuffer(json.dumps(meta, default=_scalar).encode(), dtype=np.uint8)
+    arrays[_META] = np.frombuffer(json.dumps(meta, default=json_default).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -91,8 +91,3 @@ def _build(cls: type, prefix: str, arrays: dict[str, np.ndarray], meta: dict[str
     except TypeError as e:
         raise BundleError(f"encoded {cls.__name__} is missing fields: {e}") from None
 
-
-def _scalar(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -75,10 +75,11 @@ def write_bundle(out: str | Path, files: dict[str, bytes]) -> dict[str, str]:
 
 
 def json_bytes(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, indent=1, sort_keys=True, default=_default).encode()
+    return json.dumps(record, indent=1, sort_keys=True, default=json_default).encode()
 
 
-def _default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy arrays and scalars."""
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, (np.floating, np.integer, np.bool_)):

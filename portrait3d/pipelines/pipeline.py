@@ -120,10 +120,11 @@ class Portrait3D:
             yield
 
     def analyze(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None,
-                timings: dict[str, float] | None = None) -> PortraitAnalysis:
-        """Stage 1: decode (unless already decoded) and analyse the portrait."""
+                timings: dict[str, float] | None = None, name: str | None = None) -> PortraitAnalysis:
+        """Stage 1: decode (unless already decoded) and analyse the portrait; ``name`` (e.g. the URI
+        that bytes came from) is used in error messages."""
         image = src if isinstance(src, DecodedImage) else load_image(
-            src, max_megapixels=self.config.stages["analysis"].max_megapixels)
+            src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
         with self._step():
             return _timed("analysis", progress, timings, self._stage("analysis"), image)
 
