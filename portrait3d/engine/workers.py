@@ -7,10 +7,12 @@ row becomes an error row; the worker goes on with the next one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from typing import Any
@@ -23,7 +25,8 @@ from ..pipelines.config import PipelineConfig
 from ..pipelines.export import json_default
 from ..pipelines.pipeline import HeadResult, Portrait3D
 from ..pipelines.types import HeadMesh, PortraitAnalysis, TexturedHead
-from . import heads, storage
+from .. import storage
+from . import heads
 from .config import BatchSettings, PoolConfig
 from .rows import TIMING_COLUMNS, batch_to_rows, mark_error, rows_to_batch
 
@@ -53,6 +56,10 @@ class StageWorker:
         self.config, self.output, self.batch = config, output, batch
         self.p3d = Portrait3D(config, stages=self.stages)
         self.where = placement()
+        import ray
+
+        if ray.get_runtime_context().get_actor_id() is not None:  # a Ray actor, not a driver
+            atexit.register(_skip_interpreter_teardown)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = batch_to_rows(batch)
@@ -157,6 +164,24 @@ class ExportWorker(StageWorker):
         row["t_export_s"] = float(record["timings_s"]["export"])
         if not self.batch.keep_work:
             storage.delete_tree(row["work_uri"])
+
+
+def _skip_interpreter_teardown() -> None:
+    """End a worker process without Python's teardown of torch and the stage modules.
+
+    Ray Data lets a pool's workers exit as soon as the pool's input is exhausted, while the next pool
+    is still working on the same heads. Tearing down the interpreter costs about 1 CPU-second per
+    worker (measured), taken from the pools that are still working. By the time ``atexit`` runs,
+    Ray has finished the actor's tasks and told the raylet the exit is intended; this handler runs
+    before Ray's own (handlers run last-registered first), so it flushes what Ray's would.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:

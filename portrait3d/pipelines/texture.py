@@ -81,10 +81,13 @@ def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimut
     ears, neck): each texel takes the colour of a seen, non-face texel at its elevation from the
     side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
     """
-    r = np.linalg.norm(pts, axis=1)
-    elev = np.arcsin(np.clip(pts[:, 1] / np.maximum(r, 1e-9), -1, 1))
-    az = np.abs(np.arctan2(pts[:, 0], pts[:, 2]))
-    side = pts[:, 0] >= 0
+    # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
+    # between runs on the same input (measured), which changed nearest neighbours below.
+    x, y, z = (np.ascontiguousarray(pts[:, i], dtype=np.float64) for i in range(3))
+    r = np.sqrt(x * x + y * y + z * z)
+    elev = np.arcsin(np.clip(y / np.maximum(r, 1e-9), -1, 1))
+    az = np.abs(np.arctan2(x, z))
+    side = x >= 0
     out = np.full_like(colors, np.nan)
     from scipy.spatial import cKDTree
     for sd in (True, False):
