@@ -3,7 +3,7 @@
 import boto3
 import pytest
 
-from portrait3d.engine import storage
+from portrait3d import storage
 from portrait3d.errors import ImageTooLargeError, StorageError
 
 

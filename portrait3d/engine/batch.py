@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
-from . import storage
+from .. import storage
 from .config import EngineConfig
 from .rows import batch_to_rows, manifest_table, mark_error, new_row
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker

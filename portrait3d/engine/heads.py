@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import StorageError
 from ..pipelines.export import BUNDLE_FILES
-from . import storage
+from .. import storage
 
 KEY_CHARS = 16  # 64 bits of SHA-256: collisions are not a concern at dataset sizes
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from ..errors import ImageTooLargeError, StorageError
+from .errors import ImageTooLargeError, StorageError
 
 S3 = "s3://"
 
@@ -116,6 +117,41 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
             return f.read()
     except OSError as e:
         raise StorageError(f"cannot read {uri}: {e}") from None
+
+
+def size(uri: str) -> int:
+    """Bytes in a file; a StorageError when it is not one."""
+    info = _info(uri)
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"no such file: {uri}")
+    return int(info.size)
+
+
+def sha256(uri: str, to: str | Path | None = None, chunk: int = 8 << 20) -> str:
+    """Hex SHA-256 of a file, streamed (model weights are gigabytes); with ``to``, the bytes are also
+    copied to that local path (atomically)."""
+    fs, path = filesystem(uri)
+    h = hashlib.sha256()
+    out = tmp = None
+    try:
+        if to is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(to)), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(to)))
+            out = os.fdopen(fd, "wb")
+        with fs.open_input_stream(path) as f:
+            while block := f.read(chunk):
+                h.update(block)
+                if out is not None:
+                    out.write(block)
+        if out is not None:
+            out.close()
+            os.replace(tmp, to)
+    except OSError as e:
+        if out is not None:
+            out.close()
+            os.unlink(tmp)
+        raise StorageError(f"cannot read {uri}: {e}") from None
+    return h.hexdigest()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
