@@ -1,4 +1,4 @@
-"""``portrait3d``: one command with subcommands (generate, batch, eval, info)."""
+"""``portrait3d``: one command with subcommands (generate, batch, eval, info, models)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def batch(
     Rerunning skips every input whose bundle exists with the same settings. Exit status 1 when some
     inputs failed (their rows say why), 2 when the run could not start.
     """
-    from .engine import storage
+    from . import storage
     from .engine.batch import list_inputs, run_batch
     from .engine.cluster import connect
     from .engine.config import build_engine_config
@@ -190,6 +190,55 @@ def info() -> None:
         cls, cfg = (BatchSettings, eng.batch) if pool == "batch" else (PoolConfig, eng.pools[pool])
         for field, (typ, default, help_) in help_of(cls).items():
             out.print(f"    {pool}.{field} = {getattr(cfg, field)!s}  [dim]{help_}[/]")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Model roots of the paper profile: check, index, build a tiny one.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("check")
+def models_check(
+    root: str = typer.Argument(..., help="model root: a local folder or s3:// prefix with manifest.json"),
+    fast: bool = typer.Option(False, "--fast", help="check sizes only, not SHA-256 (weights are gigabytes)"),
+) -> None:
+    """List every role of ROOT: present, missing or corrupt (exit 1 unless every required role is present)."""
+    from .pipelines.models import ROLES, check_root
+
+    try:
+        states = check_root(root, hashes=not fast)
+    except Portrait3DError as e:
+        _fail(e)
+    table = Table("role", "state", "size", "licence", "source / problems")
+    colour = {"present": "green", "absent": "dim", "missing": "red", "corrupt": "red"}
+    for st in states:
+        detail = "; ".join(st.problems) or st.source or ROLES[st.role].help
+        table.add_row(st.role, f"[{colour[st.state]}]{st.state}[/]", f"{st.bytes / 2**20:.1f} MiB" if st.bytes else "",
+                      st.licence, detail)
+    out.print(table)
+    bad = [st.role for st in states if st.state in ("missing", "corrupt")]
+    if bad:
+        err.print(f"[bold red]not usable[/]: {', '.join(bad)}")
+        raise typer.Exit(1)
+
+
+@models_app.command("index")
+def models_index(root: Path = typer.Argument(..., help="local model root holding one folder per role")) -> None:
+    """Write ROOT/manifest.json from the role folders present (hashes every file)."""
+    from .pipelines.models import index_root
+
+    try:
+        manifest = index_root(root)
+    except Portrait3DError as e:
+        _fail(e)
+    out.print(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
+
+
+@models_app.command("tiny")
+def models_tiny(root: Path = typer.Argument(..., help="empty folder for the tiny root")) -> None:
+    """Build a root of tiny random models of the real classes (for smoke tests; needs the test extra)."""
+    from .pipelines.models.tiny import build_tiny_root
+
+    out.print(str(build_tiny_root(root)))
 
 
 def _can_run(profile: str) -> tuple[bool, str]:

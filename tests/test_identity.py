@@ -5,25 +5,10 @@ from portrait3d.errors import ConfigError, ModelError
 from portrait3d.pipelines.identity import ArcFaceOnnx, load_identity_encoder
 
 
-def _tiny_arcface(path, dim=512, size=112):
-    """An ArcFace-shaped ONNX model: (N, 3, 112, 112) -> (N, dim), random weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def _tiny_arcface(path, size=112):
+    from portrait3d.pipelines.models.tiny import arcface_onnx
 
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3 * 4 * 4, dim)).astype(np.float32), "w")
-    nodes = [
-        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[size // 4] * 2, strides=[size // 4] * 2),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny_arcface",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return arcface_onnx(path, size=size)
 
 
 def test_arcface_onnx_loads_by_path(tmp_path, astronaut_analysis):

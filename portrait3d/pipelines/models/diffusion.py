@@ -1,0 +1,56 @@
+"""diffusers components of a model root: an SD1.5 base with the shared VAE, ControlNets, and the
+IP-Adapter FaceID, assembled as a diffusers pipeline (its sampling loops serve the reference maps and
+the inpainting views; its modules serve ISD).
+
+Example:
+    >>> pipe = load_controlnet_pipeline(ModelRoot(root), "geometry_normal", ("controlnet_landmarks",))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import ModelError
+from .root import ModelRoot
+
+
+def _from_pretrained(cls, folder, what: str, **kw):
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True, **kw)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"cannot load {what} from {folder}: {e}") from None
+
+
+def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str, ...], inpaint: bool = False,
+                             id_adapter: bool = True, id_scale: float = 1.0, dtype: torch.dtype = torch.float32,
+                             device: str | torch.device = "cpu"):
+    """A ``StableDiffusionControlNet[Inpaint]Pipeline`` of role ``base`` (an ``sd15`` role), the shared
+    ``vae``, the ControlNet roles (several become a multi-ControlNet), and the ID adapter."""
+    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetInpaintPipeline,
+                           StableDiffusionControlNetPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = root.folder(base)
+    nets = [_from_pretrained(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
+    cls = StableDiffusionControlNetInpaintPipeline if inpaint else StableDiffusionControlNetPipeline
+    pipe = cls(
+        vae=_from_pretrained(AutoencoderKL, root.folder("vae"), "vae", torch_dtype=dtype),
+        text_encoder=_from_pretrained(CLIPTextModel, folder / "text_encoder", f"{base} text encoder", dtype=dtype),
+        tokenizer=_from_pretrained(CLIPTokenizer, folder / "tokenizer", f"{base} tokenizer"),
+        unet=_from_pretrained(UNet2DConditionModel, folder / "unet", f"{base} unet", torch_dtype=dtype),
+        controlnet=nets[0] if len(nets) == 1 else nets,
+        scheduler=_from_pretrained(DDIMScheduler, folder / "scheduler", f"{base} scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if id_adapter:
+        weights = root.file("ip_adapter_faceid", (".safetensors", ".bin"))
+        try:
+            pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
+                                 image_encoder_folder=None)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ModelError(f"cannot load the ip_adapter_faceid role into {base}: {e}") from None
+        pipe.set_ip_adapter_scale(id_scale)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
+        module.requires_grad_(False)
+        module.eval()
+    return pipe.to(device)

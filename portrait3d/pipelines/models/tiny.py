@@ -1,0 +1,146 @@
+"""A complete model root of tiny, randomly initialized models of the real classes (the ``tiny``
+profile): the real loading and guidance code runs on it in seconds on a CPU, with no download.
+
+Built: three SD1.5-layout bases (UNet2DConditionModel, CLIPTextModel, a CLIPTokenizer over the 256
+byte-level symbols, DDIMScheduler with SD1.5's schedule), an AutoencoderKL with SD's 8x downsampling
+and 4 latent channels, three ControlNets made from a base UNet, an IP-Adapter FaceID state dict
+(saved as a tensors-only pickle like the real release), an ArcFace-shaped ONNX model
+(112x112x3 -> 512), and the manifest.
+
+Needs the ``test`` extra (``onnx``) for the ArcFace file.
+
+Example:
+    >>> root = build_tiny_root(tempfile.mkdtemp())      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .root import index_root
+
+CROSS_DIM = 32
+ID_DIM = 512
+ID_TOKENS = 4
+FACEID_WEIGHTS = "ip-adapter-faceid-portrait-v11_sd15.bin"
+
+# SD1.5's noise schedule (the scheduler config every SD1.5 repository ships).
+SD15_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "clip_sample": False,
+                  "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+def byte_level_tokenizer():
+    """A CLIPTokenizer over the 256 byte-level symbols (and their word-final forms), no merges."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(ByteLevel.alphabet())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_unet(in_channels: int = 4):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=32)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+        sample_size=64)
+
+
+def tiny_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    # the tokenizer's last two ids are its start and end tokens
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=CROSS_DIM, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        projection_dim=CROSS_DIM, bos_token_id=vocab_size - 2,
+                                        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
+
+
+def faceid_state_dict(unet, id_dim: int = ID_DIM, tokens: int = ID_TOKENS) -> dict:
+    """IP-Adapter FaceID weights for ``unet`` in the release's layout: ``image_proj`` (MLP from the face
+    embedding to ``tokens`` cross-attention tokens) and ``ip_adapter`` (``to_k_ip``/``to_v_ip`` of every
+    cross-attention layer, numbered 1, 3, 5, ... in the UNet's processor order)."""
+    cross = unet.config.cross_attention_dim
+    proj = {"proj.0.weight": torch.randn(id_dim * 2, id_dim) * 0.02, "proj.0.bias": torch.zeros(id_dim * 2),
+            "proj.2.weight": torch.randn(cross * tokens, id_dim * 2) * 0.02, "proj.2.bias": torch.zeros(cross * tokens),
+            "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    ip, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            to_k = unet.get_submodule(name[: -len(".processor")]).to_k.weight
+            ip[f"{key}.to_k_ip.weight"] = torch.randn_like(to_k) * 0.02
+            ip[f"{key}.to_v_ip.weight"] = torch.randn_like(to_k) * 0.02
+            key += 2
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def arcface_onnx(path: str | Path, dim: int = ID_DIM, size: int = 112, seed: int = 0) -> Path:
+    """An ONNX model with ArcFace's interface, ``(N, 3, 112, 112)`` float -> ``(N, dim)``: a 4x4 average
+    pool and a random projection."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(seed).normal(size=(3 * 4 * 4, dim)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[size // 4] * 2, strides=[size // 4] * 2),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_arcface",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def build_tiny_root(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny model root with every required role and its manifest into ``folder``."""
+    from diffusers import ControlNetModel, DDIMScheduler
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = byte_level_tokenizer()
+    unets = {}
+    for name in ("geometry_normal", "geometry_depth", "texture_base"):
+        base = root / name
+        unets[name] = unet = tiny_unet()
+        unet.save_pretrained(base / "unet")
+        tiny_text_encoder(len(tokenizer)).save_pretrained(base / "text_encoder")
+        tokenizer.save_pretrained(base / "tokenizer")
+        DDIMScheduler.from_config(SD15_SCHEDULER).save_pretrained(base / "scheduler")
+    tiny_vae().save_pretrained(root / "vae")
+    for name, unet in (("controlnet_landmarks", unets["geometry_normal"]), ("controlnet_canny", unets["geometry_normal"]),
+                       ("controlnet_normal", unets["texture_base"])):
+        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(root / name)
+    (root / "ip_adapter_faceid").mkdir(parents=True, exist_ok=True)
+    torch.save(faceid_state_dict(unets["texture_base"]), root / "ip_adapter_faceid" / FACEID_WEIGHTS)
+    (root / "arcface").mkdir(parents=True, exist_ok=True)
+    arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
+    index_root(root, sources={k: "tiny random (portrait3d.pipelines.models.tiny)" for k in (
+        "geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks", "controlnet_canny",
+        "controlnet_normal", "ip_adapter_faceid", "arcface")})
+    (root / "README.txt").write_text(json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed}))
+    return root
