@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import glob
@@ -25,6 +26,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -127,29 +129,36 @@ def size(uri: str) -> int:
     return int(info.size)
 
 
+@contextlib.contextmanager
+def _atomic_local(path: str | Path) -> Iterator[BinaryIO]:
+    """A file object whose bytes appear at ``path`` whole, or not at all: a temporary file in the
+    same folder, renamed into place on success and removed on failure."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def sha256(uri: str, to: str | Path | None = None, chunk: int = 8 << 20) -> str:
     """Hex SHA-256 of a file, streamed (model weights are gigabytes); with ``to``, the bytes are also
     copied to that local path (atomically)."""
     fs, path = filesystem(uri)
     h = hashlib.sha256()
-    out = tmp = None
     try:
-        if to is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(to)), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(to)))
-            out = os.fdopen(fd, "wb")
-        with fs.open_input_stream(path) as f:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(_atomic_local(to)) if to is not None else None
+            f = stack.enter_context(fs.open_input_stream(path))
             while block := f.read(chunk):
                 h.update(block)
                 if out is not None:
                     out.write(block)
-        if out is not None:
-            out.close()
-            os.replace(tmp, to)
     except OSError as e:
-        if out is not None:
-            out.close()
-            os.unlink(tmp)
         raise StorageError(f"cannot read {uri}: {e}") from None
     return h.hexdigest()
 
@@ -161,16 +170,8 @@ def write_bytes(uri: str, data: bytes) -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with _atomic_local(path) as f:
+            f.write(data)
     except OSError as e:
         raise StorageError(f"cannot write {uri}: {e}") from None
 

@@ -91,22 +91,23 @@ def check_root(root: str, hashes: bool = True, roles: Iterable[str] | None = Non
             continue
         st = RoleStatus(name, "present", source=entry.get("source", ""), licence=entry.get("licence", ""))
         files = entry["files"]
-        st.problems += [f"manifest lists {p}" for p in layout_problems(r.layout, list(files))]
+        absent = [f"manifest lists {p}" for p in layout_problems(r.layout, list(files))]
+        damaged = []
         for rel, meta in files.items():
             try:
                 uri = storage.join(root, entry["path"], rel)
                 size = storage.size(uri)
             except StorageError as e:
-                st.problems.append(f"{rel}: {e}")
+                absent.append(f"{rel}: {e}")
                 continue
             st.bytes += size
             if size != meta.get("bytes"):
-                st.problems.append(f"{rel}: {size} bytes, the manifest says {meta.get('bytes')}")
+                damaged.append(f"{rel}: {size} bytes, the manifest says {meta.get('bytes')}")
             elif hashes and storage.sha256(uri) != meta.get("sha256"):
-                st.problems.append(f"{rel}: SHA-256 differs from the manifest")
+                damaged.append(f"{rel}: SHA-256 differs from the manifest")
+        st.problems = absent + damaged
         if st.problems:
-            missing = all("no such file" in p or p.startswith("manifest lists") for p in st.problems)
-            st.state = "missing" if missing else "corrupt"
+            st.state = "corrupt" if damaged else "missing"
         out.append(st)
     return out
 
