@@ -41,7 +41,9 @@ class MediapipeAnalysis:
         neck_width: float = field(default=0.8, metadata={"help": "neck width in the head mask, in face widths"})
         canny_low: int = field(default=60, metadata={"help": "canny lower threshold"})
         canny_high: int = field(default=150, metadata={"help": "canny upper threshold"})
-        identity: str = field(default="dlib", metadata={"help": "identity encoder: 'dlib' or a path to an ArcFace .onnx"})
+        identity: str = field(default="dlib", metadata={"help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"})
+        models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
+        allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
 
         def validate(self) -> None:
             if self.crop_size < 128 or self.crop_size > 2048:
@@ -60,7 +62,13 @@ class MediapipeAnalysis:
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-        self.identity = load_identity_encoder(cfg.identity)
+        spec = cfg.identity
+        if spec == "arcface":
+            from .models import ModelRoot
+            if not cfg.models:
+                raise ConfigError("analysis.identity=arcface needs a model root: --models ROOT")
+            spec = str(ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle).file("arcface", (".onnx",)))
+        self.identity = load_identity_encoder(spec)
 
     def close(self) -> None:
         for m in (self._detector, self._mesh, self._segmenter):

@@ -116,8 +116,8 @@ class Camera:
 
     def to_camera(self, points: torch.Tensor) -> torch.Tensor:
         """World points ``(N, 3)`` -> camera-frame points ``(N, 3)`` (torch, differentiable)."""
-        R = torch.as_tensor(self.R, dtype=points.dtype)
-        t = torch.as_tensor(self.t, dtype=points.dtype)
+        R = torch.as_tensor(self.R, dtype=points.dtype, device=points.device)
+        t = torch.as_tensor(self.t, dtype=points.dtype, device=points.device)
         return points @ R.T + t
 
     def projection_matrix(self) -> np.ndarray:
@@ -134,7 +134,7 @@ class Camera:
     def clip(self, points: torch.Tensor) -> torch.Tensor:
         """World points ``(N, 3)`` -> clip coordinates ``(N, 4)`` (torch, differentiable)."""
         full = self.projection_matrix() @ np.vstack([np.hstack([self.R, self.t[:, None]]), [0, 0, 0, 1]])
-        M = torch.as_tensor(full, dtype=points.dtype)
+        M = torch.as_tensor(full, dtype=points.dtype, device=points.device)
         homo = torch.cat([points, torch.ones_like(points[:, :1])], 1)
         return homo @ M.T
 

@@ -29,6 +29,7 @@ def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str,
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetInpaintPipeline,
                            StableDiffusionControlNetPipeline, UNet2DConditionModel)
     from transformers import CLIPTextModel, CLIPTokenizer
+    _quiet_libraries()
 
     folder = root.folder(base)
     nets = [_from_pretrained(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
@@ -50,7 +51,50 @@ def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str,
             raise ModelError(f"cannot load the ip_adapter_faceid role into {base}: {e}") from None
         pipe.set_ip_adapter_scale(id_scale)
     pipe.set_progress_bar_config(disable=True)
+    _freeze(pipe)
+    return pipe.to(device)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress reporting replaces the libraries' loading bars and advice (e.g. on the safety
+    checker, which a head generator has no use for); their warnings and errors still show."""
+    import diffusers
+    import transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _freeze(pipe) -> None:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
         module.requires_grad_(False)
         module.eval()
-    return pipe.to(device)
+
+
+def with_controlnet(pipe, root: ModelRoot, role: str):
+    """A pipeline of the same class sharing ``pipe``'s modules (UNet with its ID adapter, VAE, text
+    encoder, scheduler) with the ControlNet of ``role`` instead of its own."""
+    from diffusers import ControlNetModel
+    net = _from_pretrained(ControlNetModel, root.folder(role), role, torch_dtype=pipe.unet.dtype)
+    out = type(pipe)(**{**pipe.components, "controlnet": net})
+    out.set_progress_bar_config(disable=True)
+    _freeze(out)
+    return out.to(pipe.unet.device)
+
+
+def id_embeds(identity, device, dtype) -> torch.Tensor:
+    """``(2, 1, 1, D)`` IP-Adapter FaceID image embeds for classifier-free guidance: zeros, then the
+    ArcFace embedding (what diffusers' ``ip_adapter_image_embeds`` takes for one FaceID adapter)."""
+    e = torch.as_tensor(identity, dtype=torch.float32).reshape(1, 1, 1, -1)
+    return torch.cat([torch.zeros_like(e), e]).to(device, dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA where present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ModelError(f"bad device {name!r}: {e}") from None
