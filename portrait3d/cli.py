@@ -38,6 +38,11 @@ def generate(
     config: Optional[List[str]] = typer.Option(None, "--config", "-c",
                                                help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
                                                     "or a JSON file {stage: {field: value}}; repeatable"),
+    models: Optional[str] = typer.Option(None, "--models", "-m",
+                                         help="model root of the paper/tiny profiles: a folder or s3:// prefix"),
+    allow_pickle: Optional[List[str]] = typer.Option(None, "--allow-pickle", metavar="ROLE",
+                                                     help="let this role's pickled weights run code (only for "
+                                                          "files you trust); repeatable"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Photo -> OUTPUT/head.glb, head.json, views.png."""
@@ -46,7 +51,7 @@ def generate(
     from .pipelines.pipeline import STAGE_ORDER, Portrait3D
 
     try:
-        cfg = build_profile_config(profile, config, seed)
+        cfg = build_profile_config(profile, config, seed, models, tuple(allow_pickle or ()))
         check_output_dir(output)
         with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err, disable=quiet) as bar:
@@ -78,6 +83,11 @@ def batch(
     config: Optional[List[str]] = typer.Option(None, "--config", "-c",
                                                help="override a stage setting, stage.field=value, or a JSON file; "
                                                     "repeatable"),
+    models: Optional[str] = typer.Option(None, "--models", "-m",
+                                         help="model root of the paper/tiny profiles: a folder or s3:// prefix"),
+    allow_pickle: Optional[List[str]] = typer.Option(None, "--allow-pickle", metavar="ROLE",
+                                                     help="let this role's pickled weights run code (only for "
+                                                          "files you trust); repeatable"),
     pool: Optional[List[str]] = typer.Option(None, "--pool",
                                              help="override a worker-pool or batch setting, e.g. "
                                                   "geometry.num_gpus=1, texture.accelerator_type=H100, "
@@ -102,7 +112,7 @@ def batch(
     from .pipelines.config import build_profile_config
 
     try:
-        cfg = build_profile_config(profile, config, seed)
+        cfg = build_profile_config(profile, config, seed, models, tuple(allow_pickle or ()))
         engine = build_engine_config(profile, pool, workers)
         uris, skipped = list_inputs(inputs)
         output = storage.check_writable(output)
@@ -175,6 +185,8 @@ def info() -> None:
         ok, why = _can_run(name)
         out.print(f"\nprofile [bold]{name}[/]: {'[green]can run here[/]' if ok else '[red]cannot run here[/]: ' + why}")
         out.print(f"  {spec.description}")
+        if spec.needs_models:
+            out.print("  needs --models ROOT (see `portrait3d models check ROOT`)")
         for stage in STAGES:
             cls = lookup(stage, spec.impls[stage])
             out.print(f"  {stage}: {spec.impls[stage]}")

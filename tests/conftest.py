@@ -46,6 +46,13 @@ def astronaut_analysis(analysis_stage, astronaut_png):
     return analysis_stage(load_image(astronaut_png))
 
 
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A model root of tiny random models of the real classes (about 8 s to build)."""
+    from portrait3d.pipelines.models.tiny import build_tiny_root
+    return build_tiny_root(tmp_path_factory.mktemp("tiny_models"))
+
+
 #: Settings that make a head in about 2 s: for tests of plumbing, not of head quality.
 QUICK_HEAD = ["init.subdivisions=4", "sculpt.steps=10", "sculpt.resolution=128", "texture.texture_size=256",
               "texture.view_size=128"]

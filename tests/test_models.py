@@ -11,12 +11,6 @@ import torch
 from portrait3d.errors import ModelError
 from portrait3d.pipelines.camera import Camera
 from portrait3d.pipelines.models import ModelRoot, check_root, index_root
-from portrait3d.pipelines.models.tiny import build_tiny_root
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory):
-    return build_tiny_root(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture

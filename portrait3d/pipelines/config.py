@@ -63,7 +63,7 @@ def registered(stage: str) -> list[str]:
 
 def _ensure_builtin_registered() -> None:
     # Importing the stage modules runs their @register decorators.
-    from . import analysis, init, sculpt, texture  # noqa: F401
+    from . import analysis, init, sculpt, sculpt_isd, texture, texture_diffusion  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -196,13 +196,37 @@ class ProfileSpec:
     impls: dict[str, str]
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    needs_models: bool = False  # a model root (--models) is required
 
+
+_PAPER_IMPLS = {"analysis": "mediapipe", "init": "head_prior", "sculpt": "isd_dmtet", "texture": "diffusion"}
 
 PROFILES: dict[str, ProfileSpec] = {
     "fast": ProfileSpec(
         impls={"analysis": "mediapipe", "init": "head_prior", "sculpt": "reference_view", "texture": "classical"},
         description="CPU, no downloaded weights: mediapipe + dlib analysis, fitted head prior, "
                     "reference-view mesh sculpting, back-projection + progressive classical inpainting.",
+    ),
+    "paper": ProfileSpec(
+        impls=_PAPER_IMPLS,
+        settings={"analysis": {"identity": "arcface"}},
+        description="The paper's method with the models of a root (--models ROOT; a GPU): ArcFace identity, ISD "
+                    "geometry sculpting on DMTet, diffusion texture inpainting and refinement, at the settings "
+                    "of the authors' release.",
+        needs_models=True,
+    ),
+    "tiny": ProfileSpec(
+        impls=_PAPER_IMPLS,
+        settings={
+            "analysis": {"identity": "arcface"},
+            "init": {"subdivisions": 4},
+            "sculpt": {"grid_resolution": 32, "band": 0.02, "steps": 16, "normal_fit_steps": 4, "render_size": 64,
+                       "reference_steps": 4},
+            "texture": {"texture_size": 256, "view_size": 64, "inpaint_steps": 3, "refine_steps": 6},
+        },
+        description="The paper profile's code at toy sizes, for a root of tiny models "
+                    "(`portrait3d models tiny ROOT`): checks the whole path in seconds on a CPU.",
+        needs_models=True,
     ),
 }
 
@@ -268,8 +292,13 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_profile_config(profile: str, overrides: list[str] | None = None, seed: int = 0) -> PipelineConfig:
-    """Resolve a profile and overrides into typed stage configs."""
+def build_profile_config(profile: str, overrides: list[str] | None = None, seed: int = 0,
+                         models: str | None = None, allow_pickle: tuple[str, ...] = ()) -> PipelineConfig:
+    """Resolve a profile and overrides into typed stage configs.
+
+    ``models`` (a model root) and ``allow_pickle`` (role names) go to every stage whose Config has
+    the field of that name.
+    """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; profiles: {', '.join(sorted(PROFILES))}")
     spec = PROFILES[profile]
@@ -281,5 +310,13 @@ def build_profile_config(profile: str, overrides: list[str] | None = None, seed:
     for stage in STAGES:
         cls = lookup(stage, spec.impls[stage])
         values = {**spec.settings.get(stage, {}), **ov.get(stage, {})}
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        if models and "models" in names:
+            values["models"] = str(models)
+        if allow_pickle and "allow_pickle" in names:
+            values["allow_pickle"] = tuple(allow_pickle)
         stages[stage] = make_config(cls.Config, values, stage)
+    if spec.needs_models and not all(getattr(c, "models", True) for c in stages.values()):
+        raise ConfigError(f"the {profile} profile needs a model root: --models ROOT "
+                          f"(a folder or s3:// prefix; `portrait3d models check ROOT` lists what it holds)")
     return PipelineConfig(profile=profile, seed=int(seed), impls=dict(spec.impls), stages=stages)

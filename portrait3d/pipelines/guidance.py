@@ -71,11 +71,15 @@ class IDGuidance:
     def condition(self, prompt: str, identity: np.ndarray, landmarks_3d: np.ndarray,
                   cameras: list[Camera]) -> Condition:
         """The conditioning for ``cameras`` (each at the render size): text, ID, landmark images."""
-        B = len(cameras)
+        control = torch.stack([torch.from_numpy(landmark_image(landmarks_3d, cam)) for cam in cameras])
+        return self.condition_with(prompt, identity, control.permute(0, 3, 1, 2).float() / 255.0)
+
+    def condition_with(self, prompt: str, identity: np.ndarray, control: torch.Tensor) -> Condition:
+        """The conditioning with a given ControlNet input ``control (B, 3, H, W)`` in [0, 1]."""
+        B = len(control)
         u, c = self.text(prompt).chunk(2)
         ident = torch.as_tensor(np.asarray(identity, np.float32), device=self.device).reshape(1, 1, -1).to(self.dtype)
-        control = torch.stack([torch.from_numpy(landmark_image(landmarks_3d, cam)) for cam in cameras])
-        control = control.permute(0, 3, 1, 2).to(self.device, self.dtype) / 255.0
+        control = control.to(self.device, self.dtype)
         return Condition(text=torch.cat([u.expand(B, -1, -1), c.expand(B, -1, -1)]),
                          id_embeds=torch.cat([torch.zeros_like(ident).expand(B, -1, -1), ident.expand(B, -1, -1)]),
                          control=torch.cat([control, control]))

@@ -110,6 +110,20 @@ def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimut
     return out
 
 
+@dataclass
+class Atlas:
+    """A UV atlas and its used texels: ``idx (P,)`` flat texel indices, ``pts``/``nrm (P, 3)``."""
+
+    uv: np.ndarray
+    uv_faces: np.ndarray
+    uv_to_vertex: np.ndarray
+    tri_id: np.ndarray
+    bary: np.ndarray
+    idx: np.ndarray
+    pts: np.ndarray
+    nrm: np.ndarray
+
+
 @register("texture", "classical")
 class ClassicalTexture:
     @dataclass
@@ -184,24 +198,16 @@ class ClassicalTexture:
         cfg = self.cfg
         T = cfg.texture_size
         report = progress or (lambda f, m: None)
-        uv, uv_faces, uv_to_vertex = unwrap(mesh, T)
+        at = self._atlas(mesh)
+        tri_id, bary, idx, pts, nrm = at.tri_id, at.bary, at.idx, at.pts, at.nrm
         report(0.1, "uv atlas")
-        tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
-        used = tri_id >= 0
-        idx = np.nonzero(used.ravel())[0]
-        pts, nrm = pts_map.reshape(-1, 3)[idx], nrm_map.reshape(-1, 3)[idx]
         colors = np.zeros((len(idx), 3), np.float32)
         known = np.zeros(len(idx), bool)
         source = np.zeros(len(idx), np.uint8)  # 0 none, 1 photo, 2 mirror, 3 views, 4 uv fill
 
         # 2. The photo, from the reference view.
         cam = a.camera
-        k = cfg.mask_erode * 2 + 1
-        mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-        ref_depth = self._depth_map(mesh, cam)
-        pix, vis, cos = self._visible(pts, nrm, cam, ref_depth, cfg.min_facing)
-        vis &= mask[_pixel_index(pix, cam.width, cam.height)]
-        colors[vis] = self._sample(a.crop, pix[vis])
+        vis, cos, mask, ref_depth = self._project_photo(a, mesh, pts, nrm, colors)
         known |= vis
         source[vis] = 1
         report(0.2, "photo projected")
@@ -248,10 +254,7 @@ class ClassicalTexture:
             report(0.3 + 0.6 * (i + 1) / len(PAPER_TRAJECTORY), f"view {i + 1}/{len(PAPER_TRAJECTORY)}")
 
         # 5. Atlas: unseen texels and the gutter by push-pull, then feather the filled regions.
-        tex = np.zeros((T * T, 3), np.float32)
-        tex[idx[known]] = colors[known]
-        have = np.zeros(T * T, bool)
-        have[idx[known]] = True
+        tex = self._fill_atlas(idx, colors, known)
         stats = {
             "texels_used": int(len(idx)),
             "from_photo": float((source == 1).mean()),
@@ -259,7 +262,6 @@ class ClassicalTexture:
             "from_views": float((source == 3).mean()),
             "from_uv_fill": float((~known).mean()),
         }
-        tex = push_pull(tex.reshape(T, T, 3), have.reshape(T, T))
         src_map = np.zeros(T * T, np.float32)
         src_map[idx[source == 1]] = 1.0
         if cfg.feather > 0:
@@ -273,8 +275,39 @@ class ClassicalTexture:
         stats["coverage"] = float(np.isfinite(tex.reshape(-1, 3)[idx]).all(1).mean())
         stats["seen_coverage"] = float(known.mean())
         report(1.0, "texture done")
-        return TexturedHead(mesh=mesh, uv=uv, uv_faces=uv_faces, uv_to_vertex=uv_to_vertex, texture=texture,
-                            stats=stats)
+        return TexturedHead(mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex,
+                            texture=texture, stats=stats)
+
+    def _atlas(self, mesh: HeadMesh) -> "Atlas":
+        """Step 1: the UV atlas and the surface point and normal of every used texel."""
+        uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size)
+        tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
+        idx = np.nonzero((tri_id >= 0).ravel())[0]
+        return Atlas(uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx],
+                     nrm_map.reshape(-1, 3)[idx])
+
+    def _project_photo(self, a: PortraitAnalysis, mesh: HeadMesh, pts: np.ndarray, nrm: np.ndarray,
+                       colors: np.ndarray):
+        """Step 2: photo colours into ``colors`` at the texels ``pts``/``nrm`` seen from the reference
+        view. Returns (seen ``(P,)``, facing cos ``(P,)``, eroded head mask, reference depth map)."""
+        cam = a.camera
+        k = self.cfg.mask_erode * 2 + 1
+        mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+        ref_depth = self._depth_map(mesh, cam)
+        pix, vis, cos = self._visible(pts, nrm, cam, ref_depth, self.cfg.min_facing)
+        vis &= mask[_pixel_index(pix, cam.width, cam.height)]
+        colors[vis] = self._sample(a.crop, pix[vis])
+        return vis, cos, mask, ref_depth
+
+    def _fill_atlas(self, idx: np.ndarray, colors: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """Known texel colours into a ``(T, T, 3)`` float map; the rest (unseen texels and the
+        gutter) by push-pull."""
+        T = self.cfg.texture_size
+        tex = np.zeros((T * T, 3), np.float32)
+        tex[idx[known]] = colors[known]
+        have = np.zeros(T * T, bool)
+        have[idx[known]] = True
+        return push_pull(tex.reshape(T, T, 3), have.reshape(T, T))
 
     def _render_known(self, pix: np.ndarray, col: np.ndarray, size: int, sil: np.ndarray):
         """Splat known texel colours into a view image; returns (uint8 image, covered mask)."""

@@ -26,10 +26,10 @@ def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str,
                              device: str | torch.device = "cpu"):
     """A ``StableDiffusionControlNet[Inpaint]Pipeline`` of role ``base`` (an ``sd15`` role), the shared
     ``vae``, the ControlNet roles (several become a multi-ControlNet), and the ID adapter."""
+    _quiet_libraries()
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetInpaintPipeline,
                            StableDiffusionControlNetPipeline, UNet2DConditionModel)
     from transformers import CLIPTextModel, CLIPTokenizer
-    _quiet_libraries()
 
     folder = root.folder(base)
     nets = [_from_pretrained(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
@@ -58,12 +58,12 @@ def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str,
 def _quiet_libraries() -> None:
     """Our own progress reporting replaces the libraries' loading bars and advice (e.g. on the safety
     checker, which a head generator has no use for); their warnings and errors still show."""
-    import diffusers
     import transformers
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import diffusers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def _freeze(pipe) -> None:
