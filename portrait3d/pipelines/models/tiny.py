@@ -46,31 +46,41 @@ def byte_level_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def tiny_unet(in_channels: int = 4):
+def tiny_unet(in_channels: int = 4, full: bool = False):
+    """A tiny UNet2DConditionModel, or with ``full`` SD1.5's architecture (860 M parameters)."""
     from diffusers import UNet2DConditionModel
 
+    if full:
+        return UNet2DConditionModel(
+            sample_size=64, in_channels=in_channels, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
     return UNet2DConditionModel(
         sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=32)
 
 
-def tiny_vae():
+def tiny_vae(full: bool = False):
+    """A tiny AutoencoderKL with SD's 8x factor and 4 latent channels, or with ``full`` SD's own."""
     from diffusers import AutoencoderKL
 
+    channels, layers, groups = ((128, 256, 512, 512), 2, 32) if full else ((8, 16, 16, 16), 1, 8)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-        sample_size=64)
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=channels, layers_per_block=layers,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=groups,
+        sample_size=512 if full else 64)
 
 
-def tiny_text_encoder(vocab_size: int):
+def tiny_text_encoder(vocab_size: int, full: bool = False):
+    """A tiny CLIPTextModel, or with ``full`` the width and depth of SD1.5's (CLIP ViT-L/14)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    hidden, inter, layers, heads = (768, 3072, 12, 12) if full else (CROSS_DIM, 64, 2, 4)
     # the tokenizer's last two ids are its start and end tokens
-    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=CROSS_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        projection_dim=CROSS_DIM, bos_token_id=vocab_size - 2,
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter,
+                                        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                        projection_dim=hidden, bos_token_id=vocab_size - 2,
                                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
 
 
@@ -114,8 +124,10 @@ def arcface_onnx(path: str | Path, dim: int = ID_DIM, size: int = 112, seed: int
     return Path(path)
 
 
-def build_tiny_root(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny model root with every required role and its manifest into ``folder``."""
+def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Path:
+    """Write a model root with every required role and its manifest into ``folder``: tiny random
+    models, or with ``full`` random models of the release's full-size architectures (about 16 GB in
+    float32; for speed benchmarks, where the values of the weights do not matter)."""
     from diffusers import ControlNetModel, DDIMScheduler
     from transformers.utils import logging as hf_logging
 
@@ -126,21 +138,24 @@ def build_tiny_root(folder: str | Path, seed: int = 0) -> Path:
     unets = {}
     for name in ("geometry_normal", "geometry_depth", "texture_base"):
         base = root / name
-        unets[name] = unet = tiny_unet()
+        unets[name] = unet = tiny_unet(full=full)
         unet.save_pretrained(base / "unet")
-        tiny_text_encoder(len(tokenizer)).save_pretrained(base / "text_encoder")
+        tiny_text_encoder(len(tokenizer), full=full).save_pretrained(base / "text_encoder")
         tokenizer.save_pretrained(base / "tokenizer")
         DDIMScheduler.from_config(SD15_SCHEDULER).save_pretrained(base / "scheduler")
-    tiny_vae().save_pretrained(root / "vae")
+    tiny_vae(full=full).save_pretrained(root / "vae")
+    cond_channels = (16, 32, 96, 256) if full else (8, 16, 32, 32)
     for name, unet in (("controlnet_landmarks", unets["geometry_normal"]), ("controlnet_canny", unets["geometry_normal"]),
                        ("controlnet_normal", unets["texture_base"])):
-        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(root / name)
+        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels).save_pretrained(root / name)
     (root / "ip_adapter_faceid").mkdir(parents=True, exist_ok=True)
     torch.save(faceid_state_dict(unets["texture_base"]), root / "ip_adapter_faceid" / FACEID_WEIGHTS)
     (root / "arcface").mkdir(parents=True, exist_ok=True)
     arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
-    index_root(root, sources={k: "tiny random (portrait3d.pipelines.models.tiny)" for k in (
+    what = "full-size random" if full else "tiny random"
+    index_root(root, sources={k: f"{what} (portrait3d.pipelines.models.tiny)" for k in (
         "geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks", "controlnet_canny",
         "controlnet_normal", "ip_adapter_faceid", "arcface")})
-    (root / "README.txt").write_text(json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed}))
+    (root / "README.txt").write_text(json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed,
+                                                 "full": full}))
     return root
