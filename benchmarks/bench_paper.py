@@ -143,6 +143,7 @@ def main() -> None:
         opt.zero_grad()
         (loss + c + lap).backward()
         opt.step()
+        surf.constrain()
 
     r = args.repeat
     t = {"fit_iteration": timed(lambda: step("fit"), r), "reference_iteration": timed(lambda: step("reference"), r),

@@ -64,6 +64,12 @@ def test_mesh_sdf_and_a_narrow_band_surface_reproduce_the_mesh():
     sv, sf = surf.extract()
     m = trimesh.Trimesh(sv.detach().numpy(), sf.numpy(), process=False)
     assert m.is_watertight and abs(np.linalg.norm(m.vertices, axis=1).mean() - 0.1) < 0.003
+    # An update that would push the surface out of the band: the band's boundary keeps it closed.
+    with torch.no_grad():
+        surf.sdf -= 1.0
+    surf.constrain()
+    m = trimesh.Trimesh(*(x.detach().numpy() for x in surf.extract()), process=False)
+    assert surf.boundary.any() and m.is_watertight and m.volume > 4 / 3 * np.pi * 0.1**3
 
 
 def test_dmtet_fits_a_toy_target_from_normal_maps():
@@ -87,6 +93,7 @@ def test_dmtet_fits_a_toy_target_from_normal_maps():
         opt.zero_grad()
         (fit + 0.1 * consistency + 10 * laplacian).backward()
         opt.step()
+        surf.constrain()
         losses.append(fit.item())
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     sv, sf = surf.extract()

@@ -48,8 +48,10 @@ def _cube_tets() -> np.ndarray:
 CUBE_TETS = _cube_tets()  # (6, 4) corner indices
 
 
-def kuhn_grid(resolution: int, cubes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Tetrahedral grid over ``[-1, 1]^3``: vertices ``(N, 3)`` float32, tets ``(T, 4)`` int64.
+def kuhn_grid(resolution: int, cubes: np.ndarray | None = None, with_boundary: bool = False):
+    """Tetrahedral grid over ``[-1, 1]^3``: vertices ``(N, 3)`` float32, tets ``(T, 4)`` int64, and
+    with ``with_boundary`` a bool ``(N,)`` marking vertices on the grid's boundary (fewer than 8 of
+    their cubes kept).
 
     ``cubes (C, 3)`` int, cube indices in ``[0, resolution)``, keeps only those cubes (default: all).
     """
@@ -64,7 +66,11 @@ def kuhn_grid(resolution: int, cubes: np.ndarray | None = None) -> tuple[np.ndar
     used, tets = np.unique(tets_lattice, return_inverse=True)
     ijk = np.stack([used // (r1 * r1), (used // r1) % r1, used % r1], 1)
     verts = (ijk / resolution * 2 - 1).astype(np.float32)
-    return verts, tets.reshape(-1, 4).astype(np.int64)
+    tets = tets.reshape(-1, 4).astype(np.int64)
+    if not with_boundary:
+        return verts, tets
+    _, cubes_per_vertex = np.unique(corner_ids, return_counts=True)  # same sorted ids as ``used``
+    return verts, tets, cubes_per_vertex < 8
 
 
 def cached_kuhn_grid(resolution: int, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -187,9 +193,13 @@ class DMTetSurface:
     """
 
     def __init__(self, grid: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor, centre: torch.Tensor,
-                 extent: float, resolution: int, deform_scale: float = 0.5):
+                 extent: float, resolution: int, deform_scale: float = 0.5, boundary: torch.Tensor | None = None):
         self.grid, self.tets, self.centre, self.extent = grid, tets, centre, float(extent)
         self.sdf = sdf.clone().requires_grad_(True)
+        # Boundary vertices keep their initial sign, so the surface never reaches the grid's edge
+        # (where it would open: there are no tets beyond it).
+        self.boundary = boundary if boundary is not None else torch.zeros_like(sdf, dtype=torch.bool)
+        self._outside = sdf[self.boundary] > 0
         self.deform = torch.zeros_like(grid, requires_grad=True)
         self.max_offset = deform_scale * 2.0 / resolution
 
@@ -204,17 +214,25 @@ class DMTetSurface:
         ext = float((hi - lo).max() / 2 + margin)
         local = (v - centre) / ext
         if band > 0:
-            verts, tets = kuhn_grid(resolution, band_cubes(resolution, surface_points(local, faces, 20 * resolution ** 2),
-                                                           band / ext))
+            cubes = band_cubes(resolution, surface_points(local, faces, 20 * resolution ** 2), band / ext)
+            verts, tets, boundary = kuhn_grid(resolution, cubes, with_boundary=True)
         else:
             verts, tets = cached_kuhn_grid(resolution, cache_dir)
+            boundary = np.abs(verts).max(1) >= 1
         sdf = mesh_sdf(local, faces, verts)
         return cls(torch.from_numpy(verts).to(device), torch.from_numpy(tets).to(device),
                    torch.from_numpy(sdf).float().to(device), torch.tensor(centre, dtype=torch.float32, device=device),
-                   ext, resolution, deform_scale)
+                   ext, resolution, deform_scale, torch.from_numpy(boundary).to(device))
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.sdf, self.deform]
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """Give boundary vertices back their initial sign (call after each optimiser step)."""
+        b = self.sdf[self.boundary]
+        eps = 1e-4
+        self.sdf[self.boundary] = torch.where(self._outside, b.clamp(min=eps), b.clamp(max=-eps))
 
     def extract(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current surface: vertices ``(V, 3)`` in metres (differentiable), faces ``(F, 3)``."""

@@ -268,6 +268,7 @@ class ISDDMTetSculpt:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            surf.constrain()
             log["loss"] = loss.item()
             history.append(log)
             report(0.05 + 0.95 * (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps} loss {loss.item():.4g}")
