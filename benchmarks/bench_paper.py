@@ -74,7 +74,7 @@ def synthetic_inputs(size: int):
                          landmarks_px=np.zeros((478, 3)), landmarks_3d=np.zeros((478, 3)), rotation=np.eye(3),
                          pose_ypr=(0.0, 0.0, 0.0), camera=cam, head_mask=mask,
                          canny=(rng.random((size, size)) > 0.9).astype(np.uint8) * 255, identity=ident / np.linalg.norm(ident),
-                         identity_model="random", input_sha256="0" * 64)
+                         identity_model="random", input_sha256="0" * 64, caption="a person")
     return a, head
 
 
@@ -160,7 +160,7 @@ def main() -> None:
     holes[:, V // 2:] = True
     vt, ft = torch.tensor(mesh.vertices, device=dev), torch.tensor(mesh.faces, device=dev)
     normal = texture._normal_image(views[0], vt, ft)
-    t["inpaint_view"] = timed(lambda: texture.inpaint_view(img, holes, normal, a.identity, gen), max(1, r // 2))
+    t["inpaint_view"] = timed(lambda: texture.inpaint_view(img, holes, normal, a.identity, "a photo", gen), max(1, r // 2))
     tex = np.full((tc.texture_size, tc.texture_size, 3), 128.0, np.float32)
     n_ref, refine_steps = 4, tc.refine_steps
     texture.cfg.refine_steps = n_ref

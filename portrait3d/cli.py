@@ -38,6 +38,9 @@ def generate(
     config: Optional[List[str]] = typer.Option(None, "--config", "-c",
                                                help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
                                                     "or a JSON file {stage: {field: value}}; repeatable"),
+    caption: Optional[str] = typer.Option(None, "--caption",
+                                          help="text describing the portrait, for the paper profile's prompts "
+                                               "(default: the root's caption model, else 'a person')"),
     models: Optional[str] = typer.Option(None, "--models", "-m",
                                          help="model root of the paper/tiny profiles: a folder or s3:// prefix"),
     allow_pickle: Optional[List[str]] = typer.Option(None, "--allow-pickle", metavar="ROLE",
@@ -51,7 +54,8 @@ def generate(
     from .pipelines.pipeline import STAGE_ORDER, Portrait3D
 
     try:
-        cfg = build_profile_config(profile, config, seed, models, tuple(allow_pickle or ()))
+        cfg = build_profile_config(profile, [*(config or []), *([f'analysis.caption={caption}'] if caption else [])], seed,
+                                   models, tuple(allow_pickle or ()))
         check_output_dir(output)
         with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err, disable=quiet) as bar:

@@ -27,7 +27,7 @@ def test_check_lists_every_role(tiny_root):
     required = ["geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks",
                 "controlnet_canny", "controlnet_normal", "ip_adapter_faceid", "arcface"]
     assert all(states[r].state == "present" and states[r].bytes > 0 for r in required)
-    assert states["caption"].state == states["gan3d"].state == "absent"
+    assert states["caption"].state == "present" and states["gan3d"].state == "absent"
 
 
 def test_missing_and_corrupt_roles_are_named(root_copy):

@@ -171,6 +171,7 @@ def test_tiny_profile_end_to_end_on_a_real_portrait(tiny_root, astronaut_png, tm
     assert res.exit_code == 0, res.output
     rec = json.loads((out / "head.json").read_text())
     assert rec["profile"] == "tiny" and rec["config"]["impls"]["sculpt"] == "isd_dmtet"
+    assert rec["caption"] and rec["caption"] != "a person"  # from the root's (tiny, random) caption model
     assert rec["config"]["stages"]["texture"]["models"] == str(tiny_root)
     assert rec["metrics"]["mesh"]["watertight"] and rec["metrics"]["mesh"]["volume_m3"] > 0
     sculpt = rec["metrics"]["sculpt"]
@@ -181,6 +182,21 @@ def test_tiny_profile_end_to_end_on_a_real_portrait(tiny_root, astronaut_png, tm
     mesh = next(iter(scene.geometry.values()))
     assert len(mesh.faces) == rec["metrics"]["mesh"]["faces"]
     assert mesh.visual.material.baseColorTexture.size == (256, 256)
+
+
+def test_caption_is_the_users_text_or_the_template(tiny_root, astronaut_png, tmp_path):
+    from portrait3d.pipelines.analysis import MediapipeAnalysis
+    from portrait3d.pipelines.image_io import load_image
+
+    image = load_image(astronaut_png)
+    for caption, want in (("", "a person"), ("an astronaut in a white suit", "an astronaut in a white suit")):
+        stage = MediapipeAnalysis(MediapipeAnalysis.Config(caption=caption))
+        try:
+            assert stage(image).caption == want
+        finally:
+            stage.close()
+    with pytest.raises(ConfigError, match="model root"):
+        MediapipeAnalysis(MediapipeAnalysis.Config(caption="model"))
 
 
 def test_paper_profile_needs_a_root_and_names_a_missing_role(tiny_root, astronaut_png, tmp_path):

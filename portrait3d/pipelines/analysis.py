@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
 from .config import register
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, lift_landmarks
+from .caption import TEMPLATE
 from .identity import load_identity_encoder
 from .image_io import DecodedImage
 from .types import PortraitAnalysis
@@ -42,6 +43,7 @@ class MediapipeAnalysis:
         canny_low: int = field(default=60, metadata={"help": "canny lower threshold"})
         canny_high: int = field(default=150, metadata={"help": "canny upper threshold"})
         identity: str = field(default="dlib", metadata={"help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"})
+        caption: str = field(default="", metadata={"help": "text describing the portrait (--caption); '' is the template 'a person'; 'model': the root's caption role; 'auto': that role when the root has it"})
         models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
         allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
 
@@ -63,12 +65,20 @@ class MediapipeAnalysis:
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         spec = cfg.identity
-        if spec == "arcface":
+        root = None
+        if spec == "arcface" or cfg.caption in ("model", "auto"):
             from .models import ModelRoot
             if not cfg.models:
-                raise ConfigError("analysis.identity=arcface needs a model root: --models ROOT")
-            spec = str(ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle).file("arcface", (".onnx",)))
+                raise ConfigError(f"analysis.identity={spec} / analysis.caption={cfg.caption} need a model root: "
+                                  f"--models ROOT")
+            root = ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle)
+        if spec == "arcface":
+            spec = str(root.file("arcface", (".onnx",)))
         self.identity = load_identity_encoder(spec)
+        self.captioner = None
+        if cfg.caption == "model" or (cfg.caption == "auto" and root.has("caption")):
+            from .caption import Captioner
+            self.captioner = Captioner(root.folder("caption"))
 
     def close(self) -> None:
         for m in (self._detector, self._mesh, self._segmenter):
@@ -128,7 +138,8 @@ class MediapipeAnalysis:
         return PortraitAnalysis(
             crop=crop, crop_box=box, image_size=(W, H), face_box=face_box, face_score=score,
             landmarks_px=lm, landmarks_3d=lm3d, rotation=rot, pose_ypr=ypr, camera=cam, head_mask=mask,
-            canny=canny, identity=emb, identity_model=self.identity.name, input_sha256=image.sha256, notes=notes)
+            canny=canny, identity=emb, identity_model=self.identity.name, input_sha256=image.sha256, notes=notes,
+            caption=self.captioner(crop) if self.captioner else (cfg.caption.strip() or TEMPLATE))
 
 
 def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float) -> np.ndarray:

@@ -209,7 +209,7 @@ PROFILES: dict[str, ProfileSpec] = {
     ),
     "paper": ProfileSpec(
         impls=_PAPER_IMPLS,
-        settings={"analysis": {"identity": "arcface"}},
+        settings={"analysis": {"identity": "arcface", "caption": "auto"}},
         description="The paper's method with the models of a root (--models ROOT; a GPU): ArcFace identity, ISD "
                     "geometry sculpting on DMTet, diffusion texture inpainting and refinement, at the settings "
                     "of the authors' release.",
@@ -218,7 +218,7 @@ PROFILES: dict[str, ProfileSpec] = {
     "tiny": ProfileSpec(
         impls=_PAPER_IMPLS,
         settings={
-            "analysis": {"identity": "arcface"},
+            "analysis": {"identity": "arcface", "caption": "auto"},
             "init": {"subdivisions": 4},
             "sculpt": {"grid_resolution": 32, "band": 0.02, "steps": 16, "normal_fit_steps": 4, "render_size": 64,
                        "reference_steps": 4},

@@ -132,7 +132,7 @@ class ISDDMTetSculpt:
         normal_fit_steps: int = field(default=1000, metadata={"help": "first steps that fit the stage-2 mesh's normals only"})
         lr: float = field(default=0.005, metadata={"help": "Adam learning rate of SDF and offsets (grid units)"})
         render_size: int = field(default=512, metadata={"help": "render side for losses and ISD"})
-        prompt: str = field(default="a DSLR photo of a person's head", metadata={"help": "text condition (a caption when there is one)"})
+        prompt: str = field(default="a DSLR photo of the head of {caption}", metadata={"help": "text condition; {caption} is the portrait's caption"})
         prompt_suffix: str = field(default=", black background, normal map", metadata={"help": "appended to the prompt for the normal/depth models"})
         guidance_scale: float = field(default=50.0, metadata={"help": "ISD classifier-free guidance scale"})
         t_min: Schedule = field(default=Schedule.parse(0.02), metadata={"help": "lowest ISD noise level (fraction of training steps)"})
@@ -196,7 +196,8 @@ class ISDDMTetSculpt:
         out = {}
         for name, pipe in (("normal", self.normal_ref), ("depth", self.depth_ref)):
             ids = id_embeds(a.identity, self.device, pipe.unet.dtype)
-            img = pipe(prompt=cfg.prompt + cfg.prompt_suffix.replace("normal map", f"{name} map"), image=canny,
+            text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix.replace("normal map", f"{name} map")
+            img = pipe(prompt=text, image=canny,
                        height=S, width=S, num_inference_steps=cfg.reference_steps,
                        guidance_scale=cfg.reference_guidance, controlnet_conditioning_scale=cfg.canny_scale,
                        ip_adapter_image_embeds=[ids], generator=generator, output_type="np").images[0]
@@ -229,7 +230,7 @@ class ISDDMTetSculpt:
         opt = torch.optim.Adam(surf.parameters(), lr=cfg.lr)
         init_v = torch.tensor(head.vertices, device=dev)
         init_f = torch.tensor(head.faces, device=dev)
-        cond_text = cfg.prompt + cfg.prompt_suffix
+        cond_text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix
         history = []
 
         for step in range(cfg.steps):

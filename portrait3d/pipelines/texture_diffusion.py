@@ -65,7 +65,7 @@ class DiffusionTexture(ClassicalTexture):
         min_facing: float = field(default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"})
         view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
         mask_erode: int = field(default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"})
-        prompt: str = field(default="a DSLR photo of a person's head, realistic, detailed skin and hair", metadata={"help": "text condition"})
+        prompt: str = field(default="a DSLR photo of the head of {caption}, realistic, detailed skin and hair", metadata={"help": "text condition; {caption} is the portrait's caption"})
         negative_prompt: str = field(default="blurry, lowres, cartoon, deformed", metadata={"help": "text of the unconditional branch"})
         inpaint_steps: int = field(default=20, metadata={"help": "DDIM steps per inpainted view"})
         inpaint_strength: float = field(default=0.95, metadata={"help": "noise level inpainting starts from (0.95: t = 950)"})
@@ -117,13 +117,13 @@ class DiffusionTexture(ClassicalTexture):
 
     @torch.no_grad()
     def inpaint_view(self, image: np.ndarray, holes: np.ndarray, normal: torch.Tensor, identity: np.ndarray,
-                     generator: torch.Generator) -> np.ndarray:
+                     prompt: str, generator: torch.Generator) -> np.ndarray:
         """One view: ``image (S, S, 3)`` uint8 with ``holes (S, S)`` bool to fill, the view's normal map
         ``(3, S, S)`` -> the inpainted image ``(S, S, 3)`` float in [0, 255]."""
         from .models.diffusion import id_embeds
         cfg, S = self.cfg, self.cfg.view_size
         ctrl = Image.fromarray((normal.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
-        out = self.pipe(prompt=self.cfg.prompt, negative_prompt=cfg.negative_prompt, image=Image.fromarray(image),
+        out = self.pipe(prompt=prompt, negative_prompt=cfg.negative_prompt, image=Image.fromarray(image),
                         mask_image=Image.fromarray(holes.astype(np.uint8) * 255), control_image=ctrl, height=S, width=S,
                         num_inference_steps=cfg.inpaint_steps, strength=cfg.inpaint_strength,
                         guidance_scale=cfg.inpaint_guidance, controlnet_conditioning_scale=cfg.normal_scale,
@@ -139,6 +139,7 @@ class DiffusionTexture(ClassicalTexture):
             raise ConfigError(f"the ID adapter needs a 512-D ArcFace identity; the analysis gave {a.identity_model}: "
                               f"use analysis.identity=arcface")
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+        prompt = cfg.prompt.replace("{caption}", a.caption)
         at = self._atlas(mesh)
         report(0.05, "uv atlas")
         colors = np.zeros((len(at.idx), 3), np.float32)
@@ -164,7 +165,7 @@ class DiffusionTexture(ClassicalTexture):
                 if cfg.hole_dilate:
                     holes = (cv2.dilate(holes.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & sil
                 img[~sil] = 0
-                filled = self.inpaint_view(img, holes, self._normal_image(vcam, v, f), a.identity, gen)
+                filled = self.inpaint_view(img, holes, self._normal_image(vcam, v, f), a.identity, prompt, gen)
                 colors[todo] = self._sample(filled, vpix[todo])
                 known |= todo
                 source[todo] = 3
@@ -198,6 +199,7 @@ class DiffusionTexture(ClassicalTexture):
         photo = torch.tensor(cv2_resize(a.crop, S) / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
         photo_mask = torch.from_numpy(mask_coverage(a.head_mask, S) > 0.99).to(dev)
         normals = [self._normal_image(c, v, f) for c in views]
+        prompt = cfg.prompt.replace("{caption}", a.caption)
         scheduler = self.pipe.scheduler
         alphas = self.guide.alphas
         first = last = None
@@ -205,7 +207,7 @@ class DiffusionTexture(ClassicalTexture):
             j = step % len(views)
             img, m = sample_texture(self.view_raster, views[j], v, f, uv, uvf, texture)
             with torch.no_grad():
-                cond = self.guide.condition_with(cfg.prompt, a.identity, normals[j][None])
+                cond = self.guide.condition_with(prompt, a.identity, normals[j][None])
                 z = self.guide.encode(img[None])
                 t = int(torch.randint(cfg.refine_t[0], cfg.refine_t[1], (1,), generator=gen))
                 noise = torch.randn(z.shape, generator=gen).to(dev, z.dtype)

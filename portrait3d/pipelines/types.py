@@ -31,6 +31,7 @@ class PortraitAnalysis:
     identity_model: str
     input_sha256: str = ""
     notes: list[str] = field(default_factory=list)
+    caption: str = ""             # text describing the portrait (the diffusion models' condition)
 
     def record(self) -> dict[str, Any]:
         """The JSON-able part that goes into head.json."""
@@ -46,6 +47,7 @@ class PortraitAnalysis:
             "landmarks_px": np.round(self.landmarks_px, 3).tolist(),
             "landmarks_3d": np.round(self.landmarks_3d, 6).tolist(),
             "identity_model": self.identity_model,
+            "caption": self.caption,
             "notes": list(self.notes),
         }
 

@@ -5,7 +5,7 @@ Built: three SD1.5-layout bases (UNet2DConditionModel, CLIPTextModel, a CLIPToke
 byte-level symbols, DDIMScheduler with SD1.5's schedule), an AutoencoderKL with SD's 8x downsampling
 and 4 latent channels, three ControlNets made from a base UNet, an IP-Adapter FaceID state dict
 (saved as a tensors-only pickle like the real release), an ArcFace-shaped ONNX model
-(112x112x3 -> 512), and the manifest.
+(112x112x3 -> 512), a tiny BLIP captioner, and the manifest.
 
 Needs the ``test`` extra (``onnx``) for the ArcFace file.
 
@@ -84,6 +84,30 @@ def tiny_text_encoder(vocab_size: int, full: bool = False):
                                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
 
 
+def tiny_captioner(folder: str | Path) -> Path:
+    """A tiny BLIP captioner (BlipForConditionalGeneration and its processor, with a BERT tokenizer
+    over a small word list) saved in ``folder``."""
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor,
+                              BertTokenizer)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "person", "man", "woman",
+             "with", "hair", "smiling", "in", "the", "head", "face", "portrait"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    n = len(words)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64,
+                         bos_token_id=5, eos_token_id=3, pad_token_id=0, sep_token_id=3),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8), projection_dim=32)
+    BlipForConditionalGeneration(cfg).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
 def faceid_state_dict(unet, id_dim: int = ID_DIM, tokens: int = ID_TOKENS) -> dict:
     """IP-Adapter FaceID weights for ``unet`` in the release's layout: ``image_proj`` (MLP from the face
     embedding to ``tokens`` cross-attention tokens) and ``ip_adapter`` (``to_k_ip``/``to_v_ip`` of every
@@ -152,10 +176,11 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
     torch.save(faceid_state_dict(unets["texture_base"]), root / "ip_adapter_faceid" / FACEID_WEIGHTS)
     (root / "arcface").mkdir(parents=True, exist_ok=True)
     arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
+    tiny_captioner(root / "caption")  # speed does not matter here: tiny in both sizes
     what = "full-size random" if full else "tiny random"
     index_root(root, sources={k: f"{what} (portrait3d.pipelines.models.tiny)" for k in (
         "geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks", "controlnet_canny",
-        "controlnet_normal", "ip_adapter_faceid", "arcface")})
+        "controlnet_normal", "ip_adapter_faceid", "arcface", "caption")})
     (root / "README.txt").write_text(json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed,
                                                  "full": full}))
     return root
