@@ -62,15 +62,17 @@ def kuhn_grid(resolution: int, cubes: np.ndarray | None = None, with_boundary: b
         g = np.arange(resolution)
         cubes = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     corner_ids = (cubes[:, None, :] + _CORNERS[None]) @ np.array([r1 * r1, r1, 1])  # (C, 8) lattice ids
-    tets_lattice = corner_ids[:, CUBE_TETS].reshape(-1, 4)
-    used, tets = np.unique(tets_lattice, return_inverse=True)
+    # Lattice ids -> compact vertex ids through a dense table (linear, unlike a sort).
+    cubes_per_lattice = np.bincount(corner_ids.ravel(), minlength=r1**3)
+    used = np.flatnonzero(cubes_per_lattice)
+    index = np.zeros(r1**3, np.int64)
+    index[used] = np.arange(len(used))
+    tets = index[corner_ids[:, CUBE_TETS].reshape(-1, 4)]
     ijk = np.stack([used // (r1 * r1), (used // r1) % r1, used % r1], 1)
     verts = (ijk / resolution * 2 - 1).astype(np.float32)
-    tets = tets.reshape(-1, 4).astype(np.int64)
     if not with_boundary:
         return verts, tets
-    _, cubes_per_vertex = np.unique(corner_ids, return_counts=True)  # same sorted ids as ``used``
-    return verts, tets, cubes_per_vertex < 8
+    return verts, tets, cubes_per_lattice[used] < 8
 
 
 def cached_kuhn_grid(resolution: int, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -93,20 +95,18 @@ def cached_kuhn_grid(resolution: int, cache_dir: str | Path | None = None) -> tu
 
 
 def band_cubes(resolution: int, surface: np.ndarray, band: float) -> np.ndarray:
-    """Cube indices ``(C, 3)`` whose centre lies within ``band`` (grid units, [-1, 1] cube) of any of
-    the points ``surface (P, 3)``."""
-    g = (np.arange(resolution) + 0.5) / resolution * 2 - 1
-    tree = cKDTree(surface)
-    keep = []
-    for i, x in enumerate(g):  # one slab at a time keeps memory at resolution^2
-        yz = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-        centres = np.concatenate([np.full((len(yz), 1), x), yz], 1)
-        d, _ = tree.query(centres, distance_upper_bound=band)
-        near = np.isfinite(d)
-        if near.any():
-            jk = np.stack(np.unravel_index(np.nonzero(near)[0], (resolution, resolution)), 1)
-            keep.append(np.concatenate([np.full((len(jk), 1), i), jk], 1))
-    return np.concatenate(keep) if keep else np.zeros((0, 3), np.int64)
+    """Cube indices ``(C, 3)`` within ``band`` (grid units, [-1, 1] cube) of the cubes holding any of
+    the points ``surface (P, 3)`` (sample a surface densely: at least one point per cube it crosses).
+
+    A Euclidean distance transform of the occupied cubes: linear in the number of cubes.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    ijk = np.clip(((surface + 1) / 2 * resolution).astype(np.int64), 0, resolution - 1)
+    free = np.ones((resolution,) * 3, bool)
+    free[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = False
+    cells = distance_transform_edt(free)
+    return np.argwhere(cells * (2.0 / resolution) <= band)
 
 
 # Marching-tetrahedra tables (DMTet): for each of the 16 inside/outside patterns of a tet's corners,
@@ -167,7 +167,7 @@ def mesh_sdf(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, sample
     normal = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-20)[:, None]
     pts, pick = surface_points(v, f, samples, seed, with_faces=True)
     nrm = np.concatenate([normal[pick], _vertex_normals(v, f, cross)])
-    dist, nn = cKDTree(pts).query(points)
+    dist, nn = cKDTree(pts).query(points, workers=-1)
     side = np.einsum("ij,ij->i", points - pts[nn], nrm[nn])
     return np.where(side < 0, -dist, dist)
 
