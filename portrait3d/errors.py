@@ -67,3 +67,8 @@ class ModelError(Portrait3DError):
 
 class BundleError(Portrait3DError):
     """A head bundle is missing files or is malformed."""
+
+
+class OptimizationError(Portrait3DError):
+    """An optimization diverged or collapsed (a non-finite loss, an empty surface): settings to change
+    are in the message."""

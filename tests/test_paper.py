@@ -210,3 +210,12 @@ def test_paper_profile_needs_a_root_and_names_a_missing_role(tiny_root, astronau
                               "-m", str(broken), "-q"])
     assert res.exit_code != 0 and "controlnet_normal" in res.output
     assert not (tmp_path / "b" / "head.glb").exists()
+
+
+def test_decimation_keeps_a_closed_mesh_of_the_same_shape():
+    from portrait3d.pipelines.sculpt_isd import decimate
+    v, f = _sphere_mesh(0.1, subdivisions=6)
+    vd, fd = decimate(v, f, 20_000)
+    m = trimesh.Trimesh(vd, fd, process=False)
+    assert len(fd) <= 20_000 and m.is_watertight and m.volume > 0
+    assert abs(m.volume - trimesh.Trimesh(v, f).volume) < 0.01 * m.volume

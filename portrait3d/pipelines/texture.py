@@ -280,7 +280,7 @@ class ClassicalTexture:
 
     def _atlas(self, mesh: HeadMesh) -> "Atlas":
         """Step 1: the UV atlas and the surface point and normal of every used texel."""
-        uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size)
+        uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size, getattr(self.cfg, "atlas_padding", 4))
         tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
         idx = np.nonzero((tri_id >= 0).ravel())[0]
         return Atlas(uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx],

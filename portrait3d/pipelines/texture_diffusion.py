@@ -61,6 +61,7 @@ class DiffusionTexture(ClassicalTexture):
         half: bool = field(default=False, metadata={"help": "run the diffusion models in float16"})
         rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})
         texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
+        atlas_padding: int = field(default=2, metadata={"help": "texels between UV charts (marching-tetrahedra meshes have many charts)"})
         view_size: int = field(default=512, metadata={"help": "render side of each inpainting and refinement view"})
         min_facing: float = field(default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"})
         view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
