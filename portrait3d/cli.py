@@ -29,6 +29,12 @@ def _fail(e: Portrait3DError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+# Shared by `generate` and `batch`.
+MODELS_OPTION = typer.Option(None, "--models", "-m", help="model root of the paper/tiny profiles: a folder or s3:// prefix")
+ALLOW_PICKLE_OPTION = typer.Option(None, "--allow-pickle", metavar="ROLE",
+                                   help="let this role's pickled weights run code (only for files you trust); repeatable")
+
+
 @app.command()
 def generate(
     image: Path = typer.Argument(..., help="portrait photo (JPEG, PNG, WebP, ...)"),
@@ -41,11 +47,8 @@ def generate(
     caption: Optional[str] = typer.Option(None, "--caption",
                                           help="text describing the portrait, for the paper profile's prompts "
                                                "(default: the root's caption model, else 'a person')"),
-    models: Optional[str] = typer.Option(None, "--models", "-m",
-                                         help="model root of the paper/tiny profiles: a folder or s3:// prefix"),
-    allow_pickle: Optional[List[str]] = typer.Option(None, "--allow-pickle", metavar="ROLE",
-                                                     help="let this role's pickled weights run code (only for "
-                                                          "files you trust); repeatable"),
+    models: Optional[str] = MODELS_OPTION,
+    allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Photo -> OUTPUT/head.glb, head.json, views.png."""
@@ -87,11 +90,8 @@ def batch(
     config: Optional[List[str]] = typer.Option(None, "--config", "-c",
                                                help="override a stage setting, stage.field=value, or a JSON file; "
                                                     "repeatable"),
-    models: Optional[str] = typer.Option(None, "--models", "-m",
-                                         help="model root of the paper/tiny profiles: a folder or s3:// prefix"),
-    allow_pickle: Optional[List[str]] = typer.Option(None, "--allow-pickle", metavar="ROLE",
-                                                     help="let this role's pickled weights run code (only for "
-                                                          "files you trust); repeatable"),
+    models: Optional[str] = MODELS_OPTION,
+    allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
     pool: Optional[List[str]] = typer.Option(None, "--pool",
                                              help="override a worker-pool or batch setting, e.g. "
                                                   "geometry.num_gpus=1, texture.accelerator_type=H100, "

@@ -30,7 +30,7 @@ from ..errors import ConfigError, OptimizationError
 from .camera import CV_TO_GL, Camera
 from .config import Schedule, register
 from .dmtet import DMTetSurface
-from .guidance import IDGuidance, ISDSettings
+from .guidance import DiffusionStageSettings, IDGuidance, ISDSettings
 from .image_io import mask_coverage
 from .mesh import vertex_normals
 from .render import get_rasterizer
@@ -133,12 +133,7 @@ def random_camera(ref: Camera, rng: np.random.Generator, cfg, size: int) -> Came
 @register("sculpt", "isd_dmtet")
 class ISDDMTetSculpt:
     @dataclass
-    class Config:
-        models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-        allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
-        device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda, cuda:1 ..."})
-        half: bool = field(default=False, metadata={"help": "run the diffusion models in float16 (the settings use float32)"})
-        rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})
+    class Config(DiffusionStageSettings):
         grid_resolution: int = field(default=256, metadata={"help": "DMTet cube cells per side of the grid"})
         grid_margin: float = field(default=0.03, metadata={"help": "free space between the stage-2 mesh's bounding box and the grid cube, metres"})
         band: float = field(default=0.04, metadata={"help": "keep grid cells within this distance of the stage-2 mesh, metres (0: whole grid)"})

@@ -25,7 +25,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .camera import Camera
 from .config import register
-from .guidance import Condition, IDGuidance, ISDSettings
+from .guidance import Condition, DiffusionStageSettings, IDGuidance, ISDSettings
 from .image_io import mask_coverage
 from .render import get_rasterizer
 from .sculpt_isd import render_geometry
@@ -54,12 +54,7 @@ def total_variation(t: torch.Tensor) -> torch.Tensor:
 @register("texture", "diffusion")
 class DiffusionTexture(ClassicalTexture):
     @dataclass
-    class Config:
-        models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-        allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
-        device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda ..."})
-        half: bool = field(default=False, metadata={"help": "run the diffusion models in float16"})
-        rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})
+    class Config(DiffusionStageSettings):
         texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
         atlas_padding: int = field(default=2, metadata={"help": "texels between UV charts (marching-tetrahedra meshes have many charts)"})
         view_size: int = field(default=512, metadata={"help": "render side of each inpainting and refinement view"})
