@@ -52,17 +52,13 @@ def timed(fn, repeat: int) -> float:
 
 def synthetic_inputs(size: int):
     """An ellipsoid head mesh and an analysis-shaped record of a frontal view of it."""
-    import trimesh
-    from scipy.spatial import cKDTree
-
     from portrait3d.pipelines.camera import Camera
+    from portrait3d.pipelines.mesh import symmetric_sphere
     from portrait3d.pipelines.types import HeadMesh, PortraitAnalysis
 
-    m = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
-    v = (np.asarray(m.vertices) * [0.08, 0.11, 0.095]).astype(np.float32)
-    _, mirror = cKDTree(v).query(v * [-1, 1, 1])
-    head = HeadMesh(vertices=v, faces=np.asarray(m.faces, np.int64), mirror=mirror.astype(np.int64),
-                    face_weight=np.zeros(len(v), np.float32))
+    dirs, faces, mirror = symmetric_sphere(5)  # scaling along the axes keeps the mirror map
+    v = (dirs * [0.08, 0.11, 0.095]).astype(np.float32)
+    head = HeadMesh(vertices=v, faces=np.array(faces), mirror=np.array(mirror), face_weight=np.zeros(len(v), np.float32))
     cam = Camera.orbit(0, 0, 0.75, 28, size)
     yy, xx = np.mgrid[:size, :size]
     crop = np.stack([xx * 255 // size, yy * 255 // size, np.full_like(xx, 128)], -1).astype(np.uint8)
@@ -159,12 +155,14 @@ def main() -> None:
     holes = np.zeros((V, V), bool)
     holes[:, V // 2:] = True
     vt, ft = torch.tensor(mesh.vertices, device=dev), torch.tensor(mesh.faces, device=dev)
-    normal = texture._normal_image(views[0], vt, ft)
-    t["inpaint_view"] = timed(lambda: texture.inpaint_view(img, holes, normal, a.identity, "a photo", gen), max(1, r // 2))
+    normals = [texture._normal_image(c, vt, ft) for c in views]
+    t["inpaint_view"] = timed(lambda: texture.inpaint_view(img, holes, normals[0], a.identity, "a photo", gen),
+                              max(1, r // 2))
     tex = np.full((tc.texture_size, tc.texture_size, 3), 128.0, np.float32)
     n_ref, refine_steps = 4, tc.refine_steps
     texture.cfg.refine_steps = n_ref
-    t["refine_step"] = timed(lambda: texture.refine(a, mesh, at, tex, views, gen, lambda f, m: None), 1) / n_ref
+    t["refine_step"] = timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen,
+                                                    lambda f, m: None), 1) / n_ref
 
     geo = (sc.normal_fit_steps * t["fit_iteration"]
            + (sc.steps - sc.normal_fit_steps) / 2 * (t["reference_iteration"] + t["isd_iteration"]) + t["reference_maps"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import ModelError
 
@@ -23,7 +24,6 @@ TEMPLATE = "a person"
 
 class Captioner:
     def __init__(self, folder: str | Path, max_new_tokens: int = 30):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
 
@@ -34,13 +34,12 @@ class Captioner:
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"cannot load the caption role from {folder}: {e}") from None
         self.max_new_tokens = max_new_tokens
-        self._torch = torch
 
     def __call__(self, image: np.ndarray) -> str:
         """``(H, W, 3)`` uint8 RGB -> one line of text (greedy decoding)."""
         from PIL import Image
         inputs = self.processor(images=Image.fromarray(image), return_tensors="pt")
-        with self._torch.no_grad():
+        with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         text = self.processor.batch_decode(out, skip_special_tokens=True)[0]
         return " ".join(text.split())

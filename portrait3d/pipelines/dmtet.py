@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .mesh import vertex_normals
+
 # The 6 tetrahedra of a unit cube: corner bits (x, y, z); each walks 000 -> 111 along one axis order.
 _CORNERS = np.array([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)])
 
@@ -166,17 +168,10 @@ def mesh_sdf(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, sample
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normal = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-20)[:, None]
     pts, pick = surface_points(v, f, samples, seed, with_faces=True)
-    nrm = np.concatenate([normal[pick], _vertex_normals(v, f, cross)])
+    nrm = np.concatenate([normal[pick], vertex_normals(torch.from_numpy(v), torch.from_numpy(f)).numpy()])
     dist, nn = cKDTree(pts).query(points, workers=-1)
     side = np.einsum("ij,ij->i", points - pts[nn], nrm[nn])
     return np.where(side < 0, -dist, dist)
-
-
-def _vertex_normals(v: np.ndarray, f: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], cross)
-    return n / np.maximum(np.linalg.norm(n, axis=1), 1e-20)[:, None]
 
 
 class DMTetSurface:

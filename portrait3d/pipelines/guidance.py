@@ -59,6 +59,13 @@ class Condition:
     control: torch.Tensor       # (2B, 3, H, W) in [0, 1]: the landmark image at each camera
 
 
+def id_embeds(identity, device, dtype) -> torch.Tensor:
+    """``(2, 1, 1, D)`` IP-Adapter FaceID image embeds for classifier-free guidance: zeros, then the
+    ArcFace embedding (what diffusers' ``ip_adapter_image_embeds`` takes for one FaceID adapter)."""
+    e = torch.as_tensor(identity, dtype=torch.float32).reshape(1, 1, 1, -1)
+    return torch.cat([torch.zeros_like(e), e]).to(device, dtype)
+
+
 class IDGuidance:
     """ISD with the modules of a ControlNet pipeline (see ``models.diffusion``) that has the ID adapter."""
 
@@ -90,10 +97,9 @@ class IDGuidance:
         """The conditioning with a given ControlNet input ``control (B, 3, H, W)`` in [0, 1]."""
         B = len(control)
         u, c = self.text(prompt).chunk(2)
-        ident = torch.as_tensor(np.asarray(identity, np.float32), device=self.device).reshape(1, 1, -1).to(self.dtype)
         control = control.to(self.device, self.dtype)
         return Condition(text=torch.cat([u.expand(B, -1, -1), c.expand(B, -1, -1)]),
-                         id_embeds=torch.cat([torch.zeros_like(ident).expand(B, -1, -1), ident.expand(B, -1, -1)]),
+                         id_embeds=id_embeds(identity, self.device, self.dtype)[:, 0].repeat_interleave(B, 0),
                          control=torch.cat([control, control]))
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:

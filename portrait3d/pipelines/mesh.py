@@ -11,6 +11,13 @@ import trimesh
 from scipy.spatial import cKDTree
 
 
+def mirror_map(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each vertex of ``v (N, 3)``, the nearest vertex to its reflection through x = 0:
+    (distance ``(N,)``, index ``(N,)`` int64)."""
+    d, idx = cKDTree(v).query(np.asarray(v) * [-1, 1, 1])
+    return d, idx.astype(np.int64)
+
+
 @lru_cache(maxsize=4)
 def symmetric_sphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit icosphere -> (directions ``(N, 3)``, faces ``(F, 3)``, mirror ``(N,)``).
@@ -20,13 +27,13 @@ def symmetric_sphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     s = trimesh.creation.icosphere(subdivisions=subdivisions)
     v = np.asarray(s.vertices, np.float64)
     f = np.asarray(s.faces, np.int64)
-    d, idx = cKDTree(v).query(v * [-1, 1, 1])
+    d, idx = mirror_map(v)
     if d.max() > 1e-6:
         raise RuntimeError("icosphere is not mirror-symmetric")
     v.setflags(write=False)
     f.setflags(write=False)
     idx.setflags(write=False)
-    return v, f, idx.astype(np.int64)
+    return v, f, idx
 
 
 def adjacency(faces: np.ndarray, n: int) -> sp.csr_matrix:

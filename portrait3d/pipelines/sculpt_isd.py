@@ -30,9 +30,9 @@ from ..errors import ConfigError, OptimizationError
 from .camera import CV_TO_GL, Camera
 from .config import Schedule, register
 from .dmtet import DMTetSurface
-from .guidance import DiffusionStageSettings, IDGuidance, ISDSettings
+from .guidance import DiffusionStageSettings, IDGuidance, ISDSettings, id_embeds
 from .image_io import mask_coverage
-from .mesh import vertex_normals
+from .mesh import mirror_map, vertex_normals
 from .render import get_rasterizer
 from .sculpt import negative_pearson
 from .types import HeadMesh, PortraitAnalysis
@@ -116,9 +116,8 @@ def decimate(v: np.ndarray, f: np.ndarray, max_faces: int) -> tuple[np.ndarray, 
 def transfer_attributes(v: np.ndarray, source: HeadMesh) -> tuple[np.ndarray, np.ndarray]:
     """Mirror map ``(N,)`` (nearest vertex to each vertex reflected through x = 0) and face weight
     ``(N,)`` (from the nearest vertex of ``source``) for a new mesh ``v (N, 3)``."""
-    _, mirror = cKDTree(v).query(v * [-1, 1, 1])
     _, nn = cKDTree(source.vertices).query(v)
-    return mirror.astype(np.int64), source.face_weight[nn].astype(np.float32)
+    return mirror_map(v)[1], source.face_weight[nn].astype(np.float32)
 
 
 def random_camera(ref: Camera, rng: np.random.Generator, cfg, size: int) -> Camera:
@@ -202,7 +201,6 @@ class ISDDMTetSculpt:
         nearer, [0, 1]) of the reference view, ``S = render_size``."""
         from PIL import Image
 
-        from .models.diffusion import id_embeds
         cfg, S = self.cfg, self.cfg.render_size
         canny = Image.fromarray(np.repeat((mask_coverage(a.canny > 0, S) > 0)[..., None], 3, -1).astype(np.uint8) * 255)
         out = {}

@@ -129,6 +129,7 @@ class ClassicalTexture:
     @dataclass
     class Config:
         texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
+        atlas_padding: int = field(default=4, metadata={"help": "texels between UV charts"})
         view_size: int = field(default=320, metadata={"help": "render side of each inpainting view"})
         min_facing: float = field(default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"})
         view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
@@ -280,7 +281,7 @@ class ClassicalTexture:
 
     def _atlas(self, mesh: HeadMesh) -> "Atlas":
         """Step 1: the UV atlas and the surface point and normal of every used texel."""
-        uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size, getattr(self.cfg, "atlas_padding", 4))
+        uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size, self.cfg.atlas_padding)
         tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
         idx = np.nonzero((tri_id >= 0).ravel())[0]
         return Atlas(uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx],

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .camera import Camera
 from .config import register
-from .guidance import Condition, DiffusionStageSettings, IDGuidance, ISDSettings
+from .guidance import Condition, DiffusionStageSettings, IDGuidance, ISDSettings, id_embeds
 from .image_io import mask_coverage
 from .render import get_rasterizer
 from .sculpt_isd import render_geometry
@@ -116,7 +117,6 @@ class DiffusionTexture(ClassicalTexture):
                      prompt: str, generator: torch.Generator) -> np.ndarray:
         """One view: ``image (S, S, 3)`` uint8 with ``holes (S, S)`` bool to fill, the view's normal map
         ``(3, S, S)`` -> the inpainted image ``(S, S, 3)`` float in [0, 255]."""
-        from .models.diffusion import id_embeds
         cfg, S = self.cfg, self.cfg.view_size
         ctrl = Image.fromarray((normal.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
         out = self.pipe(prompt=prompt, negative_prompt=cfg.negative_prompt, image=Image.fromarray(image),
@@ -128,7 +128,6 @@ class DiffusionTexture(ClassicalTexture):
         return np.clip(out, 0, 1) * 255
 
     def __call__(self, a: PortraitAnalysis, mesh: HeadMesh, progress: Progress | None = None) -> TexturedHead:
-        import cv2
         cfg, dev = self.cfg, self.device
         report = progress or (lambda f, m: None)
         if a.identity.shape[-1] != 512:
@@ -149,6 +148,7 @@ class DiffusionTexture(ClassicalTexture):
         v = torch.tensor(mesh.vertices, dtype=torch.float32, device=dev)
         f = torch.tensor(mesh.faces, device=dev)
         views = self._views(a)
+        normals = [self._normal_image(c, v, f) for c in views]  # the normal ControlNet's input, per view
         k = 2 * cfg.hole_dilate + 1
         for i, vcam in enumerate(views):
             depth = self._depth_map(mesh, vcam)
@@ -161,7 +161,7 @@ class DiffusionTexture(ClassicalTexture):
                 if cfg.hole_dilate:
                     holes = (cv2.dilate(holes.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & sil
                 img[~sil] = 0
-                filled = self.inpaint_view(img, holes, self._normal_image(vcam, v, f), a.identity, prompt, gen)
+                filled = self.inpaint_view(img, holes, normals[i], a.identity, prompt, gen)
                 colors[todo] = self._sample(filled, vpix[todo])
                 known |= todo
                 source[todo] = 3
@@ -171,7 +171,8 @@ class DiffusionTexture(ClassicalTexture):
         stats = {"texels_used": int(len(at.idx)), "from_photo": float((source == 1).mean()),
                  "from_views": float((source == 3).mean()), "from_uv_fill": float((~known).mean())}
         if cfg.refine_steps > 0:
-            tex, refine = self.refine(a, mesh, at, tex, views, gen, lambda fr, m: report(0.6 + 0.4 * fr, m))
+            tex, refine = self.refine(a, v, f, at, tex, views, normals, prompt, gen,
+                                      lambda fr, m: report(0.6 + 0.4 * fr, m))
             stats.update(refine)
         texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
         stats["coverage"] = float(np.isfinite(tex.reshape(-1, 3)[at.idx]).all(1).mean())
@@ -180,31 +181,31 @@ class DiffusionTexture(ClassicalTexture):
         return TexturedHead(mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex,
                             texture=texture, stats=stats)
 
-    def refine(self, a: PortraitAnalysis, mesh: HeadMesh, at, tex: np.ndarray, views: list[Camera],
-               gen: torch.Generator, report: Progress) -> tuple[np.ndarray, dict]:
-        """Fit the UV map ``tex (T, T, 3)`` float in [0, 255] to denoised renders of itself."""
+    def refine(self, a: PortraitAnalysis, v: torch.Tensor, f: torch.Tensor, at, tex: np.ndarray,
+               views: list[Camera], normals: list[torch.Tensor], prompt: str, gen: torch.Generator,
+               report: Progress) -> tuple[np.ndarray, dict]:
+        """Fit the UV map ``tex (T, T, 3)`` float in [0, 255] of the mesh ``v (V, 3)``, ``f (F, 3)`` to
+        denoised renders of itself at ``views`` (with their normal maps ``(3, S, S)``)."""
         cfg, dev, S = self.cfg, self.device, self.cfg.view_size
-        v = torch.tensor(mesh.vertices, dtype=torch.float32, device=dev)
-        f = torch.tensor(mesh.faces, device=dev)
         uv = torch.tensor(at.uv, device=dev)
         uvf = torch.tensor(at.uv_faces, device=dev)
         texture = torch.tensor(tex / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1).contiguous()
         texture.requires_grad_(True)
         opt = torch.optim.Adam([texture], lr=cfg.refine_lr)
         ref_cam = a.camera.resized(S)
-        photo = torch.tensor(cv2_resize(a.crop, S) / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
+        crop = cv2.resize(a.crop, (S, S), interpolation=cv2.INTER_AREA)
+        photo = torch.tensor(crop / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
         photo_mask = torch.from_numpy(mask_coverage(a.head_mask, S) > 0.99).to(dev)
-        normals = [self._normal_image(c, v, f) for c in views]
-        prompt = cfg.prompt.replace("{caption}", a.caption)
         scheduler = self.pipe.scheduler
         alphas = self.guide.alphas
         first = last = None
         for step in range(cfg.refine_steps):
             j = step % len(views)
             img, m = sample_texture(self.view_raster, views[j], v, f, uv, uvf, texture)
+            z_img = self.guide.encode(img[None])  # once: noised below, and the perceptual loss's input
             with torch.no_grad():
                 cond = self.guide.condition_with(prompt, a.identity, normals[j][None])
-                z = self.guide.encode(img[None])
+                z = z_img.detach()
                 t = int(torch.randint(cfg.refine_t[0], cfg.refine_t[1], (1,), generator=gen))
                 noise = torch.randn(z.shape, generator=gen).to(dev, z.dtype)
                 z_t = scheduler.add_noise(z, noise, torch.tensor([t], device=dev))
@@ -213,7 +214,7 @@ class DiffusionTexture(ClassicalTexture):
                 target = target.clamp(0, 1).float() * m
                 z_target = self.guide.encode(target[None])
             loss_l2 = F.mse_loss(img, target)
-            loss_p = F.mse_loss(self.guide.encode(img[None]), z_target)
+            loss_p = F.mse_loss(z_img, z_target)
             ref, _ = sample_texture(self.view_raster, ref_cam, v, f, uv, uvf, texture)
             loss_ref = F.mse_loss(ref[:, photo_mask], photo[:, photo_mask]) if photo_mask.any() else ref.sum() * 0
             loss = (cfg.w_l2 * loss_l2 + cfg.w_perceptual * loss_p + cfg.w_reference * loss_ref
@@ -246,9 +247,4 @@ def _ddim_to_zero(guide: IDGuidance, z_t: torch.Tensor, t: int, cond: Condition,
         ab_next = alphas[int(b_t)].to(z.dtype)
         z = ab_next.sqrt() * z0 + (1 - ab_next).sqrt() * eps
     return z
-
-
-def cv2_resize(img: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 

@@ -83,13 +83,6 @@ def with_controlnet(pipe, root: ModelRoot, role: str):
     return out.to(pipe.unet.device)
 
 
-def id_embeds(identity, device, dtype) -> torch.Tensor:
-    """``(2, 1, 1, D)`` IP-Adapter FaceID image embeds for classifier-free guidance: zeros, then the
-    ArcFace embedding (what diffusers' ``ip_adapter_image_embeds`` takes for one FaceID adapter)."""
-    e = torch.as_tensor(identity, dtype=torch.float32).reshape(1, 1, 1, -1)
-    return torch.cat([torch.zeros_like(e), e]).to(device, dtype)
-
-
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` is CUDA where present, else CPU."""
     if name == "auto":
