@@ -1,7 +1,7 @@
 """Batch throughput (in one process, and through Ray with 1 and 2 workers per pool) and the Ray
 path's overhead for one head.
 
-    python benchmarks/bench_batch.py [--portraits 8] [--broken 2] [--repeats 2]
+    python benchmarks/bench_batch.py [--portraits 8] [--broken 2] [--repeats 4]
 
 Dataset: ``portrait3d.testing.portrait_dataset`` (real portraits that ship in scikit-image and
 matplotlib, and variants of them, plus broken files); the ``fast`` profile at its default settings.
@@ -12,8 +12,8 @@ included) to the last row, on a local Ray instance with as many logical CPUs as 
 
 One head: the same portrait in one process (``run`` + writing the bundle, stages warm) and through
 the pools (from its analysis worker starting to its export worker finishing, read from the manifest
-row; every worker started before the head enters), both with 2 torch threads. The Ray path's own
-work per head (codec, storage, hand-offs) is the pools' busy time outside the stage calls plus the
+row; every worker started before the head enters, each in a fresh Ray instance), both with 2 torch
+threads; the two paths alternate, repeat by repeat. The Ray path's own work per head (codec, storage, hand-offs) is the pools' busy time outside the stage calls plus the
 gaps between pools. Worker start-up is a once-per-run cost and is printed separately.
 """
 
@@ -92,31 +92,39 @@ def overhead(folder: Path, tmp: Path, repeats: int) -> None:
     photo = folder / "astronaut.png"
     torch.set_num_threads(2)
     p3d = Portrait3D(build_profile_config("fast"))
-    inproc, inproc_glue = [], []
+    pools = ("analysis", "geometry", "texture", "export")
+    settings = [f"{p}.torch_threads=2" for p in pools] + ["batch.wait_for_workers_s=600"]
+    runs: dict[str, list[dict[str, float]]] = {"in-process": [], "Ray": []}
+    startup = []
+    # The two paths alternate, so that a slow spell of the machine falls on both.
     for i in range(repeats):
         t0 = time.perf_counter()
         result = p3d.run(photo)
         files = p3d.write(result, tmp / f"inproc-{i}")
-        inproc.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
         export_s = json.loads(Path(files["head.json"]).read_text())["timings_s"]["export"]
-        inproc_glue.append(inproc[-1] - sum(result.timings.values()) - export_s)
-    del p3d
-    pools = ("analysis", "geometry", "texture", "export")
-    settings = [f"{p}.torch_threads=2" for p in pools] + ["batch.wait_for_workers_s=600"]
-    via_ray, glue, startup = [], [], []
-    for i in range(repeats):
+        runs["in-process"].append({"head": wall, **result.timings, "export": export_s})
         s, _ = ray_run(str(photo), tmp / f"ray-{i}", 1, settings)
         (row,) = s.rows
         w = json.loads(row["workers_json"])
-        via_ray.append(w["export"]["finished"] - w["analysis"]["started"])
-        glue.append(via_ray[-1] - sum(row[c] for c in TIMING_COLUMNS.values()))
-        startup.append(s.elapsed_s - via_ray[-1])
-    a, b = statistics.mean(inproc), statistics.mean(via_ray)
-    print(f"one head in-process: {a:.2f} s ({', '.join(f'{x:.2f}' for x in inproc)})")
-    print(f"one head via Ray pools: {b:.2f} s ({', '.join(f'{x:.2f}' for x in via_ray)})")
-    print(f"Ray path overhead for one head: {100 * (b - a) / a:+.1f}% (target < 10%)")
-    print(f"time outside the stage calls: in-process {statistics.mean(inproc_glue):.2f} s, "
-          f"Ray path {statistics.mean(glue):.2f} s (codec, storage, hand-offs between pools)")
+        wall = w["export"]["finished"] - w["analysis"]["started"]
+        runs["Ray"].append({"head": wall, **{st: row[c] for st, c in TIMING_COLUMNS.items()}})
+        startup.append(s.elapsed_s - wall)
+    for r in (*runs["in-process"], *runs["Ray"]):
+        r["outside"] = r["head"] - sum(r[st] for st in TIMING_COLUMNS)
+    mean = {k: {c: statistics.mean(r[c] for r in v) for c in v[0]} for k, v in runs.items()}
+    for k, v in runs.items():
+        heads = [r["head"] for r in v]
+        print(f"one head {k:>10}: mean {mean[k]['head']:.2f} s, median {statistics.median(heads):.2f} s "
+              f"({', '.join(f'{x:.2f}' for x in heads)})")
+    a, b = mean["in-process"]["head"], mean["Ray"]["head"]
+    med = [statistics.median(r["head"] for r in runs[k]) for k in runs]
+    print(f"Ray path overhead for one head: {100 * (b - a) / a:+.1f}% on the mean, "
+          f"{100 * (med[1] - med[0]) / med[0]:+.1f}% on the median (target < 10%)")
+    for c in (*TIMING_COLUMNS, "outside"):
+        x, y = mean["in-process"][c], mean["Ray"][c]
+        print(f"  {c:>9}: in-process {x:5.2f} s, Ray {y:5.2f} s ({y - x:+.2f} s)")
+    print("  (outside: time outside the stage calls; on the Ray path codec, storage, hand-offs between pools)")
     print(f"once per run: worker start-up and Ray Data planning {statistics.mean(startup):.1f} s")
 
 
@@ -126,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--portraits", type=int, default=8)
     ap.add_argument("--broken", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()

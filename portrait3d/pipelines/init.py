@@ -93,6 +93,7 @@ class HeadPriorInit:
     def __init__(self, cfg: "HeadPriorInit.Config"):
         self.cfg = cfg
         self.raster = get_rasterizer("torch")
+        face_mesh_topology()  # imports mediapipe (~1 s): at load time, not in the first head
 
     def __call__(self, a: PortraitAnalysis) -> HeadMesh:
         cfg = self.cfg
