@@ -1,7 +1,7 @@
 """Batch throughput (in one process, and through Ray with 1 and 2 workers per pool) and the Ray
 path's overhead for one head.
 
-    python benchmarks/bench_batch.py [--portraits 8] [--broken 2] [--repeats 4]
+    python benchmarks/bench_batch.py [--portraits 8] [--broken 2] [--repeats 4] [--threads N]
 
 Dataset: ``portrait3d.testing.portrait_dataset`` (real portraits that ship in scikit-image and
 matplotlib, and variants of them, plus broken files); the ``fast`` profile at its default settings.
@@ -12,9 +12,10 @@ included) to the last row, on a local Ray instance with as many logical CPUs as 
 
 One head: the same portrait in one process (``run`` + writing the bundle, stages warm) and through
 the pools (from its analysis worker starting to its export worker finishing, read from the manifest
-row; every worker started before the head enters, each in a fresh Ray instance), both with 2 torch
-threads; the two paths alternate, repeat by repeat. The Ray path's own work per head (codec, storage, hand-offs) is the pools' busy time outside the stage calls plus the
-gaps between pools. Worker start-up is a once-per-run cost and is printed separately.
+row; every worker started before the head enters, each in a fresh Ray instance), both with the same
+torch threads (``--threads``, default all cores); the two paths alternate, repeat by repeat. The Ray
+path's own work per head (codec, storage, hand-offs) is the pools' busy time outside the stage calls
+plus the gaps between pools. Worker start-up is a once-per-run cost and is printed separately.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def scaling(folder: Path, tmp: Path) -> None:
           f"Ray with 1 worker per pool vs in-process loop: {rates[1] / base:.2f}x")
 
 
-def overhead(folder: Path, tmp: Path, repeats: int) -> None:
+def overhead(folder: Path, tmp: Path, repeats: int, threads: int) -> None:
     import torch
 
     from portrait3d.engine.rows import TIMING_COLUMNS
@@ -90,10 +91,10 @@ def overhead(folder: Path, tmp: Path, repeats: int) -> None:
     from portrait3d.pipelines.pipeline import Portrait3D
 
     photo = folder / "astronaut.png"
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     p3d = Portrait3D(build_profile_config("fast"))
     pools = ("analysis", "geometry", "texture", "export")
-    settings = [f"{p}.torch_threads=2" for p in pools] + ["batch.wait_for_workers_s=600"]
+    settings = [f"{p}.torch_threads={threads}" for p in pools] + ["batch.wait_for_workers_s=600"]
     runs: dict[str, list[dict[str, float]]] = {"in-process": [], "Ray": []}
     startup = []
     # The two paths alternate, so that a slow spell of the machine falls on both.
@@ -119,7 +120,7 @@ def overhead(folder: Path, tmp: Path, repeats: int) -> None:
               f"({', '.join(f'{x:.2f}' for x in heads)})")
     a, b = mean["in-process"]["head"], mean["Ray"]["head"]
     med = [statistics.median(r["head"] for r in runs[k]) for k in runs]
-    print(f"Ray path overhead for one head: {100 * (b - a) / a:+.1f}% on the mean, "
+    print(f"Ray path overhead for one head, {threads} torch thread(s): {100 * (b - a) / a:+.1f}% on the mean, "
           f"{100 * (med[1] - med[0]) / med[0]:+.1f}% on the median (target < 10%)")
     for c in (*TIMING_COLUMNS, "outside"):
         x, y = mean["in-process"][c], mean["Ray"][c]
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--portraits", type=int, default=8)
     ap.add_argument("--broken", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch threads of the one-head runs, on both paths (default: all cores)")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()
@@ -145,7 +148,7 @@ def main() -> None:
     if not args.skip_scaling:
         scaling(folder, tmp)
     if not args.skip_overhead:
-        overhead(folder, tmp, args.repeats)
+        overhead(folder, tmp, args.repeats, args.threads)
 
 
 if __name__ == "__main__":
