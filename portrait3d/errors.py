@@ -57,6 +57,10 @@ class WorkerDiedError(Portrait3DError):
     """A worker process died on this input on every attempt (e.g. out of memory)."""
 
 
+class HeadTimeoutError(Portrait3DError):
+    """A worker pool spent longer than ``batch.head_timeout_s`` on one head."""
+
+
 class ConfigError(Portrait3DError):
     """A profile, stage name or config override is invalid."""
 

@@ -131,6 +131,25 @@ def test_head_that_kills_its_worker_every_time_is_an_error_row(ray_local, tmp_pa
     assert table.num_rows == 2 and sorted(table.column("status").to_pylist()) == ["error", "ok"]
 
 
+@pytest.mark.parametrize("retries", [2, 0])
+def test_head_past_its_time_limit_is_an_error_row(ray_local, tmp_path, retries):
+    portrait_dataset(tmp_path / "in", portraits=1, broken=1)
+    out = tmp_path / "out"
+    # 100k sculpt steps take many minutes; the limit ends the geometry worker after 5 s
+    s = run_batch(str(tmp_path / "in"), str(out), quick("sculpt.steps=100000"),
+                  build_engine_config("fast", ["batch.head_timeout_s=5", f"batch.max_task_retries={retries}"]))
+    slow, broken = s.rows
+    assert slow["status"] == "error" and slow["error_type"] == "HeadTimeoutError", slow
+    assert slow["error_stage"] == "geometry" and "batch.head_timeout_s" in slow["error_message"]
+    # with a retry left, the restarted worker writes the row (and does not run the head again);
+    # with none, the driver does
+    assert ("geometry" in json.loads(slow["workers_json"])) == (retries > 0)
+    assert broken["error_type"] == "TruncatedImageError"  # the run went on with the other input
+    assert pq.read_table(s.manifest_uri).column("error_type").to_pylist() == ["HeadTimeoutError",
+                                                                              "TruncatedImageError"]
+    assert not (out / "_work").exists()
+
+
 def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
     s3 = boto3.client("s3")
     for p in portrait_dataset(tmp_path / "in", portraits=1, broken=1):

@@ -32,7 +32,8 @@ def test_pool_config_overrides_and_remote_args(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["gpu.num_cpus=1", "geometry.num_gpu=1", "geometry.num_cpus=lots",
-                                 "geometry.min_size=3", "texture.resources=[1]", "batch.max_input_mb=0"])
+                                 "geometry.min_size=3", "texture.resources=[1]", "batch.max_input_mb=0",
+                                 "batch.head_timeout_s=-1"])
 def test_pool_config_errors(bad):
     with pytest.raises(ConfigError):
         build_engine_config("fast", [bad])

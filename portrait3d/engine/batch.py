@@ -24,9 +24,10 @@ from typing import Any, Callable
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import InputError, WorkerDiedError
+from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
 from .. import storage
+from . import heads
 from .config import EngineConfig
 from .rows import batch_to_rows, manifest_table, mark_error, new_row
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker
@@ -202,7 +203,12 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     for i, uri in enumerate(uris):
         if i not in finished:
             row = new_row(i, uri)
-            mark_error(row, "", WorkerDiedError.__name__, why)
+            timed_out = heads.timeout_uri(output, uri) if engine.batch.head_timeout_s else None
+            if timed_out and storage.exists(timed_out):  # the worker ended itself, with no retry left
+                record = json.loads(storage.read_bytes(timed_out))
+                mark_error(row, record["pool"], HeadTimeoutError.__name__, record["message"])
+            else:
+                mark_error(row, "", WorkerDiedError.__name__, why)
             rows.append(row)
             if interrupted is None:
                 progress.add(row)

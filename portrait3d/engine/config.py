@@ -74,6 +74,9 @@ class BatchSettings:
         "help": "times a head is retried after its worker process died (then it becomes an error row)"})
     no_progress_timeout_s: float = field(default=3600.0, metadata={
         "help": "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)"})
+    head_timeout_s: float = field(default=0.0, metadata={
+        "help": "longest one pool may work on one head (0: no limit); past it the worker process ends, the "
+                "head becomes an error row (HeadTimeoutError) and a new worker takes the next heads"})
     max_input_mb: float = field(default=64.0, metadata={"help": "inputs bigger than this become error rows"})
     wait_for_workers_s: float = field(default=0.0, metadata={
         "help": "before streaming, wait up to this long until every pool has its min_size workers "
@@ -82,8 +85,8 @@ class BatchSettings:
         "help": "keep the per-stage intermediates under OUTPUT/_work after a head is done"})
 
     def validate(self) -> None:
-        if self.max_task_retries < 0 or self.max_input_mb <= 0 or self.wait_for_workers_s < 0:
-            raise ConfigError("max_task_retries and wait_for_workers_s must be >= 0, max_input_mb > 0")
+        if min(self.max_task_retries, self.wait_for_workers_s, self.head_timeout_s) < 0 or self.max_input_mb <= 0:
+            raise ConfigError("max_task_retries, wait_for_workers_s and head_timeout_s must be >= 0, max_input_mb > 0")
 
 
 @dataclass

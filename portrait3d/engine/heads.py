@@ -2,11 +2,13 @@
 
 ``OUTPUT/heads/<hash16>/``: ``head.glb``, ``views.png``, then ``head.json`` written last, so a bundle
 whose ``head.json`` exists is complete. ``OUTPUT/_work/<hash16>/``: intermediates passed between
-pools (``analysis.npz``, ``mesh.npz``, ``head.npz``), removed once the bundle is written.
+pools (``analysis.npz``, ``mesh.npz``, ``head.npz``), removed once the bundle is written;
+``OUTPUT/_work/timeouts/`` records the heads that ran past ``batch.head_timeout_s``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -30,6 +32,12 @@ def bundle_uri(output: str, content_hash: str) -> str:
 
 def work_uri(output: str, content_hash: str) -> str:
     return storage.join(output, "_work", head_key(content_hash))
+
+
+def timeout_uri(output: str, input_uri: str) -> str:
+    """Where a worker records that a head ran past its time limit (kept for the rest of the run)."""
+    key = hashlib.sha256(input_uri.encode()).hexdigest()[:KEY_CHARS]
+    return storage.join(output, "_work", "timeouts", f"{key}.json")
 
 
 def write_head_bundle(uri: str, files: dict[str, bytes]) -> dict[str, str]:

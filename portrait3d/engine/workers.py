@@ -8,18 +8,20 @@ row becomes an error row; the worker goes on with the next one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
 import numpy as np
 
-from ..errors import Portrait3DError
+from ..errors import HeadTimeoutError, Portrait3DError
 from ..pipelines.codec import decode, encode
 from ..pipelines.config import PipelineConfig
 from ..pipelines.export import json_default
@@ -71,7 +73,8 @@ class StageWorker:
     def _guarded(self, row: dict[str, Any]) -> None:
         started = time.time()
         try:
-            self.process(row)
+            with self._time_limit(row):
+                self.process(row)
         except Portrait3DError as e:
             mark_error(row, self.pool, e.kind, str(e))
         except Exception as e:  # a bug must cost one row, not the run; the traceback goes to the log
@@ -83,6 +86,37 @@ class StageWorker:
 
     def process(self, row: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _time_limit(self, row: dict[str, Any]):
+        """``batch.head_timeout_s`` for this pool's work on one head.
+
+        Past the limit a timer thread records the timeout in storage and ends the process: code stuck
+        in a native call cannot be interrupted from Python, but a process can always be ended. Ray
+        restarts the worker and retries the head, and the retry (or, with no retries left, the
+        driver) turns the record into a ``HeadTimeoutError`` row instead of running the head again.
+        """
+        limit = self.batch.head_timeout_s
+        if not limit:
+            yield
+            return
+        record = heads.timeout_uri(self.output, row["input_uri"])
+        if storage.exists(record):
+            raise HeadTimeoutError(json.loads(storage.read_bytes(record))["message"])
+
+        def expire() -> None:
+            message = f"the {self.pool} pool worked on this head for more than {limit:g} s (batch.head_timeout_s)"
+            storage.write_bytes(record, json.dumps({"pool": self.pool, "message": message}).encode())
+            log.error("%s: %s; ending worker process %d", row["input_uri"], message, os.getpid())
+            _skip_interpreter_teardown(exit_code=1)
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _timings(self, row: dict[str, Any], timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
@@ -166,7 +200,7 @@ class ExportWorker(StageWorker):
             storage.delete_tree(row["work_uri"])
 
 
-def _skip_interpreter_teardown() -> None:
+def _skip_interpreter_teardown(exit_code: int = 0) -> None:
     """End a worker process without Python's teardown of torch and the stage modules.
 
     Ray Data lets a pool's workers exit as soon as the pool's input is exhausted, while the next pool
@@ -181,7 +215,7 @@ def _skip_interpreter_teardown() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(0)
+    os._exit(exit_code)
 
 
 def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
