@@ -208,6 +208,8 @@ def _skip_interpreter_teardown(exit_code: int = 0) -> None:
     worker (measured), taken from the pools that are still working. By the time ``atexit`` runs,
     Ray has finished the actor's tasks and told the raylet the exit is intended; this handler runs
     before Ray's own (handlers run last-registered first), so it flushes what Ray's would.
+    With ``exit_code=1`` it ends a worker whose head ran past its time limit: an exit Ray did not
+    expect, so Ray restarts the worker and retries the head.
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
