@@ -203,10 +203,9 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     for i, uri in enumerate(uris):
         if i not in finished:
             row = new_row(i, uri)
-            timed_out = heads.timeout_uri(output, uri) if engine.batch.head_timeout_s else None
-            if timed_out and storage.exists(timed_out):  # the worker ended itself, with no retry left
-                record = json.loads(storage.read_bytes(timed_out))
-                mark_error(row, record["pool"], HeadTimeoutError.__name__, record["message"])
+            timed_out = heads.find_timeout(output, uri) if engine.batch.head_timeout_s else None
+            if timed_out:  # the worker ended itself, with no retry left
+                mark_error(row, timed_out["pool"], HeadTimeoutError.__name__, timed_out["message"])
             else:
                 mark_error(row, "", WorkerDiedError.__name__, why)
             rows.append(row)

@@ -34,10 +34,20 @@ def work_uri(output: str, content_hash: str) -> str:
     return storage.join(output, "_work", head_key(content_hash))
 
 
-def timeout_uri(output: str, input_uri: str) -> str:
-    """Where a worker records that a head ran past its time limit (kept for the rest of the run)."""
+def _timeout_uri(output: str, input_uri: str) -> str:
     key = hashlib.sha256(input_uri.encode()).hexdigest()[:KEY_CHARS]
     return storage.join(output, "_work", "timeouts", f"{key}.json")
+
+
+def record_timeout(output: str, input_uri: str, pool: str, message: str) -> None:
+    """Record that ``pool`` ran past its time limit on this input (kept for the rest of the run)."""
+    storage.write_bytes(_timeout_uri(output, input_uri), json.dumps({"pool": pool, "message": message}).encode())
+
+
+def find_timeout(output: str, input_uri: str) -> dict[str, str] | None:
+    """The record of :func:`record_timeout` for this input (``pool``, ``message``), else None."""
+    uri = _timeout_uri(output, input_uri)
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
 def write_head_bundle(uri: str, files: dict[str, bytes]) -> dict[str, str]:

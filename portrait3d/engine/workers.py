@@ -100,14 +100,15 @@ class StageWorker:
         if not limit:
             yield
             return
-        record = heads.timeout_uri(self.output, row["input_uri"])
-        if storage.exists(record):
-            raise HeadTimeoutError(json.loads(storage.read_bytes(record))["message"])
+        uri = row["input_uri"]
+        record = heads.find_timeout(self.output, uri)
+        if record is not None:
+            raise HeadTimeoutError(record["message"])
 
         def expire() -> None:
             message = f"the {self.pool} pool worked on this head for more than {limit:g} s (batch.head_timeout_s)"
-            storage.write_bytes(record, json.dumps({"pool": self.pool, "message": message}).encode())
-            log.error("%s: %s; ending worker process %d", row["input_uri"], message, os.getpid())
+            heads.record_timeout(self.output, uri, self.pool, message)
+            log.error("%s: %s; ending worker process %d", uri, message, os.getpid())
             _skip_interpreter_teardown(exit_code=1)
 
         timer = threading.Timer(limit, expire)

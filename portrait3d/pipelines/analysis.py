@@ -22,13 +22,14 @@ from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, lift_landmarks
 from .caption import TEMPLATE
 from .identity import load_identity_encoder
 from .image_io import DecodedImage
+from .models.root import ModelRootSettings
 from .types import PortraitAnalysis
 
 
 @register("analysis", "mediapipe")
 class MediapipeAnalysis:
     @dataclass
-    class Config:
+    class Config(ModelRootSettings):
         crop_size: int = field(default=512, metadata={"help": "side of the square crop, pixels"})
         crop_scale: float = field(default=2.6, metadata={"help": "crop side in face-box sides"})
         crop_shift: float = field(default=0.12, metadata={"help": "upward shift of the crop centre, in face-box heights"})
@@ -44,8 +45,6 @@ class MediapipeAnalysis:
         canny_high: int = field(default=150, metadata={"help": "canny upper threshold"})
         identity: str = field(default="dlib", metadata={"help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"})
         caption: str = field(default="", metadata={"help": "text describing the portrait (--caption); '' is the template 'a person'; 'model': the root's caption role; 'auto': that role when the root has it"})
-        models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-        allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
 
         def validate(self) -> None:
             if self.crop_size < 128 or self.crop_size > 2048:

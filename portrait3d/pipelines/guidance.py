@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from .camera import Camera
 from .config import Schedule
 from .landmark_image import landmark_image
+from .models.root import ModelRootSettings
 
 
 @dataclass
-class DiffusionStageSettings:
+class DiffusionStageSettings(ModelRootSettings):
     """Settings every stage that runs diffusion models from a model root has (its Config derives
     from this)."""
 
-    models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-    allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda, cuda:1 ..."})
     half: bool = field(default=False, metadata={"help": "run the diffusion models in float16 (the settings use float32)"})
     rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})

@@ -65,6 +65,14 @@ def read_manifest(root: str) -> dict:
     return data
 
 
+
+@dataclass
+class ModelRootSettings:
+    """Settings of every stage that loads models from a model root (its Config derives from this)."""
+
+    models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
+    allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
+
 @dataclass
 class RoleStatus:
     """One role of a root: ``present``, ``missing``, ``corrupt`` or ``absent`` (optional, not given)."""
