@@ -77,10 +77,14 @@ def scaling(folder: Path, tmp: Path) -> None:
         s, t_connect = ray_run(str(folder), tmp / f"scaling-{workers}", workers)
         p = s.progress
         rates[workers] = p.made / (s.elapsed_s / 60)
-        print(f"{workers:>12} {p.made:>6} {p.failed:>7} {s.elapsed_s:>8.1f} {rates[workers]:>10.2f} {t_connect:>11.1f}",
-              flush=True)
-    print(f"scaling ratio (2 workers / 1 worker): {rates[2] / rates[1]:.2f} on {os.cpu_count()} cores; "
-          f"Ray with 1 worker per pool vs in-process loop: {rates[1] / base:.2f}x")
+        print(
+            f"{workers:>12} {p.made:>6} {p.failed:>7} {s.elapsed_s:>8.1f} {rates[workers]:>10.2f} {t_connect:>11.1f}",
+            flush=True,
+        )
+    print(
+        f"scaling ratio (2 workers / 1 worker): {rates[2] / rates[1]:.2f} on {os.cpu_count()} cores; "
+        f"Ray with 1 worker per pool vs in-process loop: {rates[1] / base:.2f}x"
+    )
 
 
 def overhead(folder: Path, tmp: Path, repeats: int, threads: int) -> None:
@@ -116,12 +120,16 @@ def overhead(folder: Path, tmp: Path, repeats: int, threads: int) -> None:
     mean = {k: {c: statistics.mean(r[c] for r in v) for c in v[0]} for k, v in runs.items()}
     for k, v in runs.items():
         heads = [r["head"] for r in v]
-        print(f"one head {k:>10}: mean {mean[k]['head']:.2f} s, median {statistics.median(heads):.2f} s "
-              f"({', '.join(f'{x:.2f}' for x in heads)})")
+        print(
+            f"one head {k:>10}: mean {mean[k]['head']:.2f} s, median {statistics.median(heads):.2f} s "
+            f"({', '.join(f'{x:.2f}' for x in heads)})"
+        )
     a, b = mean["in-process"]["head"], mean["Ray"]["head"]
     med = [statistics.median(r["head"] for r in runs[k]) for k in runs]
-    print(f"Ray path overhead for one head, {threads} torch thread(s): {100 * (b - a) / a:+.1f}% on the mean, "
-          f"{100 * (med[1] - med[0]) / med[0]:+.1f}% on the median (target < 10%)")
+    print(
+        f"Ray path overhead for one head, {threads} torch thread(s): {100 * (b - a) / a:+.1f}% on the mean, "
+        f"{100 * (med[1] - med[0]) / med[0]:+.1f}% on the median (target < 10%)"
+    )
     for c in (*TIMING_COLUMNS, "outside"):
         x, y = mean["in-process"][c], mean["Ray"][c]
         print(f"  {c:>9}: in-process {x:5.2f} s, Ray {y:5.2f} s ({y - x:+.2f} s)")
@@ -136,8 +144,12 @@ def main() -> None:
     ap.add_argument("--portraits", type=int, default=8)
     ap.add_argument("--broken", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="torch threads of the one-head runs, on both paths (default: all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads of the one-head runs, on both paths (default: all cores)",
+    )
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()

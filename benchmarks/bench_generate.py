@@ -33,14 +33,21 @@ def _one(path: str, out: str, q) -> None:
     p3d.write(res, out)
     total = time.perf_counter() - t0
     rec = __import__("json").loads(Path(out, "head.json").read_text())
-    q.put({"load": load, **rec["timings_s"], "total": total,
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    q.put(
+        {
+            "load": load,
+            **rec["timings_s"],
+            "total": total,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+    )
 
 
 def default_photos(tmp: Path) -> list[str]:
     import matplotlib
     import skimage.data
     from PIL import Image
+
     astro = tmp / "astronaut.png"
     Image.fromarray(skimage.data.astronaut()).save(astro)
     return [str(astro), str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")]
@@ -69,8 +76,10 @@ def main() -> None:
             print(f"{Path(photo).name[:27]:<28}" + "".join(f"{r[c]:>12.2f}" for c in cols), flush=True)
     worst_t = max(r["total"] for r in rows)
     worst_m = max(r["peak_rss_gb"] for r in rows)
-    print(f"worst: {worst_t:.1f} s per head (target <= 60), {worst_m:.2f} GB peak (target < 4): "
-          f"{'PASS' if worst_t <= 60 and worst_m < 4 else 'FAIL'}")
+    print(
+        f"worst: {worst_t:.1f} s per head (target <= 60), {worst_m:.2f} GB peak (target < 4): "
+        f"{'PASS' if worst_t <= 60 and worst_m < 4 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,19 +58,33 @@ def synthetic_inputs(size: int):
 
     dirs, faces, mirror = symmetric_sphere(5)  # scaling along the axes keeps the mirror map
     v = (dirs * [0.08, 0.11, 0.095]).astype(np.float32)
-    head = HeadMesh(vertices=v, faces=np.array(faces), mirror=np.array(mirror), face_weight=np.zeros(len(v), np.float32))
+    head = HeadMesh(
+        vertices=v, faces=np.array(faces), mirror=np.array(mirror), face_weight=np.zeros(len(v), np.float32)
+    )
     cam = Camera.orbit(0, 0, 0.75, 28, size)
     yy, xx = np.mgrid[:size, :size]
     crop = np.stack([xx * 255 // size, yy * 255 // size, np.full_like(xx, 128)], -1).astype(np.uint8)
     mask = ((xx - size / 2) / (0.3 * size)) ** 2 + ((yy - size / 2) / (0.4 * size)) ** 2 < 1
     rng = np.random.default_rng(0)
     ident = rng.normal(size=512).astype(np.float32)
-    a = PortraitAnalysis(crop=crop, crop_box=(0, 0, size, size), image_size=(size, size),
-                         face_box=(size * 0.3, size * 0.3, size * 0.7, size * 0.7), face_score=1.0,
-                         landmarks_px=np.zeros((478, 3)), landmarks_3d=np.zeros((478, 3)), rotation=np.eye(3),
-                         pose_ypr=(0.0, 0.0, 0.0), camera=cam, head_mask=mask,
-                         canny=(rng.random((size, size)) > 0.9).astype(np.uint8) * 255, identity=ident / np.linalg.norm(ident),
-                         identity_model="random", input_sha256="0" * 64, caption="a person")
+    a = PortraitAnalysis(
+        crop=crop,
+        crop_box=(0, 0, size, size),
+        image_size=(size, size),
+        face_box=(size * 0.3, size * 0.3, size * 0.7, size * 0.7),
+        face_score=1.0,
+        landmarks_px=np.zeros((478, 3)),
+        landmarks_3d=np.zeros((478, 3)),
+        rotation=np.eye(3),
+        pose_ypr=(0.0, 0.0, 0.0),
+        camera=cam,
+        head_mask=mask,
+        canny=(rng.random((size, size)) > 0.9).astype(np.uint8) * 255,
+        identity=ident / np.linalg.norm(ident),
+        identity_model="random",
+        input_sha256="0" * 64,
+        caption="a person",
+    )
     return a, head
 
 
@@ -96,8 +110,11 @@ def main() -> None:
     if not (root / "manifest.json").is_file():
         build_tiny_root(root, full=full)
     build_s = time.perf_counter() - t0
-    cfg = build_profile_config("paper" if full else "tiny", models=str(root),
-                               overrides=["sculpt.half=true", "texture.half=true"] if args.half else None)
+    cfg = build_profile_config(
+        "paper" if full else "tiny",
+        models=str(root),
+        overrides=["sculpt.half=true", "texture.half=true"] if args.half else None,
+    )
     sc, tc = cfg.stages["sculpt"], cfg.stages["texture"]
     t0 = time.perf_counter()
     sculpt = ISDDMTetSculpt(sc)
@@ -111,8 +128,9 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
 
     t0 = time.perf_counter()
-    surf = DMTetSurface.from_mesh(head.vertices, head.faces, sc.grid_resolution, sc.band, sc.grid_margin,
-                                  sc.deform_scale, dev)
+    surf = DMTetSurface.from_mesh(
+        head.vertices, head.faces, sc.grid_resolution, sc.band, sc.grid_margin, sc.deform_scale, dev
+    )
     grid_s = time.perf_counter() - t0
     opt = torch.optim.Adam(surf.parameters(), lr=sc.lr)
     init_v, init_f = torch.tensor(head.vertices, device=dev), torch.tensor(head.faces, device=dev)
@@ -142,8 +160,11 @@ def main() -> None:
         surf.constrain()
 
     r = args.repeat
-    t = {"fit_iteration": timed(lambda: step("fit"), r), "reference_iteration": timed(lambda: step("reference"), r),
-         "isd_iteration": timed(lambda: step("isd"), r)}
+    t = {
+        "fit_iteration": timed(lambda: step("fit"), r),
+        "reference_iteration": timed(lambda: step("reference"), r),
+        "isd_iteration": timed(lambda: step("isd"), r),
+    }
     t["reference_maps"] = timed(lambda: sculpt.reference_maps(a, gen), max(1, r // 2))
     mesh = head
     t0 = time.perf_counter()
@@ -153,34 +174,55 @@ def main() -> None:
     V = tc.view_size
     img = np.full((V, V, 3), 128, np.uint8)
     holes = np.zeros((V, V), bool)
-    holes[:, V // 2:] = True
+    holes[:, V // 2 :] = True
     vt, ft = torch.tensor(mesh.vertices, device=dev), torch.tensor(mesh.faces, device=dev)
     normals = [texture._normal_image(c, vt, ft) for c in views]
-    t["inpaint_view"] = timed(lambda: texture.inpaint_view(img, holes, normals[0], a.identity, "a photo", gen),
-                              max(1, r // 2))
+    t["inpaint_view"] = timed(
+        lambda: texture.inpaint_view(img, holes, normals[0], a.identity, "a photo", gen), max(1, r // 2)
+    )
     tex = np.full((tc.texture_size, tc.texture_size, 3), 128.0, np.float32)
     n_ref, refine_steps = 4, tc.refine_steps
     texture.cfg.refine_steps = n_ref
-    t["refine_step"] = timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen,
-                                                    lambda f, m: None), 1) / n_ref
+    t["refine_step"] = (
+        timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen, lambda f, m: None), 1) / n_ref
+    )
 
-    geo = (sc.normal_fit_steps * t["fit_iteration"]
-           + (sc.steps - sc.normal_fit_steps) / 2 * (t["reference_iteration"] + t["isd_iteration"]) + t["reference_maps"])
+    geo = (
+        sc.normal_fit_steps * t["fit_iteration"]
+        + (sc.steps - sc.normal_fit_steps) / 2 * (t["reference_iteration"] + t["isd_iteration"])
+        + t["reference_maps"]
+    )
     tex_s = t["atlas"] + len(PAPER_TRAJECTORY) * t["inpaint_view"] + refine_steps * t["refine_step"]
     device = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; size: {args.size}; half: {args.half}; root built in {build_s:.1f} s, "
-          f"stages loaded in {load_s:.1f} s; DMTet grid ({len(surf.grid)} vertices, {len(surf.tets)} tets) "
-          f"in {grid_s:.1f} s")
+    print(
+        f"device: {device}; size: {args.size}; half: {args.half}; root built in {build_s:.1f} s, "
+        f"stages loaded in {load_s:.1f} s; DMTet grid ({len(surf.grid)} vertices, {len(surf.tets)} tets) "
+        f"in {grid_s:.1f} s"
+    )
     for k, v in t.items():
         print(f"  {k:<22} {v * 1000:10.1f} ms")
     print(f"projected geometry: {geo:8.1f} s  ({sc.steps} steps, {sc.normal_fit_steps} normal fit, render {S})")
-    print(f"projected texture:  {tex_s:8.1f} s  ({len(PAPER_TRAJECTORY)} views x {tc.inpaint_steps} steps, "
-          f"{refine_steps} refinement steps, UV {tc.texture_size})")
+    print(
+        f"projected texture:  {tex_s:8.1f} s  ({len(PAPER_TRAJECTORY)} views x {tc.inpaint_steps} steps, "
+        f"{refine_steps} refinement steps, UV {tc.texture_size})"
+    )
     print(f"projected per head: {geo + tex_s:8.1f} s  (target on one H100: < 600 s)")
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "size": args.size, "half": args.half, "timings_s": t,
-                                         "grid_vertices": len(surf.grid), "grid_tets": len(surf.tets),
-                                         "projected_geometry_s": geo, "projected_texture_s": tex_s}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "size": args.size,
+                    "half": args.half,
+                    "timings_s": t,
+                    "grid_vertices": len(surf.grid),
+                    "grid_tets": len(surf.tets),
+                    "projected_geometry_s": geo,
+                    "projected_texture_s": tex_s,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -45,13 +45,23 @@ def main() -> None:
         m = evaluate(tmp / photo.stem, photo)
         v = m["views"]
         fmt = lambda d: "none" if d is None else f"{d:.3f}"  # noqa: E731
-        row = [secs, fmt(v["0"]["identity_distance"]), fmt(v["30"]["identity_distance"]),
-               fmt(v["-30"]["identity_distance"]), v["60"]["mediapipe_faces"], v["-60"]["mediapipe_faces"],
-               v["180"]["mediapipe_faces"] + v["180"]["dlib_hog_faces"], f"{m['silhouette_iou']:.3f}",
-               f"{m['masked_psnr_db']:.1f}", "yes" if m["passed"] else "no"]
+        row = [
+            secs,
+            fmt(v["0"]["identity_distance"]),
+            fmt(v["30"]["identity_distance"]),
+            fmt(v["-30"]["identity_distance"]),
+            v["60"]["mediapipe_faces"],
+            v["-60"]["mediapipe_faces"],
+            v["180"]["mediapipe_faces"] + v["180"]["dlib_hog_faces"],
+            f"{m['silhouette_iou']:.3f}",
+            f"{m['masked_psnr_db']:.1f}",
+            "yes" if m["passed"] else "no",
+        ]
         n_pass += m["passed"]
-        print(f"{photo.stem[:21]:<22}" + "".join(f"{x:>10.1f}" if isinstance(x, float) else f"{x!s:>10}" for x in row),
-              flush=True)
+        print(
+            f"{photo.stem[:21]:<22}" + "".join(f"{x:>10.1f}" if isinstance(x, float) else f"{x!s:>10}" for x in row),
+            flush=True,
+        )
     print(f"{n_pass}/{n} heads meet every target")
 
 

@@ -18,8 +18,11 @@ from rich.table import Table
 
 from .errors import Portrait3DError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Turn one portrait photo into a textured, full 360-degree 3D head (glTF).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn one portrait photo into a textured, full 360-degree 3D head (glTF).",
+)
 err = Console(stderr=True)
 out = Console()
 
@@ -30,9 +33,15 @@ def _fail(e: Portrait3DError) -> None:
 
 
 # Shared by `generate` and `batch`.
-MODELS_OPTION = typer.Option(None, "--models", "-m", help="model root of the paper/tiny profiles: a folder or s3:// prefix")
-ALLOW_PICKLE_OPTION = typer.Option(None, "--allow-pickle", metavar="ROLE",
-                                   help="let this role's pickled weights run code (only for files you trust); repeatable")
+MODELS_OPTION = typer.Option(
+    None, "--models", "-m", help="model root of the paper/tiny profiles: a folder or s3:// prefix"
+)
+ALLOW_PICKLE_OPTION = typer.Option(
+    None,
+    "--allow-pickle",
+    metavar="ROLE",
+    help="let this role's pickled weights run code (only for files you trust); repeatable",
+)
 
 
 @app.command()
@@ -41,12 +50,19 @@ def generate(
     output: Path = typer.Option(Path("out"), "--output", "-o", help="output folder for the head bundle"),
     profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
     seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
-    config: Optional[List[str]] = typer.Option(None, "--config", "-c",
-                                               help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
-                                                    "or a JSON file {stage: {field: value}}; repeatable"),
-    caption: Optional[str] = typer.Option(None, "--caption",
-                                          help="text describing the portrait, for the paper profile's prompts "
-                                               "(default: the root's caption model, else 'a person')"),
+    config: Optional[List[str]] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
+        "or a JSON file {stage: {field: value}}; repeatable",
+    ),
+    caption: Optional[str] = typer.Option(
+        None,
+        "--caption",
+        help="text describing the portrait, for the paper profile's prompts "
+        "(default: the root's caption model, else 'a person')",
+    ),
     models: Optional[str] = MODELS_OPTION,
     allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -57,11 +73,23 @@ def generate(
     from .pipelines.pipeline import STAGE_ORDER, Portrait3D
 
     try:
-        cfg = build_profile_config(profile, [*(config or []), *([f'analysis.caption={caption}'] if caption else [])], seed,
-                                   models, tuple(allow_pickle or ()))
+        cfg = build_profile_config(
+            profile,
+            [*(config or []), *([f"analysis.caption={caption}"] if caption else [])],
+            seed,
+            models,
+            tuple(allow_pickle or ()),
+        )
         check_output_dir(output)
-        with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err, disable=quiet) as bar:
+        with Progress(
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[msg]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
+        ) as bar:
             tasks = {s: bar.add_task(s, total=1.0, msg="") for s in STAGE_ORDER}
 
             def progress(stage: str, frac: float, msg: str) -> None:
@@ -82,25 +110,31 @@ def generate(
 
 @app.command()
 def batch(
-    inputs: str = typer.Argument(..., metavar="INPUT",
-                                 help="folder, glob, CSV/Parquet manifest of URIs, or s3:// prefix of portraits"),
+    inputs: str = typer.Argument(
+        ..., metavar="INPUT", help="folder, glob, CSV/Parquet manifest of URIs, or s3:// prefix of portraits"
+    ),
     output: str = typer.Argument(..., metavar="OUTPUT", help="local folder or s3:// prefix for the heads"),
     profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
     seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
-    config: Optional[List[str]] = typer.Option(None, "--config", "-c",
-                                               help="override a stage setting, stage.field=value, or a JSON file; "
-                                                    "repeatable"),
+    config: Optional[List[str]] = typer.Option(
+        None, "--config", "-c", help="override a stage setting, stage.field=value, or a JSON file; repeatable"
+    ),
     models: Optional[str] = MODELS_OPTION,
     allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
-    pool: Optional[List[str]] = typer.Option(None, "--pool",
-                                             help="override a worker-pool or batch setting, e.g. "
-                                                  "geometry.num_gpus=1, texture.accelerator_type=H100, "
-                                                  "batch.max_task_retries=3, or a JSON file; repeatable "
-                                                  "(`portrait3d info` lists them)"),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w",
-                                          help="size of the analysis, geometry and texture pools"),
-    address: Optional[str] = typer.Option(None, "--address",
-                                          help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"),
+    pool: Optional[List[str]] = typer.Option(
+        None,
+        "--pool",
+        help="override a worker-pool or batch setting, e.g. "
+        "geometry.num_gpus=1, texture.accelerator_type=H100, "
+        "batch.max_task_retries=3, or a JSON file; repeatable "
+        "(`portrait3d info` lists them)",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-w", help="size of the analysis, geometry and texture pools"
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's logs and progress bars"),
 ) -> None:
@@ -120,20 +154,34 @@ def batch(
         engine = build_engine_config(profile, pool, workers)
         uris, skipped = list_inputs(inputs)
         output = storage.check_writable(output)
-        err.print(f"{len(uris)} portraits from {inputs}" + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+        err.print(
+            f"{len(uris)} portraits from {inputs}" + (f" ({len(skipped)} other files skipped)" if skipped else "")
+        )
         where = connect(engine, address, verbose=verbose)
         err.print(f"ray: {where}")
         if not where.startswith("1 node") and not (storage.is_s3(output) and all(map(storage.is_s3, uris))):
-            err.print("[yellow]note[/]: local paths on a multi-node cluster must be storage every node "
-                      "sees (a shared file system); otherwise use s3://")
-        with Progress(TextColumn("heads"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                      TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=err,
-                      disable=quiet) as bar:
+            err.print(
+                "[yellow]note[/]: local paths on a multi-node cluster must be storage every node "
+                "sees (a shared file system); otherwise use s3://"
+            )
+        with Progress(
+            TextColumn("heads"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[msg]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
+        ) as bar:
             task = bar.add_task("heads", total=len(uris), msg="starting workers")
 
             def on_row(row, p) -> None:
-                bar.update(task, total=p.total, completed=p.done,
-                           msg=f"ok {p.ok} (reused {p.reused}) · failed {p.failed} · {p.heads_per_min:.1f} heads/min")
+                bar.update(
+                    task,
+                    total=p.total,
+                    completed=p.done,
+                    msg=f"ok {p.ok} (reused {p.reused}) · failed {p.failed} · {p.heads_per_min:.1f} heads/min",
+                )
                 if row["status"] != "ok":
                     err.print(f"[red]failed[/] {row['input_uri']}: {row['error_type']}: {row['error_message']}")
 
@@ -141,8 +189,10 @@ def batch(
     except Portrait3DError as e:
         _fail(e)
     p = summary.progress
-    err.print(f"[green]done[/] in {summary.elapsed_s:.0f} s: {p.ok} ok ({p.reused} reused, {p.made} made), "
-              f"{p.failed} failed, {p.heads_per_min:.1f} heads/min")
+    err.print(
+        f"[green]done[/] in {summary.elapsed_s:.0f} s: {p.ok} ok ({p.reused} reused, {p.made} made), "
+        f"{p.failed} failed, {p.heads_per_min:.1f} heads/min"
+    )
     out.print(summary.manifest_uri)
     raise typer.Exit(1 if p.failed else 0)
 
@@ -184,6 +234,7 @@ def info() -> None:
     for k, v in library_versions().items():
         out.print(f"{k:>24} {v}")
     import torch
+
     out.print(f"{'device':>24} {'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
     for name, spec in PROFILES.items():
         ok, why = _can_run(name)
@@ -228,8 +279,13 @@ def models_check(
     colour = {"present": "green", "absent": "dim", "missing": "red", "corrupt": "red"}
     for st in states:
         detail = "; ".join(st.problems) or st.source or ROLES[st.role].help
-        table.add_row(st.role, f"[{colour[st.state]}]{st.state}[/]", f"{st.bytes / 2**20:.1f} MiB" if st.bytes else "",
-                      st.licence, detail)
+        table.add_row(
+            st.role,
+            f"[{colour[st.state]}]{st.state}[/]",
+            f"{st.bytes / 2**20:.1f} MiB" if st.bytes else "",
+            st.licence,
+            detail,
+        )
     out.print(table)
     bad = [st.role for st in states if st.state in ("missing", "corrupt")]
     if bad:
@@ -262,6 +318,7 @@ def _can_run(profile: str) -> tuple[bool, str]:
         import dlib  # noqa: F401
         import mediapipe as mp
         import xatlas  # noqa: F401
+
         mp.solutions.face_mesh  # noqa: B018 (the legacy models ship only in 0.10.21)
     except Exception as e:  # any import failure is the reason
         return False, f"{type(e).__name__}: {e}"

@@ -44,7 +44,7 @@ def normalize(uri: str | Path) -> str:
     """Local paths become absolute; ``s3://`` URIs keep their form without a trailing slash."""
     uri = str(uri)
     if is_s3(uri):
-        bucket_and_key = uri[len(S3):].strip("/")
+        bucket_and_key = uri[len(S3) :].strip("/")
         if not bucket_and_key:
             raise StorageError(f"{uri!r} names no bucket")
         return S3 + bucket_and_key
@@ -84,7 +84,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         env = os.environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-        return _s3(endpoint, region), uri[len(S3):]
+        return _s3(endpoint, region), uri[len(S3) :]
     return pafs.LocalFileSystem(), uri
 
 
@@ -199,7 +199,7 @@ def list_files(uri: str) -> list[str]:
             raise StorageError(f"cannot list {uri}: {e}") from None
         prefix = S3 if is_s3(base) else ""
         found = [prefix + i.path for i in infos if i.type == pafs.FileType.File]
-        return sorted(u for u in found if not _hidden(u[len(base):]))
+        return sorted(u for u in found if not _hidden(u[len(base) :]))
     if not is_s3(uri):
         pattern = os.path.abspath(os.path.expanduser(uri))
         return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))

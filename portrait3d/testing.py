@@ -23,8 +23,11 @@ def shipped_portraits() -> dict[str, np.ndarray]:
     import skimage.data
 
     grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    return {"astronaut": skimage.data.astronaut(), "grace_hopper": np.asarray(Image.open(grace).convert("RGB")),
-            "cameraman": np.repeat(skimage.data.camera()[..., None], 3, 2)}
+    return {
+        "astronaut": skimage.data.astronaut(),
+        "grace_hopper": np.asarray(Image.open(grace).convert("RGB")),
+        "cameraman": np.repeat(skimage.data.camera()[..., None], 3, 2),
+    }
 
 
 def variants(img: np.ndarray) -> dict[str, np.ndarray | bytes]:
@@ -68,8 +71,16 @@ def evaluation_set(folder: Path) -> list[Path]:
     return paths
 
 
-BATCH_PORTRAITS = ("astronaut", "grace_hopper", "cameraman", "astronaut_mirrored", "grace_hopper_mirrored",
-                   "astronaut_lowres", "grace_hopper_gray", "astronaut_sidelight")
+BATCH_PORTRAITS = (
+    "astronaut",
+    "grace_hopper",
+    "cameraman",
+    "astronaut_mirrored",
+    "grace_hopper_mirrored",
+    "astronaut_lowres",
+    "grace_hopper_gray",
+    "astronaut_sidelight",
+)
 
 
 def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[Path]:
@@ -88,8 +99,10 @@ def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[
         paths.append(save(folder, name, data))
     jpeg = io.BytesIO()
     Image.fromarray(shipped["grace_hopper"]).save(jpeg, "JPEG", quality=90)
-    broken_files = {"truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
-                    "not_an_image.png": b"these are the minutes of the meeting, not a photo\n"}
+    broken_files = {
+        "truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
+        "not_an_image.png": b"these are the minutes of the meeting, not a photo\n",
+    }
     for name in list(broken_files)[:broken]:
         (folder / name).write_bytes(broken_files[name])
         paths.append(folder / name)

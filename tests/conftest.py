@@ -11,11 +11,13 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 def astronaut() -> np.ndarray:
     import skimage.data
+
     return skimage.data.astronaut()
 
 
 def grace_hopper_path() -> Path:
     import matplotlib
+
     return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
@@ -35,6 +37,7 @@ def astronaut_png(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def analysis_stage():
     from portrait3d.pipelines.analysis import MediapipeAnalysis
+
     stage = MediapipeAnalysis(MediapipeAnalysis.Config())
     yield stage
     stage.close()
@@ -43,6 +46,7 @@ def analysis_stage():
 @pytest.fixture(scope="session")
 def astronaut_analysis(analysis_stage, astronaut_png):
     from portrait3d.pipelines.image_io import load_image
+
     return analysis_stage(load_image(astronaut_png))
 
 
@@ -50,16 +54,23 @@ def astronaut_analysis(analysis_stage, astronaut_png):
 def tiny_root(tmp_path_factory):
     """A model root of tiny random models of the real classes (about 8 s to build)."""
     from portrait3d.pipelines.models.tiny import build_tiny_root
+
     return build_tiny_root(tmp_path_factory.mktemp("tiny_models"))
 
 
 #: Settings that make a head in about 2 s: for tests of plumbing, not of head quality.
-QUICK_HEAD = ["init.subdivisions=4", "sculpt.steps=10", "sculpt.resolution=128", "texture.texture_size=256",
-              "texture.view_size=128"]
+QUICK_HEAD = [
+    "init.subdivisions=4",
+    "sculpt.steps=10",
+    "sculpt.resolution=128",
+    "texture.texture_size=256",
+    "texture.view_size=128",
+]
 
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -76,8 +87,12 @@ def s3_server():
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -96,6 +111,7 @@ def s3_bucket(s3_server, request):
     """A fresh bucket; returns its name."""
     import boto3
     import re
+
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name

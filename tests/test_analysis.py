@@ -58,6 +58,7 @@ def test_pose_from_rotated_landmarks(astronaut_analysis):
 
 def test_no_face(analysis_stage):
     import skimage.data
+
     with pytest.raises(NoFaceError):
         analysis_stage(load_image(png_bytes(skimage.data.coffee())))
     with pytest.raises(NoFaceError):

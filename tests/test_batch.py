@@ -32,6 +32,7 @@ POOLS = {"analysis", "geometry", "texture", "export"}
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
     import ray
+
     connect(build_engine_config("fast"))
     yield
     ray.shutdown()
@@ -45,8 +46,13 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
     inputs = portrait_dataset(tmp_path / "in", portraits=8, broken=2)
     out = tmp_path / "out"
     seen = []
-    s = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"),
-                  on_row=lambda row, p: seen.append((row["input_uri"], p.done)))
+    s = run_batch(
+        str(tmp_path / "in"),
+        str(out),
+        quick(),
+        build_engine_config("fast"),
+        on_row=lambda row, p: seen.append((row["input_uri"], p.done)),
+    )
     assert [d for _, d in seen] == list(range(1, 11))  # progress per row, as rows finish
     rows = {Path(r["input_uri"]).name: r for r in pq.read_table(s.manifest_uri).to_pylist()}
     assert len(rows) == 10 and (s.progress.ok, s.progress.failed) == (8, 2)
@@ -76,6 +82,7 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
 
 def test_ray_head_equals_in_process_head(ray_local, tmp_path):
     from portrait3d.pipelines.pipeline import Portrait3D
+
     src = portrait_dataset(tmp_path / "in", portraits=1, broken=0)[0]
     cfg = quick()
     s = run_batch(str(src), str(tmp_path / "out"), cfg, build_engine_config("fast"))
@@ -87,6 +94,7 @@ def test_ray_head_equals_in_process_head(ray_local, tmp_path):
 
 def _kill_first(title: str, killed: list, stop: threading.Event) -> None:
     import psutil
+
     while not stop.is_set() and not killed:
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or []).strip()  # Ray pads process titles
@@ -103,8 +111,9 @@ def test_killed_worker_head_is_retried(ray_local, tmp_path):
     watcher = threading.Thread(target=_kill_first, args=("MapBatches(GeometryWorker)", killed, stop), daemon=True)
     watcher.start()
     try:
-        s = run_batch(str(tmp_path / "in"), str(tmp_path / "out"), quick("sculpt.steps=150"),
-                      build_engine_config("fast"))
+        s = run_batch(
+            str(tmp_path / "in"), str(tmp_path / "out"), quick("sculpt.steps=150"), build_engine_config("fast")
+        )
     finally:
         stop.set()
     assert len(killed) == 1, "the geometry worker was never caught inside a head"
@@ -119,8 +128,12 @@ def test_head_that_kills_its_worker_every_time_is_an_error_row(ray_local, tmp_pa
     watcher = threading.Thread(target=_kill_first, args=("MapBatches(TextureWorker)", killed, stop), daemon=True)
     watcher.start()
     try:  # no retries: the one death is the head's last attempt
-        s = run_batch(str(tmp_path / "in"), str(tmp_path / "out"), quick("texture.texture_size=1024"),
-                      build_engine_config("fast", ["batch.max_task_retries=0"]))
+        s = run_batch(
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            quick("texture.texture_size=1024"),
+            build_engine_config("fast", ["batch.max_task_retries=0"]),
+        )
     finally:
         stop.set()
     assert len(killed) == 1
@@ -136,8 +149,12 @@ def test_head_past_its_time_limit_is_an_error_row(ray_local, tmp_path, retries):
     portrait_dataset(tmp_path / "in", portraits=1, broken=1)
     out = tmp_path / "out"
     # 100k sculpt steps take many minutes; the limit ends the geometry worker after 5 s
-    s = run_batch(str(tmp_path / "in"), str(out), quick("sculpt.steps=100000"),
-                  build_engine_config("fast", ["batch.head_timeout_s=5", f"batch.max_task_retries={retries}"]))
+    s = run_batch(
+        str(tmp_path / "in"),
+        str(out),
+        quick("sculpt.steps=100000"),
+        build_engine_config("fast", ["batch.head_timeout_s=5", f"batch.max_task_retries={retries}"]),
+    )
     slow, broken = s.rows
     assert slow["status"] == "error" and slow["error_type"] == "HeadTimeoutError", slow
     assert slow["error_stage"] == "geometry" and "batch.head_timeout_s" in slow["error_message"]
@@ -145,8 +162,7 @@ def test_head_past_its_time_limit_is_an_error_row(ray_local, tmp_path, retries):
     # with none, the driver does
     assert ("geometry" in json.loads(slow["workers_json"])) == (retries > 0)
     assert broken["error_type"] == "TruncatedImageError"  # the run went on with the other input
-    assert pq.read_table(s.manifest_uri).column("error_type").to_pylist() == ["HeadTimeoutError",
-                                                                              "TruncatedImageError"]
+    assert pq.read_table(s.manifest_uri).column("error_type").to_pylist() == ["HeadTimeoutError", "TruncatedImageError"]
     assert not (out / "_work").exists()
 
 
@@ -160,7 +176,7 @@ def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
     table = pq.read_table(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key="heads/manifest.parquet")["Body"].read()))
     rows = {r["input_uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
     assert rows["astronaut.png"]["status"] == "ok" and rows["truncated.jpg"]["status"] == "error"
-    key = rows["astronaut.png"]["glb_uri"][len(f"s3://{s3_bucket}/"):]
+    key = rows["astronaut.png"]["glb_uri"][len(f"s3://{s3_bucket}/") :]
     assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()[:4] == b"glTF"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="heads/")["Contents"]}
     assert not any("/_work/" in k for k in keys)
@@ -172,8 +188,16 @@ def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
 
 def test_cli_batch(tmp_path):
     portrait_dataset(tmp_path / "in", portraits=1, broken=1)
-    cmd = [sys.executable, "-m", "portrait3d.cli", "batch", str(tmp_path / "in"), str(tmp_path / "out"), "-q",
-           *[a for c in QUICK_HEAD for a in ("-c", c)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "portrait3d.cli",
+        "batch",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "-q",
+        *[a for c in QUICK_HEAD for a in ("-c", c)],
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 1, r.stderr  # one input failed
@@ -181,7 +205,12 @@ def test_cli_batch(tmp_path):
     assert "TruncatedImageError" in r.stderr
     assert r.stdout.strip().endswith("manifest.parquet")
     assert pq.read_table(tmp_path / "out" / "manifest.parquet").num_rows == 2
-    bad = subprocess.run([*cmd[:4], str(tmp_path / "nothing-here"), str(tmp_path / "out2")],
-                         capture_output=True, text=True, timeout=120, env=env)
+    bad = subprocess.run(
+        [*cmd[:4], str(tmp_path / "nothing-here"), str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert bad.returncode == 2 and "InputError" in bad.stderr
     assert not (tmp_path / "out2").exists()

@@ -18,8 +18,11 @@ def test_schedule_piecewise_linear():
 
 
 def test_profile_overrides_are_typed():
-    cfg = build_profile_config("fast", ["sculpt.steps=12", "sculpt.w_mask=[[0, 1], [10, 2]]",
-                                        "texture.mirror=false", "analysis.crop_size=256"], seed=7)
+    cfg = build_profile_config(
+        "fast",
+        ["sculpt.steps=12", "sculpt.w_mask=[[0, 1], [10, 2]]", "texture.mirror=false", "analysis.crop_size=256"],
+        seed=7,
+    )
     assert cfg.stages["sculpt"].steps == 12
     assert cfg.stages["sculpt"].w_mask(5) == 1.5
     assert cfg.stages["texture"].mirror is False
@@ -27,8 +30,18 @@ def test_profile_overrides_are_typed():
     json.dumps(cfg.to_dict())
 
 
-@pytest.mark.parametrize("bad", ["sculpt.nope=1", "nostage.steps=1", "sculpt.steps=abc", "steps=3",
-                                 "analysis.crop_size=64", "texture.mirror=maybe", "missing.json"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "sculpt.nope=1",
+        "nostage.steps=1",
+        "sculpt.steps=abc",
+        "steps=3",
+        "analysis.crop_size=64",
+        "texture.mirror=maybe",
+        "missing.json",
+    ],
+)
 def test_bad_overrides_raise_config_error(bad):
     with pytest.raises(ConfigError):
         build_profile_config("fast", [bad])

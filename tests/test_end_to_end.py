@@ -40,16 +40,26 @@ def test_bundle_files_and_gltf(bundle):
     assert g.images[0].bufferView is not None  # embedded, not a URI
     pos = g.accessors[g.meshes[0].primitives[0].attributes.POSITION]
     lo, hi = np.array(pos.min), np.array(pos.max)
-    assert np.all(np.abs((lo + hi) / 2) < 0.08)           # centred on the head
-    assert 0.18 < hi[1] - lo[1] < 0.5                      # metres, +Y up: a head with a neck
+    assert np.all(np.abs((lo + hi) / 2) < 0.08)  # centred on the head
+    assert 0.18 < hi[1] - lo[1] < 0.5  # metres, +Y up: a head with a neck
     rec = json.loads((bundle / "head.json").read_text())
-    for key in ("input_sha256", "crop_box", "reference_camera", "landmarks_3d", "pose_deg", "profile",
-                "versions", "timings_s", "metrics", "config"):
+    for key in (
+        "input_sha256",
+        "crop_box",
+        "reference_camera",
+        "landmarks_3d",
+        "pose_deg",
+        "profile",
+        "versions",
+        "timings_s",
+        "metrics",
+        "config",
+    ):
         assert key in rec, key
     assert rec["profile"] == "fast" and rec["config"]["seed"] == 3
     assert set(rec["timings_s"]) == {"analysis", "init", "sculpt", "texture", "export"}
     lm = np.array(rec["landmarks_3d"])
-    assert lm[1, 2] > 0.05                                  # the nose points toward +Z
+    assert lm[1, 2] > 0.05  # the nose points toward +Z
     assert rec["metrics"]["mesh"]["watertight"] and rec["metrics"]["mesh"]["degenerate_faces"] == 0
     assert Image.open(bundle / "views.png").size == (1024, 512)
 
@@ -77,8 +87,8 @@ def test_same_seed_same_glb(bundle, astronaut_png):
 def _bomb() -> bytes:
     png = png_bytes(np.zeros((1, 1, 3), np.uint8))
     i = png.index(b"IHDR")
-    data = struct.pack(">II", 9000, 9000) + png[i + 12:i + 17]
-    return png[:i + 4] + data + struct.pack(">I", zlib.crc32(b"IHDR" + data)) + png[i + 21:]
+    data = struct.pack(">II", 9000, 9000) + png[i + 12 : i + 17]
+    return png[: i + 4] + data + struct.pack(">I", zlib.crc32(b"IHDR" + data)) + png[i + 21 :]
 
 
 BAD_INPUTS = {

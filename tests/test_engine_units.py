@@ -16,8 +16,15 @@ from portrait3d.pipelines.types import HeadMesh, PortraitAnalysis
 
 
 def test_pool_config_overrides_and_remote_args(tmp_path):
-    cfg = build_engine_config("fast", ["geometry.num_gpus=1", "geometry.accelerator_type=H100",
-                                       'texture.resources={"texture_node": 1}', "batch.max_task_retries=5"])
+    cfg = build_engine_config(
+        "fast",
+        [
+            "geometry.num_gpus=1",
+            "geometry.accelerator_type=H100",
+            'texture.resources={"texture_node": 1}',
+            "batch.max_task_retries=5",
+        ],
+    )
     geo = cfg.pools["geometry"].remote_args()
     assert geo == {"num_cpus": 1.0, "num_gpus": 1.0, "accelerator_type": "H100"}
     assert cfg.pools["texture"].remote_args()["resources"] == {"texture_node": 1.0}
@@ -27,13 +34,26 @@ def test_pool_config_overrides_and_remote_args(tmp_path):
     assert build_engine_config("fast", [str(f)], workers=2).pools["analysis"].max_size == 3
     two = build_engine_config("fast", workers=2)
     assert {p: (c.min_size, c.max_size) for p, c in two.pools.items()} == {
-        "analysis": (2, 2), "geometry": (2, 2), "texture": (2, 2), "export": (1, 1)}
+        "analysis": (2, 2),
+        "geometry": (2, 2),
+        "texture": (2, 2),
+        "export": (1, 1),
+    }
     assert build_engine_config("paper").pools["geometry"].num_gpus == 1
 
 
-@pytest.mark.parametrize("bad", ["gpu.num_cpus=1", "geometry.num_gpu=1", "geometry.num_cpus=lots",
-                                 "geometry.min_size=3", "texture.resources=[1]", "batch.max_input_mb=0",
-                                 "batch.head_timeout_s=-1"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "gpu.num_cpus=1",
+        "geometry.num_gpu=1",
+        "geometry.num_cpus=lots",
+        "geometry.min_size=3",
+        "texture.resources=[1]",
+        "batch.max_input_mb=0",
+        "batch.head_timeout_s=-1",
+    ],
+)
 def test_pool_config_errors(bad):
     with pytest.raises(ConfigError):
         build_engine_config("fast", [bad])

@@ -21,7 +21,7 @@ def test_rays_from_origin_hits_plane():
 
 def test_polar_radius_of_disc():
     yy, xx = np.mgrid[0:101, 0:101]
-    disc = (xx - 50) ** 2 + (yy - 50) ** 2 <= 30 ** 2
+    disc = (xx - 50) ** 2 + (yy - 50) ** 2 <= 30**2
     r = polar_radius(disc, np.array([50.5, 50.5]))
     assert np.abs(r - 30).max() <= 1.5
     assert polar_radius(disc, np.array([2.0, 2.0])) is None
@@ -58,9 +58,13 @@ def test_init_is_a_full_watertight_head(astronaut_analysis, initial_head):
     assert h.vertices[:, 1].min() < lm[152, 1] - 0.03
     # The face keeps the person's landmark geometry: face vertices lie on the landmark surface.
     from portrait3d.pipelines.init import oriented_face_triangles
+
     face = h.face_weight >= 1
-    r_lm = rays_from_origin(h.vertices[face] / np.linalg.norm(h.vertices[face], axis=1, keepdims=True),
-                            lm[:468], oriented_face_triangles(lm[:468]))
+    r_lm = rays_from_origin(
+        h.vertices[face] / np.linalg.norm(h.vertices[face], axis=1, keepdims=True),
+        lm[:468],
+        oriented_face_triangles(lm[:468]),
+    )
     hit = ~np.isnan(r_lm)
     assert hit.mean() > 0.8
     assert np.abs(np.linalg.norm(h.vertices[face][hit], axis=1) - r_lm[hit]).max() < 1e-5
@@ -76,7 +80,8 @@ def test_sculpt_improves_silhouette(astronaut_analysis, initial_head):
     assert q["watertight"] and q["degenerate_faces"] == 0
     cam = astronaut_analysis.camera.resized(256)
     r = get_rasterizer("torch")
-    m = r.rasterize(cam.clip(torch.tensor(sculpted.vertices, dtype=torch.float64)).float(),
-                    torch.tensor(sculpted.faces), (256, 256)).mask.numpy()
+    m = r.rasterize(
+        cam.clip(torch.tensor(sculpted.vertices, dtype=torch.float64)).float(), torch.tensor(sculpted.faces), (256, 256)
+    ).mask.numpy()
     hm = mask_coverage(astronaut_analysis.head_mask, 256) > 0.5
     assert (m & hm).sum() / (m | hm).sum() > 0.95

@@ -71,9 +71,9 @@ def test_decompression_bomb_is_refused_before_decoding():
     # A valid PNG header claiming 10000 x 6000 pixels (60 MP): refused from the header alone.
     png = _encode(Image.new("RGB", (1, 1)))
     ihdr = png.index(b"IHDR")
-    data = struct.pack(">II", 10000, 6000) + png[ihdr + 12:ihdr + 17]
+    data = struct.pack(">II", 10000, 6000) + png[ihdr + 12 : ihdr + 17]
     crc = struct.pack(">I", zlib.crc32(b"IHDR" + data))
-    bomb = png[:ihdr + 4] + data + crc + png[ihdr + 21:]
+    bomb = png[: ihdr + 4] + data + crc + png[ihdr + 21 :]
     with pytest.raises(ImageTooLargeError, match="60.0 megapixels"):
         load_image(bomb)
     with pytest.raises(ImageTooLargeError):

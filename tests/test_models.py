@@ -24,8 +24,17 @@ def _states(root):
 
 def test_check_lists_every_role(tiny_root):
     states = _states(tiny_root)
-    required = ["geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks",
-                "controlnet_canny", "controlnet_normal", "ip_adapter_faceid", "arcface"]
+    required = [
+        "geometry_normal",
+        "geometry_depth",
+        "texture_base",
+        "vae",
+        "controlnet_landmarks",
+        "controlnet_canny",
+        "controlnet_normal",
+        "ip_adapter_faceid",
+        "arcface",
+    ]
     assert all(states[r].state == "present" and states[r].bytes > 0 for r in required)
     assert states["caption"].state == "present" and states["gan3d"].state == "absent"
 
@@ -74,8 +83,9 @@ def test_pickle_with_code_is_refused_unless_allowed_by_name(root_copy):
     with pytest.raises(ModelError, match="--allow-pickle ip_adapter_faceid"):
         ModelRoot(str(root_copy), cache=root_copy / "cache").folder("ip_adapter_faceid")
     allowed = ModelRoot(str(root_copy), allow_pickle=["ip_adapter_faceid"], cache=root_copy / "cache")
-    assert isinstance(allowed.load_weights("ip_adapter_faceid", allowed.file("ip_adapter_faceid", (".bin",)))["extra"],
-                      _Code)
+    assert isinstance(
+        allowed.load_weights("ip_adapter_faceid", allowed.file("ip_adapter_faceid", (".bin",)))["extra"], _Code
+    )
     with pytest.raises(ModelError, match="unknown model role"):
         ModelRoot(str(root_copy), allow_pickle=["everything"])
 
@@ -137,7 +147,7 @@ def test_landmark_image_follows_the_camera(astronaut_analysis):
     uv, _ = cam.project(lm)
     for i in (61, 291, 10, 152):  # mouth corners, forehead and chin on the oval
         x, y = (int(v) for v in uv[i])
-        assert front[y - 2:y + 3, x - 2:x + 3].any(), i
+        assert front[y - 2 : y + 3, x - 2 : x + 3].any(), i
 
 
 def test_models_check_command(root_copy):

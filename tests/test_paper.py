@@ -87,8 +87,9 @@ def test_dmtet_fits_a_toy_target_from_normal_maps():
     losses = []
     for step in range(50):
         sv, sf = surf.extract()
-        fit = sum(torch.nn.functional.mse_loss(render_geometry(raster, c, sv, sf)["image"], w)
-                  for c, w in zip(cams, wants))
+        fit = sum(
+            torch.nn.functional.mse_loss(render_geometry(raster, c, sv, sf)["image"], w) for c, w in zip(cams, wants)
+        )
         consistency, laplacian = mesh_regularizers(surf.to_unit(sv), sf)
         opt.zero_grad()
         (fit + 0.1 * consistency + 10 * laplacian).backward()
@@ -114,6 +115,7 @@ def test_regularizers_prefer_a_smooth_surface():
 def arcface_analysis(tiny_root, astronaut_png):
     from portrait3d.pipelines.analysis import MediapipeAnalysis
     from portrait3d.pipelines.image_io import load_image
+
     stage = MediapipeAnalysis(MediapipeAnalysis.Config(identity="arcface", models=str(tiny_root)))
     try:
         return stage(load_image(astronaut_png))
@@ -125,6 +127,7 @@ def arcface_analysis(tiny_root, astronaut_png):
 def sculpt_stage(tiny_root):
     cfg = build_profile_config("tiny", models=str(tiny_root)).stages["sculpt"]
     from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt
+
     return ISDDMTetSculpt(cfg)
 
 
@@ -147,8 +150,13 @@ def test_isd_gradient_reaches_the_dmtet_parameters_and_the_uv_map(sculpt_stage, 
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     # The same guidance on a UV-textured render reaches the texels.
     texture = torch.full((3, 64, 64), 0.5, requires_grad=True)
-    uv = torch.tensor(np.c_[np.arccos(np.clip(head.vertices[:, 1] / np.linalg.norm(head.vertices, axis=1), -1, 1)) / np.pi,
-                            0.5 + np.arctan2(head.vertices[:, 0], head.vertices[:, 2]) / (2 * np.pi)], dtype=torch.float32)
+    uv = torch.tensor(
+        np.c_[
+            np.arccos(np.clip(head.vertices[:, 1] / np.linalg.norm(head.vertices, axis=1), -1, 1)) / np.pi,
+            0.5 + np.arctan2(head.vertices[:, 0], head.vertices[:, 2]) / (2 * np.pi),
+        ],
+        dtype=torch.float32,
+    )
     faces = torch.tensor(head.faces)
     img, mask = sample_texture(sculpt_stage.raster, cam, torch.tensor(head.vertices), faces, uv, faces, texture)
     loss, _ = isd(img[None], cond, 0, gen)
@@ -166,8 +174,7 @@ def test_reference_maps_are_unit_normals_and_a_depth(sculpt_stage, arcface_analy
 
 def test_tiny_profile_end_to_end_on_a_real_portrait(tiny_root, astronaut_png, tmp_path):
     out = tmp_path / "head"
-    res = runner.invoke(app, ["generate", str(astronaut_png), "-o", str(out), "-p", "tiny", "-m", str(tiny_root),
-                              "-q"])
+    res = runner.invoke(app, ["generate", str(astronaut_png), "-o", str(out), "-p", "tiny", "-m", str(tiny_root), "-q"])
     assert res.exit_code == 0, res.output
     rec = json.loads((out / "head.json").read_text())
     assert rec["profile"] == "tiny" and rec["config"]["impls"]["sculpt"] == "isd_dmtet"
@@ -206,14 +213,16 @@ def test_paper_profile_needs_a_root_and_names_a_missing_role(tiny_root, astronau
     assert res.exit_code != 0 and "--models" in res.output
     broken = shutil.copytree(tiny_root, tmp_path / "root")
     shutil.rmtree(broken / "controlnet_normal")
-    res = runner.invoke(app, ["generate", str(astronaut_png), "-o", str(tmp_path / "b"), "-p", "tiny",
-                              "-m", str(broken), "-q"])
+    res = runner.invoke(
+        app, ["generate", str(astronaut_png), "-o", str(tmp_path / "b"), "-p", "tiny", "-m", str(broken), "-q"]
+    )
     assert res.exit_code != 0 and "controlnet_normal" in res.output
     assert not (tmp_path / "b" / "head.glb").exists()
 
 
 def test_decimation_keeps_a_closed_mesh_of_the_same_shape():
     from portrait3d.pipelines.sculpt_isd import decimate
+
     v, f = _sphere_mesh(0.1, subdivisions=6)
     vd, fd = decimate(v, f, 20_000)
     m = trimesh.Trimesh(vd, fd, process=False)

@@ -42,17 +42,27 @@ def test_geometry_and_texture_on_their_own_fake_gpus(tmp_path):
 
 def test_pools_land_on_the_nodes_with_their_resources(tmp_path):
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"cpu_node": 1},
-                                                            "include_dashboard": False})
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"cpu_node": 1}, "include_dashboard": False}
+    )
     head_id = cluster.head_node.node_id
     geo = cluster.add_node(num_cpus=1, resources={"geometry_node": 1})
     tex = cluster.add_node(num_cpus=1, num_gpus=1, resources={"texture_node": 1, "accelerator_type:H100": 1})
     try:
-        engine = build_engine_config("fast", [
-            'geometry.resources={"geometry_node": 1}',
-            'texture.resources={"texture_node": 1}', "texture.num_gpus=1", "texture.accelerator_type=H100",
-            "analysis.num_cpus=0.5", 'analysis.resources={"cpu_node": 0.5}',
-            "export.num_cpus=0.5", 'export.resources={"cpu_node": 0.5}'])
+        engine = build_engine_config(
+            "fast",
+            [
+                'geometry.resources={"geometry_node": 1}',
+                'texture.resources={"texture_node": 1}',
+                "texture.num_gpus=1",
+                "texture.accelerator_type=H100",
+                "analysis.num_cpus=0.5",
+                'analysis.resources={"cpu_node": 0.5}',
+                "export.num_cpus=0.5",
+                'export.resources={"cpu_node": 0.5}',
+            ],
+        )
         assert connect(engine, address=cluster.address).startswith("3 nodes")  # as `--address` does
         w = one_head(tmp_path, engine)
     finally:

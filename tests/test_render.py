@@ -113,6 +113,7 @@ def test_silhouette_optimization_converges():
 
 def _nvdiffrast_usable() -> bool:
     import importlib.util
+
     return torch.cuda.is_available() and importlib.util.find_spec("nvdiffrast") is not None
 
 
@@ -120,6 +121,7 @@ def _nvdiffrast_usable() -> bool:
 def test_nvdiffrast_backend_matches_the_torch_backend():
     """Same visibility, interpolated attributes and antialiased coverage on a test mesh."""
     import trimesh
+
     m = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     v = torch.tensor(np.asarray(m.vertices) * [0.08, 0.11, 0.095])
     tri = torch.tensor(m.faces)

@@ -20,8 +20,9 @@ def test_push_pull_fills_everything_and_keeps_known():
 
 def test_unwrap_keeps_faces_and_fits_unit_square():
     v, f, m = symmetric_sphere(3)
-    mesh = HeadMesh(vertices=(v * 0.1).astype(np.float32), faces=f.copy(), mirror=m.copy(),
-                    face_weight=np.zeros(len(v), np.float32))
+    mesh = HeadMesh(
+        vertices=(v * 0.1).astype(np.float32), faces=f.copy(), mirror=m.copy(), face_weight=np.zeros(len(v), np.float32)
+    )
     uv, uv_faces, vmap = unwrap(mesh, 512)
     assert uv_faces.shape == f.shape
     assert (vmap[uv_faces] == f).all()  # same triangles, same corner order

@@ -36,7 +36,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 URI_COLUMNS = ("input_uri", "uri", "path", "image", "file")
 POOL_WORKERS: dict[str, type[StageWorker]] = {
-    "analysis": AnalysisWorker, "geometry": GeometryWorker, "texture": TextureWorker, "export": ExportWorker}
+    "analysis": AnalysisWorker,
+    "geometry": GeometryWorker,
+    "texture": TextureWorker,
+    "export": ExportWorker,
+}
 
 
 @dataclass
@@ -103,14 +107,17 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
 def _read_manifest(uri: str) -> list[str]:
     data = storage.read_bytes(uri)
     try:
-        table = (pq.read_table(io.BytesIO(data)) if not uri.lower().endswith(".csv")
-                 else pacsv.read_csv(io.BytesIO(data)))
+        table = (
+            pq.read_table(io.BytesIO(data)) if not uri.lower().endswith(".csv") else pacsv.read_csv(io.BytesIO(data))
+        )
     except Exception as e:  # pyarrow raises several types for malformed files
         raise InputError(f"cannot read manifest {uri}: {e}") from None
     col = next((c for c in URI_COLUMNS if c in table.column_names), None)
     if col is None:
-        raise InputError(f"manifest {uri} needs a column named one of {', '.join(URI_COLUMNS)}; "
-                         f"it has {', '.join(table.column_names)}")
+        raise InputError(
+            f"manifest {uri} needs a column named one of {', '.join(URI_COLUMNS)}; "
+            f"it has {', '.join(table.column_names)}"
+        )
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else os.path.dirname(storage.normalize(uri))
     uris = []
     for v in table.column(col).to_pylist():
@@ -141,8 +148,9 @@ def build_dataset(inputs: list[str], output: str, config: PipelineConfig, engine
                 worker,
                 fn_constructor_kwargs={"config": config, "output": output, "pool": pool, "batch": engine.batch},
                 batch_size=1,
-                compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size,
-                                                   max_tasks_in_flight_per_actor=1),
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=pool.min_size, max_size=pool.max_size, max_tasks_in_flight_per_actor=1
+                ),
                 max_restarts=-1,  # a worker holds nothing but its models: always bring it back
                 max_task_retries=engine.batch.max_task_retries,
                 **pool.remote_args(),
@@ -164,9 +172,14 @@ def configure_data_context(engine: EngineConfig, show_ray_progress: bool = False
     ctx.execution_options.preserve_order = False
 
 
-def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engine: EngineConfig,
-              on_row: Callable[[dict[str, Any], BatchProgress], None] | None = None,
-              show_ray_progress: bool = False) -> BatchSummary:
+def run_batch(
+    inputs: str | list[str],
+    output: str,
+    config: PipelineConfig,
+    engine: EngineConfig,
+    on_row: Callable[[dict[str, Any], BatchProgress], None] | None = None,
+    show_ray_progress: bool = False,
+) -> BatchSummary:
     """Turn every portrait in ``inputs`` (a spec for :func:`list_inputs`, or URIs) into a head bundle
     under ``output``; write the manifest.
 
@@ -175,9 +188,19 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     """
     output = storage.check_writable(output)
     uris, skipped = (list(inputs), []) if isinstance(inputs, list) else list_inputs(inputs)
-    storage.write_bytes(storage.join(output, "batch.json"), json.dumps({
-        "inputs": inputs if isinstance(inputs, str) else f"{len(uris)} URIs", "count": len(uris), "config": config.to_dict(), "config_sha256": config.fingerprint(),
-        "engine": engine.to_dict()}, indent=1).encode())
+    storage.write_bytes(
+        storage.join(output, "batch.json"),
+        json.dumps(
+            {
+                "inputs": inputs if isinstance(inputs, str) else f"{len(uris)} URIs",
+                "count": len(uris),
+                "config": config.to_dict(),
+                "config_sha256": config.fingerprint(),
+                "engine": engine.to_dict(),
+            },
+            indent=1,
+        ).encode(),
+    )
     configure_data_context(engine, show_ray_progress)
     progress = BatchProgress(total=len(uris))
     finished: dict[int, dict[str, Any]] = {}
@@ -186,7 +209,8 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     try:
         # prefetch_batches=0: with prefetching, each finished row waits for the next one to finish
         rows_out = build_dataset(uris, output, config, engine).iter_batches(
-            batch_size=1, batch_format="numpy", prefetch_batches=0)
+            batch_size=1, batch_format="numpy", prefetch_batches=0
+        )
         for batch in rows_out:
             for row in batch_to_rows(batch):
                 finished[row["index"]] = row
@@ -197,9 +221,12 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
         interrupted = e
     rows = list(finished.values())
     # Rows Ray dropped: their worker died on every attempt, or the run stopped before them.
-    why = (f"not finished: the run stopped ({type(interrupted).__name__})" if interrupted is not None else
-           f"a worker process died on this input on each of its {engine.batch.max_task_retries + 1} "
-           "attempt(s) (out of memory? a crash?)")
+    why = (
+        f"not finished: the run stopped ({type(interrupted).__name__})"
+        if interrupted is not None
+        else f"a worker process died on this input on each of its {engine.batch.max_task_retries + 1} "
+        "attempt(s) (out of memory? a crash?)"
+    )
     for i, uri in enumerate(uris):
         if i not in finished:
             row = new_row(i, uri)
@@ -221,5 +248,11 @@ def run_batch(inputs: str | list[str], output: str, config: PipelineConfig, engi
     storage.write_bytes(manifest_uri, buf.getvalue())
     if interrupted is not None:
         raise interrupted
-    return BatchSummary(progress=progress, manifest_uri=manifest_uri, output=output, skipped_files=skipped,
-                        elapsed_s=time.perf_counter() - t0, rows=sorted(rows, key=lambda r: r["index"]))
+    return BatchSummary(
+        progress=progress,
+        manifest_uri=manifest_uri,
+        output=output,
+        skipped_files=skipped,
+        elapsed_s=time.perf_counter() - t0,
+        rows=sorted(rows, key=lambda r: r["index"]),
+    )

@@ -32,8 +32,13 @@ def connect(engine: EngineConfig, address: str | None = None, verbose: bool = Fa
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=local_cpus(engine), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=verbose, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=local_cpus(engine),
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=verbose,
+            logging_level=logging.WARNING,
+        )
     prestart_data_actors()
     return _describe(ray)
 
@@ -59,4 +64,4 @@ def prestart_data_actors(timeout_s: float = 120) -> None:
 def _describe(ray) -> str:
     res = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return (f"{nodes} node{'s' * (nodes != 1)}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+    return f"{nodes} node{'s' * (nodes != 1)}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"

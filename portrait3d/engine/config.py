@@ -32,16 +32,22 @@ class PoolConfig:
 
     num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved by each worker"})
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs reserved by each worker (fractions share one GPU)"})
-    accelerator_type: str = field(default="", metadata={
-        "help": "Ray accelerator type the workers need (e.g. H100, A10G); empty: any"})
-    resources: dict[str, float] = field(default_factory=dict, metadata={
-        "help": 'custom Ray resources each worker needs, e.g. {"geometry_node": 1}: places the pool on '
-                "the nodes that carry them"})
+    accelerator_type: str = field(
+        default="", metadata={"help": "Ray accelerator type the workers need (e.g. H100, A10G); empty: any"}
+    )
+    resources: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": 'custom Ray resources each worker needs, e.g. {"geometry_node": 1}: places the pool on '
+            "the nodes that carry them"
+        },
+    )
     memory_gb: float = field(default=0.0, metadata={"help": "memory reserved by each worker, GiB (0: none)"})
     min_size: int = field(default=1, metadata={"help": "workers kept warm (actor pools)"})
     max_size: int = field(default=1, metadata={"help": "most workers the pool autoscales to"})
-    torch_threads: int = field(default=0, metadata={
-        "help": "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1"})
+    torch_threads: int = field(
+        default=0, metadata={"help": "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1"}
+    )
 
     def validate(self) -> None:
         if self.num_cpus < 0 or self.num_gpus < 0 or self.memory_gb < 0:
@@ -70,19 +76,32 @@ class PoolConfig:
 class BatchSettings:
     """How a batch run treats slow, failing and finished heads."""
 
-    max_task_retries: int = field(default=2, metadata={
-        "help": "times a head is retried after its worker process died (then it becomes an error row)"})
-    no_progress_timeout_s: float = field(default=3600.0, metadata={
-        "help": "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)"})
-    head_timeout_s: float = field(default=0.0, metadata={
-        "help": "longest one pool may work on one head (0: no limit); past it the worker process ends, the "
-                "head becomes an error row (HeadTimeoutError) and a new worker takes the next heads"})
+    max_task_retries: int = field(
+        default=2,
+        metadata={"help": "times a head is retried after its worker process died (then it becomes an error row)"},
+    )
+    no_progress_timeout_s: float = field(
+        default=3600.0,
+        metadata={"help": "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)"},
+    )
+    head_timeout_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "longest one pool may work on one head (0: no limit); past it the worker process ends, the "
+            "head becomes an error row (HeadTimeoutError) and a new worker takes the next heads"
+        },
+    )
     max_input_mb: float = field(default=64.0, metadata={"help": "inputs bigger than this become error rows"})
-    wait_for_workers_s: float = field(default=0.0, metadata={
-        "help": "before streaming, wait up to this long until every pool has its min_size workers "
-                "(0: start as soon as a pool has one; a timeout fails the run)"})
-    keep_work: bool = field(default=False, metadata={
-        "help": "keep the per-stage intermediates under OUTPUT/_work after a head is done"})
+    wait_for_workers_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "before streaming, wait up to this long until every pool has its min_size workers "
+            "(0: start as soon as a pool has one; a timeout fails the run)"
+        },
+    )
+    keep_work: bool = field(
+        default=False, metadata={"help": "keep the per-stage intermediates under OUTPUT/_work after a head is done"}
+    )
 
     def validate(self) -> None:
         if min(self.max_task_retries, self.wait_for_workers_s, self.head_timeout_s) < 0 or self.max_input_mb <= 0:
@@ -99,17 +118,27 @@ class EngineConfig:
         return sum(p.num_cpus * p.min_size for p in self.pools.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pools": {k: dataclasses.asdict(v) for k, v in self.pools.items()},
-                "batch": dataclasses.asdict(self.batch)}
+        return {
+            "pools": {k: dataclasses.asdict(v) for k, v in self.pools.items()},
+            "batch": dataclasses.asdict(self.batch),
+        }
 
 
 #: Per-profile pool defaults. ``fast`` runs on CPUs; ``paper`` puts geometry and texture on GPUs.
 PROFILE_POOLS: dict[str, dict[str, dict[str, Any]]] = {
     # analysis (~0.2 s a head) and export (~0.4 s) are light beside geometry and texture (seconds)
-    "fast": {"analysis": {"num_cpus": 0.5}, "geometry": {"num_cpus": 1}, "texture": {"num_cpus": 1},
-             "export": {"num_cpus": 0.5}},
-    "paper": {"analysis": {"num_cpus": 1}, "geometry": {"num_cpus": 4, "num_gpus": 1},
-              "texture": {"num_cpus": 4, "num_gpus": 1}, "export": {"num_cpus": 1}},
+    "fast": {
+        "analysis": {"num_cpus": 0.5},
+        "geometry": {"num_cpus": 1},
+        "texture": {"num_cpus": 1},
+        "export": {"num_cpus": 0.5},
+    },
+    "paper": {
+        "analysis": {"num_cpus": 1},
+        "geometry": {"num_cpus": 4, "num_gpus": 1},
+        "texture": {"num_cpus": 4, "num_gpus": 1},
+        "export": {"num_cpus": 1},
+    },
 }
 
 

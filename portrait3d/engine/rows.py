@@ -41,8 +41,13 @@ INTERNAL: tuple[tuple[str, pa.DataType, Any], ...] = (
     ("sculpt_json", pa.string(), "{}"),
 )
 MANIFEST_SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS])
-TIMING_COLUMNS = {"analysis": "t_analysis_s", "init": "t_init_s", "sculpt": "t_sculpt_s",
-                  "texture": "t_texture_s", "export": "t_export_s"}
+TIMING_COLUMNS = {
+    "analysis": "t_analysis_s",
+    "init": "t_init_s",
+    "sculpt": "t_sculpt_s",
+    "texture": "t_texture_s",
+    "export": "t_export_s",
+}
 
 
 def new_row(index: int, input_uri: str) -> dict[str, Any]:
@@ -73,6 +78,6 @@ def _py(v: Any) -> Any:
 def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     """One row per input, in input order, with the manifest's columns only."""
     rows = sorted(rows, key=lambda r: r["index"])
-    return pa.table({n: pa.array([_py(r.get(n, d)) for r in rows], type=t) for n, t, d, _ in COLUMNS},
-                    schema=MANIFEST_SCHEMA)
-
+    return pa.table(
+        {n: pa.array([_py(r.get(n, d)) for r in rows], type=t) for n, t, d, _ in COLUMNS}, schema=MANIFEST_SCHEMA
+    )

@@ -40,9 +40,12 @@ def placement() -> dict[str, Any]:
     import ray
 
     ctx = ray.get_runtime_context()
-    return {"node_id": ctx.get_node_id(), "pid": os.getpid(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "accelerator_ids": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v}}
+    return {
+        "node_id": ctx.get_node_id(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "accelerator_ids": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
+    }
 
 
 class StageWorker:
@@ -189,8 +192,7 @@ class ExportWorker(StageWorker):
         analysis = self._read(row, "analysis.npz", PortraitAnalysis)
         head = self._read(row, "head.npz", TexturedHead)
         timings = {s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"}
-        result = HeadResult(analysis=analysis, head=head, timings=timings,
-                            sculpt_info=json.loads(row["sculpt_json"]))
+        result = HeadResult(analysis=analysis, head=head, timings=timings, sculpt_info=json.loads(row["sculpt_json"]))
         files = self.p3d.bundle(result)
         bundle = heads.bundle_uri(self.output, row["content_hash"])
         heads.write_head_bundle(bundle, files)
@@ -222,7 +224,11 @@ def _skip_interpreter_teardown(exit_code: int = 0) -> None:
 
 
 def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
-    row.update(status="ok", bundle_uri=bundle, glb_uri=storage.join(bundle, "head.glb"),
-               json_uri=storage.join(bundle, "head.json"), views_uri=storage.join(bundle, "views.png"),
-               metrics_json=json.dumps(heads.summary_metrics(record)))
-
+    row.update(
+        status="ok",
+        bundle_uri=bundle,
+        glb_uri=storage.join(bundle, "head.glb"),
+        json_uri=storage.join(bundle, "head.json"),
+        views_uri=storage.join(bundle, "views.png"),
+        metrics_json=json.dumps(heads.summary_metrics(record)),
+    )

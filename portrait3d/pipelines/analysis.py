@@ -32,19 +32,41 @@ class MediapipeAnalysis:
     class Config(ModelRootSettings):
         crop_size: int = field(default=512, metadata={"help": "side of the square crop, pixels"})
         crop_scale: float = field(default=2.6, metadata={"help": "crop side in face-box sides"})
-        crop_shift: float = field(default=0.12, metadata={"help": "upward shift of the crop centre, in face-box heights"})
-        max_megapixels: float = field(default=50.0, metadata={"help": "largest input accepted (decompression-bomb guard)"})
+        crop_shift: float = field(
+            default=0.12, metadata={"help": "upward shift of the crop centre, in face-box heights"}
+        )
+        max_megapixels: float = field(
+            default=50.0, metadata={"help": "largest input accepted (decompression-bomb guard)"}
+        )
         min_face_px: int = field(default=64, metadata={"help": "smallest face (box side, input pixels) accepted"})
         detection_confidence: float = field(default=0.5, metadata={"help": "face detector threshold"})
-        fovy_deg: float = field(default=20.0, metadata={"help": "vertical field of view of the reference camera over the crop"})
-        eye_width_m: float = field(default=0.09, metadata={"help": "prior on the outer eye-corner distance, metres (sets the scale)"})
-        head_center_depth: float = field(default=0.1, metadata={"help": "head centre behind the face's sides, in face widths"})
-        neck_length: float = field(default=0.45, metadata={"help": "neck kept below the chin in the head mask, in face heights"})
+        fovy_deg: float = field(
+            default=20.0, metadata={"help": "vertical field of view of the reference camera over the crop"}
+        )
+        eye_width_m: float = field(
+            default=0.09, metadata={"help": "prior on the outer eye-corner distance, metres (sets the scale)"}
+        )
+        head_center_depth: float = field(
+            default=0.1, metadata={"help": "head centre behind the face's sides, in face widths"}
+        )
+        neck_length: float = field(
+            default=0.45, metadata={"help": "neck kept below the chin in the head mask, in face heights"}
+        )
         neck_width: float = field(default=0.8, metadata={"help": "neck width in the head mask, in face widths"})
         canny_low: int = field(default=60, metadata={"help": "canny lower threshold"})
         canny_high: int = field(default=150, metadata={"help": "canny upper threshold"})
-        identity: str = field(default="dlib", metadata={"help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"})
-        caption: str = field(default="", metadata={"help": "text describing the portrait (--caption); '' is the template 'a person'; 'model': the root's caption role; 'auto': that role when the root has it"})
+        identity: str = field(
+            default="dlib",
+            metadata={
+                "help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"
+            },
+        )
+        caption: str = field(
+            default="",
+            metadata={
+                "help": "text describing the portrait (--caption); '' is the template 'a person'; 'model': the root's caption role; 'auto': that role when the root has it"
+            },
+        )
 
         def validate(self) -> None:
             if self.crop_size < 128 or self.crop_size > 2048:
@@ -59,17 +81,21 @@ class MediapipeAnalysis:
 
         self.cfg = cfg
         self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=cfg.detection_confidence)
+            model_selection=1, min_detection_confidence=cfg.detection_confidence
+        )
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
+        )
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         spec = cfg.identity
         root = None
         if spec == "arcface" or cfg.caption in ("model", "auto"):
             from .models import ModelRoot
+
             if not cfg.models:
-                raise ConfigError(f"analysis.identity={spec} / analysis.caption={cfg.caption} need a model root: "
-                                  f"--models ROOT")
+                raise ConfigError(
+                    f"analysis.identity={spec} / analysis.caption={cfg.caption} need a model root: --models ROOT"
+                )
             root = ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle)
         if spec == "arcface":
             spec = str(root.file("arcface", (".onnx",)))
@@ -77,6 +103,7 @@ class MediapipeAnalysis:
         self.captioner = None
         if cfg.caption == "model" or (cfg.caption == "auto" and root.has("caption")):
             from .caption import Captioner
+
             self.captioner = Captioner(root.folder("caption"))
 
     def close(self) -> None:
@@ -108,7 +135,8 @@ class MediapipeAnalysis:
         side = max(x1 - x0, y1 - y0)
         if side < cfg.min_face_px:
             raise FaceTooSmallError(
-                f"the face in {image.source} is {side:.0f} px across; at least {cfg.min_face_px} px is needed")
+                f"the face in {image.source} is {side:.0f} px across; at least {cfg.min_face_px} px is needed"
+            )
 
         S = cfg.crop_size
         crop_side = cfg.crop_scale * side
@@ -118,8 +146,10 @@ class MediapipeAnalysis:
         M = np.array([[scale, 0, -box[0] * scale], [0, scale, -box[1] * scale]])
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         crop = cv2.warpAffine(img, M, (S, S), flags=interp, borderMode=cv2.BORDER_REPLICATE)
-        face_box = tuple(float(v) for v in ((x0 - box[0]) * scale, (y0 - box[1]) * scale,
-                                            (x1 - box[0]) * scale, (y1 - box[1]) * scale))
+        face_box = tuple(
+            float(v)
+            for v in ((x0 - box[0]) * scale, (y0 - box[1]) * scale, (x1 - box[0]) * scale, (y1 - box[1]) * scale)
+        )
 
         res = self._mesh.process(crop)
         if not res.multi_face_landmarks:
@@ -135,10 +165,24 @@ class MediapipeAnalysis:
         if emb is None:
             raise NoFaceError(f"the face in {image.source} could not be aligned for identity")
         return PortraitAnalysis(
-            crop=crop, crop_box=box, image_size=(W, H), face_box=face_box, face_score=score,
-            landmarks_px=lm, landmarks_3d=lm3d, rotation=rot, pose_ypr=ypr, camera=cam, head_mask=mask,
-            canny=canny, identity=emb, identity_model=self.identity.name, input_sha256=image.sha256, notes=notes,
-            caption=self.captioner(crop) if self.captioner else (cfg.caption.strip() or TEMPLATE))
+            crop=crop,
+            crop_box=box,
+            image_size=(W, H),
+            face_box=face_box,
+            face_score=score,
+            landmarks_px=lm,
+            landmarks_3d=lm3d,
+            rotation=rot,
+            pose_ypr=ypr,
+            camera=cam,
+            head_mask=mask,
+            canny=canny,
+            identity=emb,
+            identity_model=self.identity.name,
+            input_sha256=image.sha256,
+            notes=notes,
+            caption=self.captioner(crop) if self.captioner else (cfg.caption.strip() or TEMPLATE),
+        )
 
 
 def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float) -> np.ndarray:
@@ -164,8 +208,14 @@ def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_wi
     # Below the chin the person mask also holds collars and hair strands: open away what is much
     # thinner than a neck.
     kn = max(3, int(0.25 * face_w)) | 1
-    neck = cv2.morphologyEx((person & band & below_chin).astype(np.uint8), cv2.MORPH_OPEN,
-                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kn, kn))) > 0
+    neck = (
+        cv2.morphologyEx(
+            (person & band & below_chin).astype(np.uint8),
+            cv2.MORPH_OPEN,
+            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kn, kn)),
+        )
+        > 0
+    )
     m = ((person & ~below_chin) | neck).astype(np.uint8)
     hull = cv2.convexHull(lm_px[:468, :2].astype(np.float32))
     cv2.fillConvexPoly(m, hull.astype(np.int32), 1)

@@ -91,8 +91,9 @@ class Camera:
         return cls(K=cls.intrinsics(fovy_deg, width, height), R=R, t=-R @ eye, width=width, height=height)
 
     @classmethod
-    def orbit(cls, yaw_deg: float, pitch_deg: float, distance: float, fovy_deg: float, size: int,
-              target=(0.0, 0.0, 0.0)) -> "Camera":
+    def orbit(
+        cls, yaw_deg: float, pitch_deg: float, distance: float, fovy_deg: float, size: int, target=(0.0, 0.0, 0.0)
+    ) -> "Camera":
         """Camera on a sphere around ``target``: yaw 0 looks at the face (from +Z), yaw +90 from +X
         (the person's left side), positive pitch from above."""
         y, p = math.radians(yaw_deg), math.radians(pitch_deg)
@@ -124,12 +125,14 @@ class Camera:
         """``(4, 4)`` matrix taking OpenCV camera coordinates to clip space (see module doc)."""
         fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
         W, H, n, f = self.width, self.height, self.near, self.far
-        return np.array([
-            [2 * fx / W, 0, 2 * cx / W - 1, 0],
-            [0, 2 * fy / H, 2 * cy / H - 1, 0],
-            [0, 0, (f + n) / (f - n), -2 * f * n / (f - n)],
-            [0, 0, 1, 0],
-        ])
+        return np.array(
+            [
+                [2 * fx / W, 0, 2 * cx / W - 1, 0],
+                [0, 2 * fy / H, 2 * cy / H - 1, 0],
+                [0, 0, (f + n) / (f - n), -2 * f * n / (f - n)],
+                [0, 0, 1, 0],
+            ]
+        )
 
     def clip(self, points: torch.Tensor) -> torch.Tensor:
         """World points ``(N, 3)`` -> clip coordinates ``(N, 4)`` (torch, differentiable)."""
@@ -151,13 +154,21 @@ class Camera:
         c2w_gl[:3, :3] = self.R.T @ CV_TO_GL
         c2w_gl[:3, 3] = self.center
         return {
-            "width": self.width, "height": self.height,
-            "K": self.K.tolist(), "fovy_deg": self.fovy_deg,
-            "R_world_to_cv": self.R.tolist(), "t_world_to_cv": self.t.tolist(),
+            "width": self.width,
+            "height": self.height,
+            "K": self.K.tolist(),
+            "fovy_deg": self.fovy_deg,
+            "R_world_to_cv": self.R.tolist(),
+            "t_world_to_cv": self.t.tolist(),
             "camera_to_world_gl": c2w_gl.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Camera":
-        return cls(K=np.array(d["K"]), R=np.array(d["R_world_to_cv"]), t=np.array(d["t_world_to_cv"]),
-                   width=int(d["width"]), height=int(d["height"]))
+        return cls(
+            K=np.array(d["K"]),
+            R=np.array(d["R_world_to_cv"]),
+            t=np.array(d["t_world_to_cv"]),
+            width=int(d["width"]),
+            height=int(d["height"]),
+        )

@@ -38,6 +38,7 @@ class Captioner:
     def __call__(self, image: np.ndarray) -> str:
         """``(H, W, 3)`` uint8 RGB -> one line of text (greedy decoding)."""
         from PIL import Image
+
         inputs = self.processor(images=Image.fromarray(image), return_tensors="pt")
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)

@@ -90,4 +90,3 @@ def _build(cls: type, prefix: str, arrays: dict[str, np.ndarray], meta: dict[str
         return cls(**kwargs)
     except TypeError as e:
         raise BundleError(f"encoded {cls.__name__} is missing fields: {e}") from None
-

@@ -120,8 +120,11 @@ def help_of(cfg_cls: type) -> dict[str, tuple[str, Any, str]]:
     out = {}
     hints = typing.get_type_hints(cfg_cls)
     for f in dataclasses.fields(cfg_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         out[f.name] = (getattr(hints[f.name], "__name__", str(hints[f.name])), default, f.metadata.get("help", ""))
     return out
 
@@ -179,8 +182,9 @@ def make_config(cfg_cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     cfg = cfg_cls(**kwargs)
     validate = getattr(cfg, "validate", None)
@@ -205,14 +209,14 @@ PROFILES: dict[str, ProfileSpec] = {
     "fast": ProfileSpec(
         impls={"analysis": "mediapipe", "init": "head_prior", "sculpt": "reference_view", "texture": "classical"},
         description="CPU, no downloaded weights: mediapipe + dlib analysis, fitted head prior, "
-                    "reference-view mesh sculpting, back-projection + progressive classical inpainting.",
+        "reference-view mesh sculpting, back-projection + progressive classical inpainting.",
     ),
     "paper": ProfileSpec(
         impls=_PAPER_IMPLS,
         settings={"analysis": {"identity": "arcface", "caption": "auto"}},
         description="The paper's method with the models of a root (--models ROOT; a GPU): ArcFace identity, ISD "
-                    "geometry sculpting on DMTet, diffusion texture inpainting and refinement, at the settings "
-                    "of the authors' release.",
+        "geometry sculpting on DMTet, diffusion texture inpainting and refinement, at the settings "
+        "of the authors' release.",
         needs_models=True,
     ),
     "tiny": ProfileSpec(
@@ -220,12 +224,18 @@ PROFILES: dict[str, ProfileSpec] = {
         settings={
             "analysis": {"identity": "arcface", "caption": "auto"},
             "init": {"subdivisions": 4},
-            "sculpt": {"grid_resolution": 32, "band": 0.02, "steps": 16, "normal_fit_steps": 4, "render_size": 64,
-                       "reference_steps": 4},
+            "sculpt": {
+                "grid_resolution": 32,
+                "band": 0.02,
+                "steps": 16,
+                "normal_fit_steps": 4,
+                "render_size": 64,
+                "reference_steps": 4,
+            },
             "texture": {"texture_size": 256, "view_size": 64, "inpaint_steps": 3, "refine_steps": 6},
         },
         description="The paper profile's code at toy sizes, for a root of tiny models "
-                    "(`portrait3d models tiny ROOT`): checks the whole path in seconds on a CPU.",
+        "(`portrait3d models tiny ROOT`): checks the whole path in seconds on a CPU.",
         needs_models=True,
     ),
 }
@@ -292,8 +302,13 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_profile_config(profile: str, overrides: list[str] | None = None, seed: int = 0,
-                         models: str | None = None, allow_pickle: tuple[str, ...] = ()) -> PipelineConfig:
+def build_profile_config(
+    profile: str,
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    models: str | None = None,
+    allow_pickle: tuple[str, ...] = (),
+) -> PipelineConfig:
     """Resolve a profile and overrides into typed stage configs.
 
     ``models`` (a model root) and ``allow_pickle`` (role names) go to every stage whose Config has
@@ -317,6 +332,8 @@ def build_profile_config(profile: str, overrides: list[str] | None = None, seed:
             values["allow_pickle"] = tuple(allow_pickle)
         stages[stage] = make_config(cls.Config, values, stage)
     if spec.needs_models and not all(getattr(c, "models", True) for c in stages.values()):
-        raise ConfigError(f"the {profile} profile needs a model root: --models ROOT "
-                          f"(a folder or s3:// prefix; `portrait3d models check ROOT` lists what it holds)")
+        raise ConfigError(
+            f"the {profile} profile needs a model root: --models ROOT "
+            f"(a folder or s3:// prefix; `portrait3d models check ROOT` lists what it holds)"
+        )
     return PipelineConfig(profile=profile, seed=int(seed), impls=dict(spec.impls), stages=stages)

@@ -113,11 +113,26 @@ def band_cubes(resolution: int, surface: np.ndarray, band: float) -> np.ndarray:
 
 # Marching-tetrahedra tables (DMTet): for each of the 16 inside/outside patterns of a tet's corners,
 # up to two triangles over its 6 edges.
-_TRIANGLES = torch.tensor([
-    [-1, -1, -1, -1, -1, -1], [1, 0, 2, -1, -1, -1], [4, 0, 3, -1, -1, -1], [1, 4, 2, 1, 3, 4],
-    [3, 1, 5, -1, -1, -1], [2, 3, 0, 2, 5, 3], [1, 4, 0, 1, 5, 4], [4, 2, 5, -1, -1, -1],
-    [4, 5, 2, -1, -1, -1], [4, 1, 0, 4, 5, 1], [3, 2, 0, 3, 5, 2], [1, 3, 5, -1, -1, -1],
-    [4, 1, 2, 4, 3, 1], [3, 0, 4, -1, -1, -1], [2, 0, 1, -1, -1, -1], [-1, -1, -1, -1, -1, -1]])
+_TRIANGLES = torch.tensor(
+    [
+        [-1, -1, -1, -1, -1, -1],
+        [1, 0, 2, -1, -1, -1],
+        [4, 0, 3, -1, -1, -1],
+        [1, 4, 2, 1, 3, 4],
+        [3, 1, 5, -1, -1, -1],
+        [2, 3, 0, 2, 5, 3],
+        [1, 4, 0, 1, 5, 4],
+        [4, 2, 5, -1, -1, -1],
+        [4, 5, 2, -1, -1, -1],
+        [4, 1, 0, 4, 5, 1],
+        [3, 2, 0, 3, 5, 2],
+        [1, 3, 5, -1, -1, -1],
+        [4, 1, 2, 4, 3, 1],
+        [3, 0, 4, -1, -1, -1],
+        [2, 0, 1, -1, -1, -1],
+        [-1, -1, -1, -1, -1, -1],
+    ]
+)
 _NUM_TRIANGLES = torch.tensor([0, 1, 1, 2, 1, 2, 2, 1, 1, 2, 2, 1, 2, 1, 1, 0])
 _TET_EDGES = torch.tensor([0, 1, 0, 2, 0, 3, 1, 2, 1, 3, 2, 3])
 
@@ -142,8 +157,8 @@ def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> t
         vert_of_edge[crossing] = torch.arange(int(crossing.sum()), device=dev)
         edge_vert = vert_of_edge[edge_of].reshape(-1, 6)
         ends = unique[crossing]
-    s = sdf[ends]                                     # (E, 2)
-    w = s[:, 1:] / (s[:, 1:] - s[:, :1])              # weight of the first end
+    s = sdf[ends]  # (E, 2)
+    w = s[:, 1:] / (s[:, 1:] - s[:, :1])  # weight of the first end
     verts = pos[ends[:, 0]] * w + pos[ends[:, 1]] * (1 - w)
     with torch.no_grad():
         code = (occ[valid].long() * (2 ** torch.arange(4, device=dev))).sum(-1)
@@ -155,8 +170,9 @@ def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> t
     return verts, faces
 
 
-def mesh_sdf(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, samples: int = 200_000,
-             seed: int = 0) -> np.ndarray:
+def mesh_sdf(
+    vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, samples: int = 200_000, seed: int = 0
+) -> np.ndarray:
     """Approximate signed distance ``(P,)`` (negative inside) of ``points (P, 3)`` to a closed mesh.
 
     Distance to the nearest of ``samples`` area-uniform surface points; sign from that point's face
@@ -187,8 +203,17 @@ class DMTetSurface:
         >>> torch.optim.Adam(s.parameters(), lr=5e-3)                    # doctest: +SKIP
     """
 
-    def __init__(self, grid: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor, centre: torch.Tensor,
-                 extent: float, resolution: int, deform_scale: float = 0.5, boundary: torch.Tensor | None = None):
+    def __init__(
+        self,
+        grid: torch.Tensor,
+        tets: torch.Tensor,
+        sdf: torch.Tensor,
+        centre: torch.Tensor,
+        extent: float,
+        resolution: int,
+        deform_scale: float = 0.5,
+        boundary: torch.Tensor | None = None,
+    ):
         self.grid, self.tets, self.centre, self.extent = grid, tets, centre, float(extent)
         self.sdf = sdf.clone().requires_grad_(True)
         # Boundary vertices keep their initial sign, so the surface never reaches the grid's edge
@@ -199,9 +224,17 @@ class DMTetSurface:
         self.max_offset = deform_scale * 2.0 / resolution
 
     @classmethod
-    def from_mesh(cls, vertices: np.ndarray, faces: np.ndarray, resolution: int, band: float = 0.0,
-                  margin: float = 0.03, deform_scale: float = 0.5, device: str | torch.device = "cpu",
-                  cache_dir: str | Path | None = None) -> "DMTetSurface":
+    def from_mesh(
+        cls,
+        vertices: np.ndarray,
+        faces: np.ndarray,
+        resolution: int,
+        band: float = 0.0,
+        margin: float = 0.03,
+        deform_scale: float = 0.5,
+        device: str | torch.device = "cpu",
+        cache_dir: str | Path | None = None,
+    ) -> "DMTetSurface":
         """Grid and SDF around a closed mesh ``vertices (N, 3)`` (metres), ``faces (F, 3)``."""
         v = np.asarray(vertices, np.float64)
         lo, hi = v.min(0), v.max(0)
@@ -209,15 +242,22 @@ class DMTetSurface:
         ext = float((hi - lo).max() / 2 + margin)
         local = (v - centre) / ext
         if band > 0:
-            cubes = band_cubes(resolution, surface_points(local, faces, 20 * resolution ** 2), band / ext)
+            cubes = band_cubes(resolution, surface_points(local, faces, 20 * resolution**2), band / ext)
             verts, tets, boundary = kuhn_grid(resolution, cubes, with_boundary=True)
         else:
             verts, tets = cached_kuhn_grid(resolution, cache_dir)
             boundary = np.abs(verts).max(1) >= 1
         sdf = mesh_sdf(local, faces, verts)
-        return cls(torch.from_numpy(verts).to(device), torch.from_numpy(tets).to(device),
-                   torch.from_numpy(sdf).float().to(device), torch.tensor(centre, dtype=torch.float32, device=device),
-                   ext, resolution, deform_scale, torch.from_numpy(boundary).to(device))
+        return cls(
+            torch.from_numpy(verts).to(device),
+            torch.from_numpy(tets).to(device),
+            torch.from_numpy(sdf).float().to(device),
+            torch.tensor(centre, dtype=torch.float32, device=device),
+            ext,
+            resolution,
+            deform_scale,
+            torch.from_numpy(boundary).to(device),
+        )
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.sdf, self.deform]

@@ -44,8 +44,14 @@ def load_bundle(bundle: str | Path) -> tuple[dict[str, Any], TexturedHead]:
     v = np.asarray(mesh.vertices, np.float32)
     f = np.asarray(mesh.faces, np.int64)
     hm = HeadMesh(vertices=v, faces=f, mirror=np.arange(len(v)), face_weight=np.zeros(len(v), np.float32))
-    head = TexturedHead(mesh=hm, uv=uv, uv_faces=f, uv_to_vertex=np.arange(len(v)), texture=tex,
-                        stats=record.get("metrics", {}).get("texture", {}))
+    head = TexturedHead(
+        mesh=hm,
+        uv=uv,
+        uv_faces=f,
+        uv_to_vertex=np.arange(len(v)),
+        texture=tex,
+        stats=record.get("metrics", {}).get("texture", {}),
+    )
     return record, head
 
 
@@ -60,15 +66,18 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
         dlib_enc = stage.identity  # cfg.identity is "dlib" above
         ref = Camera.from_dict(record["reference_camera"])
         dist = float(np.linalg.norm(ref.center))
-        out: dict[str, Any] = {"bundle": str(bundle), "image": str(image),
-                               "same_input": record.get("input_sha256") == img.sha256}
+        out: dict[str, Any] = {
+            "bundle": str(bundle),
+            "image": str(image),
+            "same_input": record.get("input_sha256") == img.sha256,
+        }
 
         render, mask = render_textured(head, ref, background=(0, 0, 0))
         hm = a.head_mask
         out["silhouette_iou"] = float((mask & hm).sum() / max((mask | hm).sum(), 1))
         both = mask & hm
         mse = float(((render[both].astype(np.float64) - a.crop[both]) ** 2).mean()) if both.any() else float("nan")
-        out["masked_psnr_db"] = float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+        out["masked_psnr_db"] = float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
         views = {}
         for yaw in (0, 30, -30, 60, -60, 180):
@@ -100,6 +109,7 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
 
 def _dlib_hog():
     import dlib
+
     return dlib.get_frontal_face_detector()
 
 
@@ -108,18 +118,33 @@ def _checks(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c = {}
     for yaw in ("0", "30", "-30"):
         d = v[yaw]["identity_distance"]
-        c[f"identity_yaw_{yaw}"] = {"value": d, "target": f"< {TARGETS['identity_max']}",
-                                    "pass": d is not None and d < TARGETS["identity_max"]}
+        c[f"identity_yaw_{yaw}"] = {
+            "value": d,
+            "target": f"< {TARGETS['identity_max']}",
+            "pass": d is not None and d < TARGETS["identity_max"],
+        }
     for yaw in ("60", "-60"):
-        c[f"face_found_yaw_{yaw}"] = {"value": v[yaw]["mediapipe_faces"], "target": ">= 1",
-                                      "pass": v[yaw]["mediapipe_faces"] >= 1}
+        c[f"face_found_yaw_{yaw}"] = {
+            "value": v[yaw]["mediapipe_faces"],
+            "target": ">= 1",
+            "pass": v[yaw]["mediapipe_faces"] >= 1,
+        }
     back = v["180"]["mediapipe_faces"] + v["180"]["dlib_hog_faces"]
     c["no_face_yaw_180"] = {"value": back, "target": "0", "pass": back == 0}
-    c["silhouette_iou"] = {"value": m["silhouette_iou"], "target": f">= {TARGETS['iou_min']}",
-                           "pass": m["silhouette_iou"] >= TARGETS["iou_min"]}
-    c["texture_coverage"] = {"value": m["texture_coverage"], "target": f">= {TARGETS['coverage_min']}",
-                             "pass": m["texture_coverage"] >= TARGETS["coverage_min"]}
+    c["silhouette_iou"] = {
+        "value": m["silhouette_iou"],
+        "target": f">= {TARGETS['iou_min']}",
+        "pass": m["silhouette_iou"] >= TARGETS["iou_min"],
+    }
+    c["texture_coverage"] = {
+        "value": m["texture_coverage"],
+        "target": f">= {TARGETS['coverage_min']}",
+        "pass": m["texture_coverage"] >= TARGETS["coverage_min"],
+    }
     c["watertight"] = {"value": m["mesh"]["watertight"], "target": "true", "pass": bool(m["mesh"]["watertight"])}
-    c["no_degenerate_faces"] = {"value": m["mesh"]["degenerate_faces"], "target": "0",
-                                "pass": m["mesh"]["degenerate_faces"] == 0}
+    c["no_degenerate_faces"] = {
+        "value": m["mesh"]["degenerate_faces"],
+        "target": "0",
+        "pass": m["mesh"]["degenerate_faces"] == 0,
+    }
     return c

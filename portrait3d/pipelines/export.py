@@ -29,10 +29,12 @@ BUNDLE_FILES = ("head.glb", "head.json", "views.png")
 def glb_bytes(head: TexturedHead) -> bytes:
     """The textured mesh as glTF binary bytes (deterministic for the same input)."""
     mat = trimesh.visual.material.PBRMaterial(
-        name="head", baseColorTexture=Image.fromarray(head.texture), metallicFactor=0.0, roughnessFactor=0.9)
+        name="head", baseColorTexture=Image.fromarray(head.texture), metallicFactor=0.0, roughnessFactor=0.9
+    )
     visual = trimesh.visual.TextureVisuals(uv=head.uv, material=mat)
-    mesh = trimesh.Trimesh(vertices=head.mesh.vertices[head.uv_to_vertex], faces=head.uv_faces, visual=visual,
-                           process=False)
+    mesh = trimesh.Trimesh(
+        vertices=head.mesh.vertices[head.uv_to_vertex], faces=head.uv_faces, visual=visual, process=False
+    )
     return trimesh.Scene(geometry={"head": mesh}).export(file_type="glb")
 
 

@@ -37,8 +37,9 @@ def head_rotation(lm_px: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=1)
 
 
-def lift_landmarks(lm_px: np.ndarray, size: int, fovy_deg: float, eye_width_m: float,
-                   center_depth: float) -> tuple[np.ndarray, tuple[float, float, float], Camera, np.ndarray]:
+def lift_landmarks(
+    lm_px: np.ndarray, size: int, fovy_deg: float, eye_width_m: float, center_depth: float
+) -> tuple[np.ndarray, tuple[float, float, float], Camera, np.ndarray]:
     """Landmarks in an ``size x size`` crop -> (rotation, yaw/pitch/roll, reference camera, 3D landmarks).
 
     ``center_depth``: how far behind the face's side points (234/454) the head centre lies, in face

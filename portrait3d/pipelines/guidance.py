@@ -33,18 +33,26 @@ class DiffusionStageSettings(ModelRootSettings):
     """Settings every stage that runs diffusion models from a model root has (its Config derives
     from this)."""
 
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda, cuda:1 ..."})
-    half: bool = field(default=False, metadata={"help": "run the diffusion models in float16 (the settings use float32)"})
+    device: str = field(
+        default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda, cuda:1 ..."}
+    )
+    half: bool = field(
+        default=False, metadata={"help": "run the diffusion models in float16 (the settings use float32)"}
+    )
     rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})
 
 
 @dataclass
 class ISDSettings:
     guidance_scale: float = field(default=50.0, metadata={"help": "classifier-free guidance scale of ISD"})
-    t_min: Schedule = field(default_factory=lambda: Schedule(((0, 0.02),)), metadata={
-        "help": "lowest noise level sampled, as a fraction of the training steps (schedulable)"})
-    t_max: Schedule = field(default_factory=lambda: Schedule(((0, 0.5),)), metadata={
-        "help": "highest noise level sampled, as a fraction of the training steps (schedulable)"})
+    t_min: Schedule = field(
+        default_factory=lambda: Schedule(((0, 0.02),)),
+        metadata={"help": "lowest noise level sampled, as a fraction of the training steps (schedulable)"},
+    )
+    t_max: Schedule = field(
+        default_factory=lambda: Schedule(((0, 0.5),)),
+        metadata={"help": "highest noise level sampled, as a fraction of the training steps (schedulable)"},
+    )
     control_scale: float = field(default=1.0, metadata={"help": "landmark ControlNet conditioning scale"})
     negative_prompt: str = field(default="", metadata={"help": "text for the unconditional branch"})
 
@@ -53,9 +61,9 @@ class ISDSettings:
 class Condition:
     """What conditions the UNet for one batch of cameras."""
 
-    text: torch.Tensor          # (2B, 77, D): unconditional, then conditional
-    id_embeds: torch.Tensor     # (2B, 1, 512): zeros, then the ArcFace embedding
-    control: torch.Tensor       # (2B, 3, H, W) in [0, 1]: the landmark image at each camera
+    text: torch.Tensor  # (2B, 77, D): unconditional, then conditional
+    id_embeds: torch.Tensor  # (2B, 1, 512): zeros, then the ArcFace embedding
+    control: torch.Tensor  # (2B, 3, H, W) in [0, 1]: the landmark image at each camera
 
 
 def id_embeds(identity, device, dtype) -> torch.Tensor:
@@ -81,13 +89,19 @@ class IDGuidance:
         """``(2, 77, D)`` embeddings of the negative prompt and ``prompt`` (cached)."""
         key = (prompt, self.cfg.negative_prompt)
         if key not in self._text_cache:
-            tok = self.pipe.tokenizer([self.cfg.negative_prompt, prompt], padding="max_length", truncation=True,
-                                      max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt")
+            tok = self.pipe.tokenizer(
+                [self.cfg.negative_prompt, prompt],
+                padding="max_length",
+                truncation=True,
+                max_length=self.pipe.tokenizer.model_max_length,
+                return_tensors="pt",
+            )
             self._text_cache[key] = self.pipe.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
         return self._text_cache[key]
 
-    def condition(self, prompt: str, identity: np.ndarray, landmarks_3d: np.ndarray,
-                  cameras: list[Camera]) -> Condition:
+    def condition(
+        self, prompt: str, identity: np.ndarray, landmarks_3d: np.ndarray, cameras: list[Camera]
+    ) -> Condition:
         """The conditioning for ``cameras`` (each at the render size): text, ID, landmark images."""
         control = torch.stack([torch.from_numpy(landmark_image(landmarks_3d, cam)) for cam in cameras])
         return self.condition_with(prompt, identity, control.permute(0, 3, 1, 2).float() / 255.0)
@@ -97,9 +111,11 @@ class IDGuidance:
         B = len(control)
         u, c = self.text(prompt).chunk(2)
         control = control.to(self.device, self.dtype)
-        return Condition(text=torch.cat([u.expand(B, -1, -1), c.expand(B, -1, -1)]),
-                         id_embeds=id_embeds(identity, self.device, self.dtype)[:, 0].repeat_interleave(B, 0),
-                         control=torch.cat([control, control]))
+        return Condition(
+            text=torch.cat([u.expand(B, -1, -1), c.expand(B, -1, -1)]),
+            id_embeds=id_embeds(identity, self.device, self.dtype)[:, 0].repeat_interleave(B, 0),
+            control=torch.cat([control, control]),
+        )
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> latents ``(B, 4, H/8, W/8)`` (differentiable)."""
@@ -110,15 +126,28 @@ class IDGuidance:
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
         """Classifier-free guided noise prediction for latents ``z_t (B, 4, h, w)`` at steps ``t (B,)``."""
         zin, tin = torch.cat([z_t, z_t]), torch.cat([t, t])
-        down, mid = self.controlnet(zin, tin, encoder_hidden_states=cond.text, controlnet_cond=cond.control,
-                                    conditioning_scale=self.cfg.control_scale, return_dict=False)
-        eps = self.unet(zin, tin, encoder_hidden_states=cond.text, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, added_cond_kwargs={"image_embeds": [cond.id_embeds]}).sample
+        down, mid = self.controlnet(
+            zin,
+            tin,
+            encoder_hidden_states=cond.text,
+            controlnet_cond=cond.control,
+            conditioning_scale=self.cfg.control_scale,
+            return_dict=False,
+        )
+        eps = self.unet(
+            zin,
+            tin,
+            encoder_hidden_states=cond.text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            added_cond_kwargs={"image_embeds": [cond.id_embeds]},
+        ).sample
         eps_u, eps_c = eps.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
-    def __call__(self, image: torch.Tensor, cond: Condition, step: int = 0,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def __call__(
+        self, image: torch.Tensor, cond: Condition, step: int = 0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """ISD loss of renders ``image (B, 3, H, W)`` in [0, 1]: its gradient w.r.t. the latents is
         ``w(t) (eps_pred - eps)`` with ``w(t) = 1 - alpha_bar(t)``."""
         z = self.encode(image)

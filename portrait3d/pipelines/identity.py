@@ -23,8 +23,10 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 
 # ArcFace's 112x112 alignment template (insightface), for eye centres, nose tip, mouth corners.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
 
 
 class IdentityEncoder(abc.ABC):
@@ -45,6 +47,7 @@ class IdentityEncoder(abc.ABC):
 def _dlib_models():
     import dlib
     import face_recognition_models as frm
+
     sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
     rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
     return dlib, sp, rec

@@ -31,7 +31,7 @@ DEFAULT_MAX_MEGAPIXELS = 50.0
 @dataclass
 class DecodedImage:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB, upright
-    sha256: str         # of the file's bytes
+    sha256: str  # of the file's bytes
     source: str
 
 
@@ -51,8 +51,9 @@ def read_bytes(src: str | Path | bytes) -> tuple[bytes, str]:
         raise ImageReadError(f"cannot read {p}: {e.strerror or e}") from None
 
 
-def load_image(src: str | Path | bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-               name: str | None = None) -> DecodedImage:
+def load_image(
+    src: str | Path | bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, name: str | None = None
+) -> DecodedImage:
     """Decode a photo, upright, as RGB8. ``name`` (e.g. the URI the bytes came from) is used in errors."""
     data, default_name = read_bytes(src)
     name = name or default_name
@@ -66,7 +67,8 @@ def load_image(src: str | Path | bytes, max_megapixels: float = DEFAULT_MAX_MEGA
             w, h = img.size
             if w * h > max_megapixels * 1e6:
                 raise ImageTooLargeError(
-                    f"{name} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is {max_megapixels:g}")
+                    f"{name} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is {max_megapixels:g}"
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
     except ImageTooLargeError:
@@ -98,4 +100,5 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
 def mask_coverage(mask: np.ndarray, size: int) -> np.ndarray:
     """Bool mask ``(H, W)`` -> per-pixel coverage ``(size, size)`` float32 in [0, 1] (area average)."""
     import cv2
+
     return cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)

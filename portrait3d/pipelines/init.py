@@ -69,6 +69,7 @@ def _angles(d: np.ndarray) -> np.ndarray:
 
 def _inside_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     from matplotlib.path import Path
+
     return Path(poly).contains_points(pts)
 
 
@@ -78,17 +79,27 @@ class HeadPriorInit:
     class Config:
         subdivisions: int = field(default=5, metadata={"help": "icosphere subdivisions (5: 10242 vertices)"})
         skull_breadth: float = field(default=0.56, metadata={"help": "cranium half-breadth, in face widths"})
-        skull_top: float = field(default=0.64, metadata={"help": "cranium height above the head centre, in face heights"})
-        skull_bottom: float = field(default=0.42, metadata={"help": "cranium extent below the head centre, in face heights"})
-        skull_back: float = field(default=0.78, metadata={"help": "cranium extent behind the head centre, in face widths"})
+        skull_top: float = field(
+            default=0.64, metadata={"help": "cranium height above the head centre, in face heights"}
+        )
+        skull_bottom: float = field(
+            default=0.42, metadata={"help": "cranium extent below the head centre, in face heights"}
+        )
+        skull_back: float = field(
+            default=0.78, metadata={"help": "cranium extent behind the head centre, in face widths"}
+        )
         hair_thickness: float = field(default=0.06, metadata={"help": "hair layer on top and back, in face widths"})
         neck_radius: float = field(default=0.36, metadata={"help": "neck radius, in face widths"})
         neck_length: float = field(default=0.5, metadata={"help": "neck below the chin, in face heights"})
         ear_size: float = field(default=0.09, metadata={"help": "ear region bulge, in face widths"})
         blend_rings: int = field(default=4, metadata={"help": "vertex rings blending face and prior"})
-        silhouette_fit: bool = field(default=True, metadata={"help": "warp the prior to the head mask at the reference view"})
+        silhouette_fit: bool = field(
+            default=True, metadata={"help": "warp the prior to the head mask at the reference view"}
+        )
         neck_max_scale: float = field(default=1.1, metadata={"help": "largest silhouette-warp scale below the chin"})
-        depth_follow: float = field(default=0.35, metadata={"help": "how much depth follows the silhouette warp (0..1)"})
+        depth_follow: float = field(
+            default=0.35, metadata={"help": "how much depth follows the silhouette warp (0..1)"}
+        )
 
     def __init__(self, cfg: "HeadPriorInit.Config"):
         self.cfg = cfg
@@ -106,8 +117,12 @@ class HeadPriorInit:
         verts = dirs * r[:, None]
         if cfg.silhouette_fit:
             verts = self.fit_silhouette(verts, faces, face_w, a.camera, a.head_mask, chin_y=float(lm[CHIN, 1]))
-        return HeadMesh(vertices=verts.astype(np.float32), faces=faces.copy(), mirror=mirror.copy(),
-                        face_weight=face_w.astype(np.float32))
+        return HeadMesh(
+            vertices=verts.astype(np.float32),
+            faces=faces.copy(),
+            mirror=mirror.copy(),
+            face_weight=face_w.astype(np.float32),
+        )
 
     def prior_radius(self, d: np.ndarray, lm: np.ndarray, fw: float, fh: float) -> np.ndarray:
         """Radius ``(N,)`` of the head prior along unit directions ``(N, 3)``."""
@@ -125,7 +140,7 @@ class HeadPriorInit:
             c = np.array([sx, -0.12, -0.15])
             c /= np.linalg.norm(c)
             ang = np.arccos(np.clip(d @ c, -1, 1))
-            r = r + cfg.ear_size * fw * np.exp(-(ang / 0.22) ** 2)
+            r = r + cfg.ear_size * fw * np.exp(-((ang / 0.22) ** 2))
         # Neck: a vertical cylinder from the centre down to below the chin.
         bottom = -float(lm[CHIN, 1]) + cfg.neck_length * fh
         horiz = np.linalg.norm(d[:, [0, 2]], axis=1)
@@ -157,8 +172,17 @@ class HeadPriorInit:
             w = np.maximum(w, 0.7 * (adj @ w) / np.maximum(adj.sum(1).A1, 1))
         return r, w
 
-    def fit_silhouette(self, verts: np.ndarray, faces: np.ndarray, face_w: np.ndarray, cam: Camera,
-                       mask: np.ndarray, chin_y: float, iterations: int = 2, res: int = 256) -> np.ndarray:
+    def fit_silhouette(
+        self,
+        verts: np.ndarray,
+        faces: np.ndarray,
+        face_w: np.ndarray,
+        cam: Camera,
+        mask: np.ndarray,
+        chin_y: float,
+        iterations: int = 2,
+        res: int = 256,
+    ) -> np.ndarray:
         """Scale the non-face part of the head, per image angle about the head centre, so its
         reference-view silhouette follows ``mask``. Below the chin (the neck, where masks also hold
         collars and hair) the scale may shrink but grows by at most ``neck_max_scale``."""
@@ -196,7 +220,7 @@ def rays_from_origin(dirs: np.ndarray, verts: np.ndarray, tris: np.ndarray, chun
     e1, e2 = b - a, c - a
     out = np.full(len(dirs), np.nan)
     for s in range(0, len(dirs), chunk):
-        d = dirs[s:s + chunk, None, :]
+        d = dirs[s : s + chunk, None, :]
         p = np.cross(d, e2[None])
         det = (p * e1[None]).sum(-1)
         ok = np.abs(det) > 1e-12
@@ -208,7 +232,7 @@ def rays_from_origin(dirs: np.ndarray, verts: np.ndarray, tris: np.ndarray, chun
         t = (q * e2[None]).sum(-1) * inv
         hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
         t = np.where(hit, t, np.inf).min(1)
-        out[s:s + chunk] = np.where(np.isfinite(t), t, np.nan)
+        out[s : s + chunk] = np.where(np.isfinite(t), t, np.nan)
     return out
 
 
@@ -233,4 +257,5 @@ def polar_radius(mask: np.ndarray, center: np.ndarray, bins: int = 360) -> np.nd
 
 def _smooth_circular(x: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
+
     return gaussian_filter1d(x, sigma, mode="wrap")

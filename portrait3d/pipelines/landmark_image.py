@@ -22,9 +22,12 @@ from .camera import Camera
 
 # RGB colours of the LAION-Face annotations (the subject's left and right).
 COLOURS = {
-    "oval": (10, 200, 10), "lips": (10, 180, 10),
-    "left_eye": (180, 200, 10), "left_eyebrow": (180, 220, 10),
-    "right_eye": (10, 200, 180), "right_eyebrow": (10, 220, 180),
+    "oval": (10, 200, 10),
+    "lips": (10, 180, 10),
+    "left_eye": (180, 200, 10),
+    "left_eyebrow": (180, 220, 10),
+    "right_eye": (10, 200, 180),
+    "right_eyebrow": (10, 220, 180),
 }
 IRIS_COLOURS = {473: (250, 200, 10), 468: (10, 200, 250)}  # left, right iris centre
 THICKNESS = 2
@@ -36,9 +39,14 @@ def connections() -> dict[str, tuple[tuple[int, int], ...]]:
     """Landmark index pairs per region, from mediapipe's face-mesh connection sets."""
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
-    sets = {"oval": fmc.FACEMESH_FACE_OVAL, "lips": fmc.FACEMESH_LIPS,
-            "left_eye": fmc.FACEMESH_LEFT_EYE, "left_eyebrow": fmc.FACEMESH_LEFT_EYEBROW,
-            "right_eye": fmc.FACEMESH_RIGHT_EYE, "right_eyebrow": fmc.FACEMESH_RIGHT_EYEBROW}
+    sets = {
+        "oval": fmc.FACEMESH_FACE_OVAL,
+        "lips": fmc.FACEMESH_LIPS,
+        "left_eye": fmc.FACEMESH_LEFT_EYE,
+        "left_eyebrow": fmc.FACEMESH_LEFT_EYEBROW,
+        "right_eye": fmc.FACEMESH_RIGHT_EYE,
+        "right_eyebrow": fmc.FACEMESH_RIGHT_EYEBROW,
+    }
     return {k: tuple(sorted(v)) for k, v in sets.items()}
 
 
@@ -61,11 +69,20 @@ def landmark_image(landmarks_3d: np.ndarray, camera: Camera) -> np.ndarray:
         colour = COLOURS[region]
         for a, b in pairs:
             if z[a] > 0 and z[b] > 0:
-                cv2.line(img, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), colour, THICKNESS,
-                         cv2.LINE_8, shift)
+                cv2.line(
+                    img,
+                    tuple(int(v) for v in pts[a]),
+                    tuple(int(v) for v in pts[b]),
+                    colour,
+                    THICKNESS,
+                    cv2.LINE_8,
+                    shift,
+                )
     if front and len(landmarks_3d) > max(IRIS_COLOURS):
         for i, colour in IRIS_COLOURS.items():
             x, y = (int(round(v - 0.5)) for v in uv[i])
-            img[max(y - IRIS_HALFWIDTH, 0):max(y + IRIS_HALFWIDTH + 1, 0),
-                max(x - IRIS_HALFWIDTH, 0):max(x + IRIS_HALFWIDTH + 1, 0)] = colour
+            img[
+                max(y - IRIS_HALFWIDTH, 0) : max(y + IRIS_HALFWIDTH + 1, 0),
+                max(x - IRIS_HALFWIDTH, 0) : max(x + IRIS_HALFWIDTH + 1, 0),
+            ] = colour
     return img

@@ -51,7 +51,9 @@ def uniform_laplacian(faces: np.ndarray, n: int) -> torch.Tensor:
     deg = np.asarray(a.sum(1)).ravel()
     lap = (sp.eye(n) - sp.diags(1.0 / np.maximum(deg, 1)) @ a).tocoo()
     idx = torch.tensor(np.vstack([lap.row, lap.col]), dtype=torch.long)
-    return torch.sparse_coo_tensor(idx, torch.tensor(lap.data, dtype=torch.float32), (n, n), check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, torch.tensor(lap.data, dtype=torch.float32), (n, n), check_invariants=False
+    ).coalesce()
 
 
 def harmonic_fill(values: np.ndarray, fixed: np.ndarray, faces: np.ndarray) -> np.ndarray:

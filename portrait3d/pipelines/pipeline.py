@@ -83,9 +83,18 @@ def deterministic_torch():
 
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
+
     out = {"portrait3d": __version__, "python": platform.python_version()}
-    for name in ("torch", "numpy", "mediapipe", "dlib-bin", "face-recognition-models", "opencv-python-headless",
-                 "xatlas", "trimesh"):
+    for name in (
+        "torch",
+        "numpy",
+        "mediapipe",
+        "dlib-bin",
+        "face-recognition-models",
+        "opencv-python-headless",
+        "xatlas",
+        "trimesh",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -124,32 +133,60 @@ class Portrait3D:
             seed_everything(self.config.seed)
             yield
 
-    def analyze(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None,
-                timings: dict[str, float] | None = None, name: str | None = None) -> PortraitAnalysis:
+    def analyze(
+        self,
+        src: str | Path | bytes | DecodedImage,
+        progress: Progress | None = None,
+        timings: dict[str, float] | None = None,
+        name: str | None = None,
+    ) -> PortraitAnalysis:
         """Stage 1: decode (unless already decoded) and analyse the portrait; ``name`` (e.g. the URI
         that bytes came from) is used in error messages."""
-        image = src if isinstance(src, DecodedImage) else load_image(
-            src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
+        image = (
+            src
+            if isinstance(src, DecodedImage)
+            else load_image(src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
+        )
         with self._step():
             return _timed("analysis", progress, timings, self._stage("analysis"), image)
 
-    def shape(self, analysis: PortraitAnalysis, progress: Progress | None = None,
-              timings: dict[str, float] | None = None) -> tuple[HeadMesh, HeadMesh, dict[str, Any]]:
+    def shape(
+        self, analysis: PortraitAnalysis, progress: Progress | None = None, timings: dict[str, float] | None = None
+    ) -> tuple[HeadMesh, HeadMesh, dict[str, Any]]:
         """Stages 2-4: ``(initial mesh, sculpted mesh, sculpt info)``."""
         report = progress or _no_progress
         with self._step():
             initial = _timed("init", progress, timings, self._stage("init"), analysis)
-            sculpted, info = _timed("sculpt", progress, timings, self._stage("sculpt"), analysis, initial,
-                                    progress=lambda f, m: report("sculpt", f, m))
+            sculpted, info = _timed(
+                "sculpt",
+                progress,
+                timings,
+                self._stage("sculpt"),
+                analysis,
+                initial,
+                progress=lambda f, m: report("sculpt", f, m),
+            )
         return initial, sculpted, info
 
-    def paint(self, analysis: PortraitAnalysis, mesh: HeadMesh, progress: Progress | None = None,
-              timings: dict[str, float] | None = None) -> TexturedHead:
+    def paint(
+        self,
+        analysis: PortraitAnalysis,
+        mesh: HeadMesh,
+        progress: Progress | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> TexturedHead:
         """Stage 5: the textured head."""
         report = progress or _no_progress
         with self._step():
-            return _timed("texture", progress, timings, self._stage("texture"), analysis, mesh,
-                          progress=lambda f, m: report("texture", f, m))
+            return _timed(
+                "texture",
+                progress,
+                timings,
+                self._stage("texture"),
+                analysis,
+                mesh,
+                progress=lambda f, m: report("texture", f, m),
+            )
 
     def run(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None) -> HeadResult:
         timings: dict[str, float] = {}

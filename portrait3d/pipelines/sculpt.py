@@ -56,12 +56,21 @@ class ReferenceViewSculpt:
         steps: int = field(default=80, metadata={"help": "optimization steps"})
         lr: float = field(default=6e-4, metadata={"help": "Adam learning rate on vertex positions (metres)"})
         resolution: int = field(default=256, metadata={"help": "render resolution of the reference view"})
-        w_mask: Schedule = field(default=Schedule.parse(1.0), metadata={"help": "silhouette MSE weight (number or [[step, value], ...])"})
+        w_mask: Schedule = field(
+            default=Schedule.parse(1.0), metadata={"help": "silhouette MSE weight (number or [[step, value], ...])"}
+        )
         w_normal: Schedule = field(default=Schedule.parse(0.5), metadata={"help": "face normal (1 - cos) weight"})
         w_depth: Schedule = field(default=Schedule.parse(0.2), metadata={"help": "face depth negative-Pearson weight"})
         w_laplacian: Schedule = field(default=Schedule.parse(2e4), metadata={"help": "Laplacian smoothness weight"})
-        w_symmetry: Schedule = field(default=Schedule.parse(50.0), metadata={"help": "left/right symmetry weight (skull only)"})
-        face_mobility: float = field(default=0.05, metadata={"help": "how far face vertices may move relative to the rest (0: the landmark face stays as it is)"})
+        w_symmetry: Schedule = field(
+            default=Schedule.parse(50.0), metadata={"help": "left/right symmetry weight (skull only)"}
+        )
+        face_mobility: float = field(
+            default=0.05,
+            metadata={
+                "help": "how far face vertices may move relative to the rest (0: the landmark face stays as it is)"
+            },
+        )
 
     def __init__(self, cfg: "ReferenceViewSculpt.Config"):
         self.cfg = cfg
@@ -103,16 +112,29 @@ class ReferenceViewSculpt:
                 l_normal = l_depth = v.sum() * 0
             l_lap = (torch.sparse.mm(L, v) - lap0).pow(2).sum(1).mean()
             l_sym = ((v - v[mirror] * flip).pow(2) * w_sym).sum(1).mean()
-            loss = (cfg.w_mask(step) * l_mask + cfg.w_normal(step) * l_normal + cfg.w_depth(step) * l_depth
-                    + cfg.w_laplacian(step) * l_lap + cfg.w_symmetry(step) * l_sym)
+            loss = (
+                cfg.w_mask(step) * l_mask
+                + cfg.w_normal(step) * l_normal
+                + cfg.w_depth(step) * l_depth
+                + cfg.w_laplacian(step) * l_lap
+                + cfg.w_symmetry(step) * l_sym
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
-            history.append({"step": step, "loss": loss.item(), "mask": l_mask.item(), "normal": l_normal.item(),
-                            "depth": l_depth.item()})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "mask": l_mask.item(),
+                    "normal": l_normal.item(),
+                    "depth": l_depth.item(),
+                }
+            )
             if progress:
                 progress((step + 1) / cfg.steps, f"loss {loss.item():.4f}")
         v = (v0 + delta * mobility).detach()
-        out = HeadMesh(vertices=v.numpy().astype(np.float32), faces=head.faces, mirror=head.mirror,
-                       face_weight=head.face_weight)
+        out = HeadMesh(
+            vertices=v.numpy().astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
+        )
         return out, {"first": history[0] if history else {}, "last": history[-1] if history else {}}

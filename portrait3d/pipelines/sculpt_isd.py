@@ -57,8 +57,13 @@ def render_geometry(raster, cam: Camera, v: torch.Tensor, f: torch.Tensor) -> di
     depth = raster.interpolate(cam.to_camera(v)[:, 2:], rast, f)[..., 0] * rast.mask
     cover = rast.mask.float()[..., None]
     both = raster.antialias(torch.cat([(normal * 0.5 + 0.5) * cover, cover], -1), rast, pos, f)
-    return {"normal": normal, "image": both[..., :3].permute(2, 0, 1), "mask": rast.mask,
-            "silhouette": both[..., 3:], "depth": depth}
+    return {
+        "normal": normal,
+        "image": both[..., :3].permute(2, 0, 1),
+        "mask": rast.mask,
+        "silhouette": both[..., 3:],
+        "depth": depth,
+    }
 
 
 def normal_from_image(img: np.ndarray) -> np.ndarray:
@@ -104,6 +109,7 @@ def decimate(v: np.ndarray, f: np.ndarray, max_faces: int) -> tuple[np.ndarray, 
     non-manifold edge; slightly lower targets are tried until the mesh is closed (measured: a 766k-face
     head gave an open mesh at 150k faces, a closed one at 60k)."""
     import fast_simplification
+
     v32, f64 = np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int64)
     for target in (max_faces, int(max_faces * 0.9), int(max_faces * 0.8), int(max_faces * 0.7)):
         vd, fd = fast_simplification.simplify(v32, f64, target_count=target)
@@ -134,38 +140,79 @@ class ISDDMTetSculpt:
     @dataclass
     class Config(DiffusionStageSettings):
         grid_resolution: int = field(default=256, metadata={"help": "DMTet cube cells per side of the grid"})
-        grid_margin: float = field(default=0.03, metadata={"help": "free space between the stage-2 mesh's bounding box and the grid cube, metres"})
-        band: float = field(default=0.04, metadata={"help": "keep grid cells within this distance of the stage-2 mesh, metres (0: whole grid)"})
-        max_faces: int = field(default=60_000, metadata={"help": "decimate the extracted mesh to at most this many faces (quadric error; 0: keep all)"})
+        grid_margin: float = field(
+            default=0.03,
+            metadata={"help": "free space between the stage-2 mesh's bounding box and the grid cube, metres"},
+        )
+        band: float = field(
+            default=0.04,
+            metadata={"help": "keep grid cells within this distance of the stage-2 mesh, metres (0: whole grid)"},
+        )
+        max_faces: int = field(
+            default=60_000,
+            metadata={"help": "decimate the extracted mesh to at most this many faces (quadric error; 0: keep all)"},
+        )
         deform_scale: float = field(default=0.5, metadata={"help": "largest vertex offset of the grid, in cells"})
         steps: int = field(default=6000, metadata={"help": "optimization steps in all"})
-        normal_fit_steps: int = field(default=1000, metadata={"help": "first steps that fit the stage-2 mesh's normals only"})
+        normal_fit_steps: int = field(
+            default=1000, metadata={"help": "first steps that fit the stage-2 mesh's normals only"}
+        )
         lr: float = field(default=0.005, metadata={"help": "Adam learning rate of SDF and offsets (grid units)"})
         render_size: int = field(default=512, metadata={"help": "render side for losses and ISD"})
-        prompt: str = field(default="a DSLR photo of the head of {caption}", metadata={"help": "text condition; {caption} is the portrait's caption"})
-        prompt_suffix: str = field(default=", black background, normal map", metadata={"help": "appended to the prompt for the normal/depth models"})
+        prompt: str = field(
+            default="a DSLR photo of the head of {caption}",
+            metadata={"help": "text condition; {caption} is the portrait's caption"},
+        )
+        prompt_suffix: str = field(
+            default=", black background, normal map",
+            metadata={"help": "appended to the prompt for the normal/depth models"},
+        )
         guidance_scale: float = field(default=50.0, metadata={"help": "ISD classifier-free guidance scale"})
-        t_min: Schedule = field(default=Schedule.parse(0.02), metadata={"help": "lowest ISD noise level (fraction of training steps)"})
+        t_min: Schedule = field(
+            default=Schedule.parse(0.02), metadata={"help": "lowest ISD noise level (fraction of training steps)"}
+        )
         t_max: Schedule = field(default=Schedule.parse(0.5), metadata={"help": "highest ISD noise level"})
         landmark_scale: float = field(default=1.0, metadata={"help": "landmark ControlNet scale in ISD"})
         id_scale: float = field(default=1.0, metadata={"help": "IP-Adapter FaceID scale"})
-        elevation_range: tuple[float, float] = field(default=(-15.0, 45.0), metadata={"help": "random camera elevation, degrees"})
-        azimuth_range: tuple[float, float] = field(default=(-180.0, 180.0), metadata={"help": "random camera azimuth, degrees"})
-        distance_range: tuple[float, float] = field(default=(3.5, 4.5), metadata={"help": "random camera distance, in the settings' units"})
-        fovy_range: tuple[float, float] = field(default=(25.0, 45.0), metadata={"help": "random camera fovy, degrees in the settings"})
-        reference_distance: float = field(default=3.8, metadata={"help": "the settings' reference-camera distance (maps to ours)"})
-        reference_fovy: float = field(default=28.0, metadata={"help": "the settings' reference-camera fovy (maps to ours)"})
-        reference_maps: bool = field(default=True, metadata={"help": "sample ID-aware reference normal/depth maps (stage 3)"})
+        elevation_range: tuple[float, float] = field(
+            default=(-15.0, 45.0), metadata={"help": "random camera elevation, degrees"}
+        )
+        azimuth_range: tuple[float, float] = field(
+            default=(-180.0, 180.0), metadata={"help": "random camera azimuth, degrees"}
+        )
+        distance_range: tuple[float, float] = field(
+            default=(3.5, 4.5), metadata={"help": "random camera distance, in the settings' units"}
+        )
+        fovy_range: tuple[float, float] = field(
+            default=(25.0, 45.0), metadata={"help": "random camera fovy, degrees in the settings"}
+        )
+        reference_distance: float = field(
+            default=3.8, metadata={"help": "the settings' reference-camera distance (maps to ours)"}
+        )
+        reference_fovy: float = field(
+            default=28.0, metadata={"help": "the settings' reference-camera fovy (maps to ours)"}
+        )
+        reference_maps: bool = field(
+            default=True, metadata={"help": "sample ID-aware reference normal/depth maps (stage 3)"}
+        )
         reference_steps: int = field(default=30, metadata={"help": "sampling steps of each reference map"})
         reference_guidance: float = field(default=7.5, metadata={"help": "CFG scale of the reference maps"})
         canny_scale: float = field(default=1.0, metadata={"help": "canny ControlNet scale of the reference maps"})
         w_sd: Schedule = field(default=Schedule.parse(1.0), metadata={"help": "ISD loss weight"})
-        w_fit: Schedule = field(default=Schedule.parse(1e4), metadata={"help": "normal-fit loss weight (normal-fit phase)"})
+        w_fit: Schedule = field(
+            default=Schedule.parse(1e4), metadata={"help": "normal-fit loss weight (normal-fit phase)"}
+        )
         w_mask: Schedule = field(default=Schedule.parse(100.0), metadata={"help": "reference mask MSE weight"})
-        w_depth: Schedule = field(default=Schedule.parse(100.0), metadata={"help": "reference depth negative-Pearson weight"})
+        w_depth: Schedule = field(
+            default=Schedule.parse(100.0), metadata={"help": "reference depth negative-Pearson weight"}
+        )
         w_normal: Schedule = field(default=Schedule.parse(1e4), metadata={"help": "reference normal MSE weight"})
-        w_normal_consistency: Schedule = field(default=Schedule.parse(1e3), metadata={"help": "normal consistency weight"})
-        w_laplacian: Schedule = field(default=Schedule.parse(1e4), metadata={"help": "Laplacian smoothness weight (grid units^2)"})
+        w_normal_consistency: Schedule = field(
+            default=Schedule.parse(1e3), metadata={"help": "normal consistency weight"}
+        )
+        w_laplacian: Schedule = field(
+            default=Schedule.parse(1e4), metadata={"help": "Laplacian smoothness weight (grid units^2)"}
+        )
 
         def validate(self) -> None:
             if self.grid_resolution < 8:
@@ -178,6 +225,7 @@ class ISDDMTetSculpt:
     def __init__(self, cfg: "ISDDMTetSculpt.Config"):
         from .models import ModelRoot
         from .models.diffusion import load_controlnet_pipeline, resolve_device, with_controlnet
+
         if not cfg.models:
             raise ConfigError("the isd_dmtet sculpt stage needs a model root: --models ROOT")
         self.cfg = cfg
@@ -187,11 +235,18 @@ class ISDDMTetSculpt:
         kw = dict(id_scale=cfg.id_scale, dtype=dtype, device=self.device)
         # One UNet per base; the canny and landmark ControlNets share it.
         self.normal_ref = load_controlnet_pipeline(root, "geometry_normal", ("controlnet_canny",), **kw)
-        self.depth_ref = load_controlnet_pipeline(root, "geometry_depth", ("controlnet_canny",), **kw) \
-            if cfg.reference_maps else None
+        self.depth_ref = (
+            load_controlnet_pipeline(root, "geometry_depth", ("controlnet_canny",), **kw)
+            if cfg.reference_maps
+            else None
+        )
         isd_pipe = with_controlnet(self.normal_ref, root, "controlnet_landmarks")
-        self.isd = IDGuidance(isd_pipe, ISDSettings(guidance_scale=cfg.guidance_scale, t_min=cfg.t_min,
-                                                    t_max=cfg.t_max, control_scale=cfg.landmark_scale))
+        self.isd = IDGuidance(
+            isd_pipe,
+            ISDSettings(
+                guidance_scale=cfg.guidance_scale, t_min=cfg.t_min, t_max=cfg.t_max, control_scale=cfg.landmark_scale
+            ),
+        )
         self.raster = get_rasterizer(cfg.rasterizer, self.device)
 
     # -- stage 3 ---------------------------------------------------------------------------
@@ -207,10 +262,18 @@ class ISDDMTetSculpt:
         for name, pipe in (("normal", self.normal_ref), ("depth", self.depth_ref)):
             ids = id_embeds(a.identity, self.device, pipe.unet.dtype)
             text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix.replace("normal map", f"{name} map")
-            img = pipe(prompt=text, image=canny,
-                       height=S, width=S, num_inference_steps=cfg.reference_steps,
-                       guidance_scale=cfg.reference_guidance, controlnet_conditioning_scale=cfg.canny_scale,
-                       ip_adapter_image_embeds=[ids], generator=generator, output_type="np").images[0]
+            img = pipe(
+                prompt=text,
+                image=canny,
+                height=S,
+                width=S,
+                num_inference_steps=cfg.reference_steps,
+                guidance_scale=cfg.reference_guidance,
+                controlnet_conditioning_scale=cfg.canny_scale,
+                ip_adapter_image_embeds=[ids],
+                generator=generator,
+                output_type="np",
+            ).images[0]
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
             out[name] = normal_from_image(img) if name == "normal" else img.mean(-1) / 255.0
         return out
@@ -220,8 +283,10 @@ class ISDDMTetSculpt:
         cfg, dev, S = self.cfg, self.device, self.cfg.render_size
         report = progress or (lambda f, m: None)
         if a.identity.shape[-1] != 512:
-            raise ConfigError(f"ISD needs a 512-D ArcFace identity; the analysis gave {a.identity_model} "
-                              f"({a.identity.shape[-1]}-D): use analysis.identity=arcface")
+            raise ConfigError(
+                f"ISD needs a 512-D ArcFace identity; the analysis gave {a.identity_model} "
+                f"({a.identity.shape[-1]}-D): use analysis.identity=arcface"
+            )
         # Seeded from the global generators, which the pipeline seeds per step from the config.
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         rng = np.random.default_rng(int(np.random.randint(2**31)))
@@ -235,8 +300,9 @@ class ISDDMTetSculpt:
         else:
             ref_normal = ref_depth = None
         report(0.05, "DMTet grid")
-        surf = DMTetSurface.from_mesh(head.vertices, head.faces, cfg.grid_resolution, cfg.band, cfg.grid_margin,
-                                      cfg.deform_scale, dev)
+        surf = DMTetSurface.from_mesh(
+            head.vertices, head.faces, cfg.grid_resolution, cfg.band, cfg.grid_margin, cfg.deform_scale, dev
+        )
         opt = torch.optim.Adam(surf.parameters(), lr=cfg.lr)
         init_v = torch.tensor(head.vertices, device=dev)
         init_f = torch.tensor(head.faces, device=dev)
@@ -246,8 +312,10 @@ class ISDDMTetSculpt:
         for step in range(cfg.steps):
             v, f = surf.extract()
             if len(f) == 0:
-                raise OptimizationError(f"the DMTet surface vanished at step {step} (every SDF value has one "
-                                        f"sign); lower sculpt.lr or raise the regularizer weights")
+                raise OptimizationError(
+                    f"the DMTet surface vanished at step {step} (every SDF value has one "
+                    f"sign); lower sculpt.lr or raise the regularizer weights"
+                )
             log = {"step": step}
             if step < cfg.normal_fit_steps:
                 cam = random_camera(ref_cam, rng, cfg, S)
@@ -276,8 +344,9 @@ class ISDDMTetSculpt:
             consistency, lap = mesh_regularizers(surf.to_unit(v), f)
             loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * lap
             if not torch.isfinite(loss):
-                raise OptimizationError(f"the sculpt loss is not finite at step {step} ({log}); lower sculpt.lr "
-                                        f"or the loss weights")
+                raise OptimizationError(
+                    f"the sculpt loss is not finite at step {step} ({log}); lower sculpt.lr or the loss weights"
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -294,8 +363,12 @@ class ISDDMTetSculpt:
             vn, fn = decimate(vn, fn, cfg.max_faces)
         mirror, fw = transfer_attributes(vn, head)
         out_mesh = HeadMesh(vertices=vn, faces=fn, mirror=mirror, face_weight=fw)
-        info = {"first": history[0] if history else {}, "last": history[-1] if history else {},
-                "grid_vertices": int(len(surf.grid)), "grid_tets": int(len(surf.tets)), "extracted_faces": extracted,
-                "faces": int(len(fn))}
+        info = {
+            "first": history[0] if history else {},
+            "last": history[-1] if history else {},
+            "grid_vertices": int(len(surf.grid)),
+            "grid_tets": int(len(surf.tets)),
+            "extracted_faces": extracted,
+            "faces": int(len(fn)),
+        }
         return out_mesh, info
-

@@ -30,8 +30,23 @@ from .types import HeadMesh, PortraitAnalysis, TexturedHead
 Progress = Callable[[float, str], None]
 
 # The paper's 15 inpainting views (elevation, azimuth), in order.
-PAPER_TRAJECTORY = ((-15, -45), (-15, 45), (-15, 0), (-15, -90), (-15, 90), (-15, 120), (-15, -120),
-                    (-15, 150), (-15, -150), (-15, 180), (45, 0), (45, 90), (45, -90), (45, 135), (45, -135))
+PAPER_TRAJECTORY = (
+    (-15, -45),
+    (-15, 45),
+    (-15, 0),
+    (-15, -90),
+    (-15, 90),
+    (-15, 120),
+    (-15, -120),
+    (-15, 150),
+    (-15, -150),
+    (-15, 180),
+    (45, 0),
+    (45, 90),
+    (45, -90),
+    (45, 135),
+    (45, -135),
+)
 
 
 def unwrap(mesh: HeadMesh, resolution: int, padding: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,6 +105,7 @@ def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimut
     side = x >= 0
     out = np.full_like(colors, np.nan)
     from scipy.spatial import cKDTree
+
     for sd in (True, False):
         ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
         if ring.sum() < 50:
@@ -131,16 +147,29 @@ class ClassicalTexture:
         texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
         atlas_padding: int = field(default=4, metadata={"help": "texels between UV charts"})
         view_size: int = field(default=320, metadata={"help": "render side of each inpainting view"})
-        min_facing: float = field(default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"})
+        min_facing: float = field(
+            default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"}
+        )
         view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
         mirror: bool = field(default=True, metadata={"help": "fill the unseen side from the mirrored seen side"})
-        mirror_margin: float = field(default=0.3, metadata={"help": "use the mirror point when it faced the camera this much better (cos)"})
-        ring_prior: bool = field(default=True, metadata={"help": "continue the outermost seen hair/headwear ring around the unseen head"})
-        ring_min_azimuth: float = field(default=50.0, metadata={"help": "seen texels beyond this azimuth (deg) form the ring"})
-        prior_distance: float = field(default=12.0, metadata={"help": "view pixels from known colour over which inpainting hands over to the ring prior"})
+        mirror_margin: float = field(
+            default=0.3, metadata={"help": "use the mirror point when it faced the camera this much better (cos)"}
+        )
+        ring_prior: bool = field(
+            default=True, metadata={"help": "continue the outermost seen hair/headwear ring around the unseen head"}
+        )
+        ring_min_azimuth: float = field(
+            default=50.0, metadata={"help": "seen texels beyond this azimuth (deg) form the ring"}
+        )
+        prior_distance: float = field(
+            default=12.0,
+            metadata={"help": "view pixels from known colour over which inpainting hands over to the ring prior"},
+        )
         inpaint_radius: int = field(default=6, metadata={"help": "Telea inpainting radius, view pixels"})
         feather: float = field(default=3.0, metadata={"help": "seam blur sigma at filled regions, texels"})
-        mask_erode: int = field(default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"})
+        mask_erode: int = field(
+            default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"}
+        )
 
     def __init__(self, cfg: "ClassicalTexture.Config"):
         self.cfg = cfg
@@ -276,19 +305,20 @@ class ClassicalTexture:
         stats["coverage"] = float(np.isfinite(tex.reshape(-1, 3)[idx]).all(1).mean())
         stats["seen_coverage"] = float(known.mean())
         report(1.0, "texture done")
-        return TexturedHead(mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex,
-                            texture=texture, stats=stats)
+        return TexturedHead(
+            mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex, texture=texture, stats=stats
+        )
 
     def _atlas(self, mesh: HeadMesh) -> "Atlas":
         """Step 1: the UV atlas and the surface point and normal of every used texel."""
         uv, uv_faces, uv_to_vertex = unwrap(mesh, self.cfg.texture_size, self.cfg.atlas_padding)
         tri_id, bary, pts_map, nrm_map = self._texels(mesh, uv, uv_faces)
         idx = np.nonzero((tri_id >= 0).ravel())[0]
-        return Atlas(uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx],
-                     nrm_map.reshape(-1, 3)[idx])
+        return Atlas(
+            uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx], nrm_map.reshape(-1, 3)[idx]
+        )
 
-    def _project_photo(self, a: PortraitAnalysis, mesh: HeadMesh, pts: np.ndarray, nrm: np.ndarray,
-                       colors: np.ndarray):
+    def _project_photo(self, a: PortraitAnalysis, mesh: HeadMesh, pts: np.ndarray, nrm: np.ndarray, colors: np.ndarray):
         """Step 2: photo colours into ``colors`` at the texels ``pts``/``nrm`` seen from the reference
         view. Returns (seen ``(P,)``, facing cos ``(P,)``, eroded head mask, reference depth map)."""
         cam = a.camera

@@ -15,23 +15,23 @@ from .camera import Camera
 class PortraitAnalysis:
     """Stage 1 output. Image-space arrays are in the square crop's pixels (``S = crop.shape[0]``)."""
 
-    crop: np.ndarray              # (S, S, 3) uint8 RGB head-and-shoulders crop
+    crop: np.ndarray  # (S, S, 3) uint8 RGB head-and-shoulders crop
     crop_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the input image's pixels
-    image_size: tuple[int, int]   # input width, height
+    image_size: tuple[int, int]  # input width, height
     face_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in crop pixels
     face_score: float
-    landmarks_px: np.ndarray      # (478, 3) mediapipe landmarks: x, y in crop pixels, z in the same scale
-    landmarks_3d: np.ndarray      # (478, 3) the same landmarks in the head frame, metres
-    rotation: np.ndarray          # (3, 3) head-to-camera rotation (camera axes x right, y up, z back)
+    landmarks_px: np.ndarray  # (478, 3) mediapipe landmarks: x, y in crop pixels, z in the same scale
+    landmarks_3d: np.ndarray  # (478, 3) the same landmarks in the head frame, metres
+    rotation: np.ndarray  # (3, 3) head-to-camera rotation (camera axes x right, y up, z back)
     pose_ypr: tuple[float, float, float]  # yaw, pitch, roll in degrees
-    camera: Camera                # the reference view: the crop is this camera's image of the head
-    head_mask: np.ndarray         # (S, S) bool
-    canny: np.ndarray             # (S, S) uint8 edge map
-    identity: np.ndarray          # (D,) float32 identity embedding
+    camera: Camera  # the reference view: the crop is this camera's image of the head
+    head_mask: np.ndarray  # (S, S) bool
+    canny: np.ndarray  # (S, S) uint8 edge map
+    identity: np.ndarray  # (D,) float32 identity embedding
     identity_model: str
     input_sha256: str = ""
     notes: list[str] = field(default_factory=list)
-    caption: str = ""             # text describing the portrait (the diffusion models' condition)
+    caption: str = ""  # text describing the portrait (the diffusion models' condition)
 
     def record(self) -> dict[str, Any]:
         """The JSON-able part that goes into head.json."""
@@ -56,17 +56,17 @@ class PortraitAnalysis:
 class HeadMesh:
     """A closed triangle mesh of the head in the head frame (metres, +Y up, face toward +Z)."""
 
-    vertices: np.ndarray          # (N, 3) float32
-    faces: np.ndarray             # (F, 3) int64, counter-clockwise seen from outside
-    mirror: np.ndarray            # (N,) int64: index of each vertex's left/right mirror partner
-    face_weight: np.ndarray       # (N,) float32 in [0, 1]: 1 on the face (landmark geometry)
+    vertices: np.ndarray  # (N, 3) float32
+    faces: np.ndarray  # (F, 3) int64, counter-clockwise seen from outside
+    mirror: np.ndarray  # (N,) int64: index of each vertex's left/right mirror partner
+    face_weight: np.ndarray  # (N,) float32 in [0, 1]: 1 on the face (landmark geometry)
 
 
 @dataclass
 class TexturedHead:
     mesh: HeadMesh
-    uv: np.ndarray                # (M, 2) float32 per UV-vertex, in [0, 1], v up (glTF flips on export)
-    uv_faces: np.ndarray          # (F, 3) int64 into uv
-    uv_to_vertex: np.ndarray      # (M,) int64: the mesh vertex of each UV vertex
-    texture: np.ndarray           # (T, T, 3) uint8, row 0 at v = 1
+    uv: np.ndarray  # (M, 2) float32 per UV-vertex, in [0, 1], v up (glTF flips on export)
+    uv_faces: np.ndarray  # (F, 3) int64 into uv
+    uv_to_vertex: np.ndarray  # (M,) int64: the mesh vertex of each UV vertex
+    texture: np.ndarray  # (T, T, 3) uint8, row 0 at v = 1
     stats: dict[str, float] = field(default_factory=dict)

@@ -47,5 +47,5 @@ def contact_sheet(views: list[tuple[int, np.ndarray]], cols: int = 4) -> np.ndar
         tiles.append(t)
     while len(tiles) % cols:
         tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
+    rows = [np.concatenate(tiles[i : i + cols], 1) for i in range(0, len(tiles), cols)]
     return np.concatenate(rows, 0)

@@ -21,14 +21,27 @@ def _from_pretrained(cls, folder, what: str, **kw):
         raise ModelError(f"cannot load {what} from {folder}: {e}") from None
 
 
-def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str, ...], inpaint: bool = False,
-                             id_adapter: bool = True, id_scale: float = 1.0, dtype: torch.dtype = torch.float32,
-                             device: str | torch.device = "cpu"):
+def load_controlnet_pipeline(
+    root: ModelRoot,
+    base: str,
+    controlnets: tuple[str, ...],
+    inpaint: bool = False,
+    id_adapter: bool = True,
+    id_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
     """A ``StableDiffusionControlNet[Inpaint]Pipeline`` of role ``base`` (an ``sd15`` role), the shared
     ``vae``, the ControlNet roles (several become a multi-ControlNet), and the ID adapter."""
     _quiet_libraries()
-    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetInpaintPipeline,
-                           StableDiffusionControlNetPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDIMScheduler,
+        StableDiffusionControlNetInpaintPipeline,
+        StableDiffusionControlNetPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = root.folder(base)
@@ -41,12 +54,14 @@ def load_controlnet_pipeline(root: ModelRoot, base: str, controlnets: tuple[str,
         unet=_from_pretrained(UNet2DConditionModel, folder / "unet", f"{base} unet", torch_dtype=dtype),
         controlnet=nets[0] if len(nets) == 1 else nets,
         scheduler=_from_pretrained(DDIMScheduler, folder / "scheduler", f"{base} scheduler"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     if id_adapter:
         weights = root.file("ip_adapter_faceid", (".safetensors", ".bin"))
         try:
-            pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
-                                 image_encoder_folder=None)
+            pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name, image_encoder_folder=None)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelError(f"cannot load the ip_adapter_faceid role into {base}: {e}") from None
         pipe.set_ip_adapter_scale(id_scale)
@@ -59,9 +74,11 @@ def _quiet_libraries() -> None:
     """Our own progress reporting replaces the libraries' loading bars and advice (e.g. on the safety
     checker, which a head generator has no use for); their warnings and errors still show."""
     import transformers
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     import diffusers
+
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
 
@@ -76,6 +93,7 @@ def with_controlnet(pipe, root: ModelRoot, role: str):
     """A pipeline of the same class sharing ``pipe``'s modules (UNet with its ID adapter, VAE, text
     encoder, scheduler) with the ControlNet of ``role`` instead of its own."""
     from diffusers import ControlNetModel
+
     net = _from_pretrained(ControlNetModel, root.folder(role), role, torch_dtype=pipe.unet.dtype)
     out = type(pipe)(**{**pipe.components, "controlnet": net})
     out.set_progress_bar_config(disable=True)

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 # Files each layout must hold, relative to the role's folder ("*" = any file with that suffix).
 LAYOUTS: dict[str, tuple[str, ...]] = {
     # A Stable Diffusion 1.5 base without its VAE (the ``vae`` role is shared): diffusers folders.
-    "sd15": ("unet/config.json", "unet/*weights", "text_encoder/config.json", "text_encoder/*weights",
-             "tokenizer/*", "scheduler/scheduler_config.json"),
+    "sd15": (
+        "unet/config.json",
+        "unet/*weights",
+        "text_encoder/config.json",
+        "text_encoder/*weights",
+        "tokenizer/*",
+        "scheduler/scheduler_config.json",
+    ),
     "vae": ("config.json", "*weights"),
     "controlnet": ("config.json", "*weights"),
     "weights_file": ("*weights",),
@@ -35,30 +41,84 @@ class Role:
     required: bool = True
 
 
-ROLES: dict[str, Role] = {r.name: r for r in (
-    Role("geometry_normal", "sd15", "SD1.5 adapted to render normal maps (HumanNorm): ISD on normals, "
-         "reference normal map", "xanderhuang/normal-adapted-sd1.5", "creativeml-openrail-m"),
-    Role("geometry_depth", "sd15", "SD1.5 adapted to depth maps (HumanNorm): reference depth map",
-         "xanderhuang/depth-adapted-sd1.5", "creativeml-openrail-m"),
-    Role("texture_base", "sd15", "photoreal SD1.5 for texture inpainting and refinement",
-         "SG161222/Realistic_Vision_V4.0_noVAE", "creativeml-openrail-m"),
-    Role("vae", "vae", "the SD1.5 VAE all bases share", "stabilityai/sd-vae-ft-mse", "mit"),
-    Role("controlnet_landmarks", "controlnet", "ControlNet on mediapipe face-mesh drawings (LAION-Face)",
-         "CrucibleAI/ControlNetMediaPipeFace (diffusion_sd15)", "openrail"),
-    Role("controlnet_canny", "controlnet", "ControlNet on canny edges (reference normal/depth maps)",
-         "lllyasviel/sd-controlnet-canny", "openrail"),
-    Role("controlnet_normal", "controlnet", "ControlNet on normal maps (texture inpainting views)",
-         "lllyasviel/control_v11p_sd15_normalbae", "openrail"),
-    Role("ip_adapter_faceid", "weights_file", "IP-Adapter FaceID: ArcFace embedding -> decoupled "
-         "cross-attention tokens", "h94/IP-Adapter-FaceID (ip-adapter-faceid-portrait-v11_sd15.bin)",
-         "non-commercial research (trained on insightface embeddings)"),
-    Role("arcface", "onnx", "ArcFace 512-D face embedding (insightface ONNX)",
-         "insightface buffalo_l (w600k_r50.onnx)", "non-commercial research"),
-    Role("caption", "folder", "image captioning model for the prompt (optional; else the prompt setting)",
-         "Salesforce/blip2-opt-2.7b", "mit", required=False),
-    Role("gan3d", "folder", "3D-GAN for initialization (optional; else the fitted head prior)",
-         "PanoHead + PTI", "CC BY-NC 4.0", required=False),
-)}
+ROLES: dict[str, Role] = {
+    r.name: r
+    for r in (
+        Role(
+            "geometry_normal",
+            "sd15",
+            "SD1.5 adapted to render normal maps (HumanNorm): ISD on normals, reference normal map",
+            "xanderhuang/normal-adapted-sd1.5",
+            "creativeml-openrail-m",
+        ),
+        Role(
+            "geometry_depth",
+            "sd15",
+            "SD1.5 adapted to depth maps (HumanNorm): reference depth map",
+            "xanderhuang/depth-adapted-sd1.5",
+            "creativeml-openrail-m",
+        ),
+        Role(
+            "texture_base",
+            "sd15",
+            "photoreal SD1.5 for texture inpainting and refinement",
+            "SG161222/Realistic_Vision_V4.0_noVAE",
+            "creativeml-openrail-m",
+        ),
+        Role("vae", "vae", "the SD1.5 VAE all bases share", "stabilityai/sd-vae-ft-mse", "mit"),
+        Role(
+            "controlnet_landmarks",
+            "controlnet",
+            "ControlNet on mediapipe face-mesh drawings (LAION-Face)",
+            "CrucibleAI/ControlNetMediaPipeFace (diffusion_sd15)",
+            "openrail",
+        ),
+        Role(
+            "controlnet_canny",
+            "controlnet",
+            "ControlNet on canny edges (reference normal/depth maps)",
+            "lllyasviel/sd-controlnet-canny",
+            "openrail",
+        ),
+        Role(
+            "controlnet_normal",
+            "controlnet",
+            "ControlNet on normal maps (texture inpainting views)",
+            "lllyasviel/control_v11p_sd15_normalbae",
+            "openrail",
+        ),
+        Role(
+            "ip_adapter_faceid",
+            "weights_file",
+            "IP-Adapter FaceID: ArcFace embedding -> decoupled cross-attention tokens",
+            "h94/IP-Adapter-FaceID (ip-adapter-faceid-portrait-v11_sd15.bin)",
+            "non-commercial research (trained on insightface embeddings)",
+        ),
+        Role(
+            "arcface",
+            "onnx",
+            "ArcFace 512-D face embedding (insightface ONNX)",
+            "insightface buffalo_l (w600k_r50.onnx)",
+            "non-commercial research",
+        ),
+        Role(
+            "caption",
+            "folder",
+            "image captioning model for the prompt (optional; else the prompt setting)",
+            "Salesforce/blip2-opt-2.7b",
+            "mit",
+            required=False,
+        ),
+        Role(
+            "gan3d",
+            "folder",
+            "3D-GAN for initialization (optional; else the fitted head prior)",
+            "PanoHead + PTI",
+            "CC BY-NC 4.0",
+            required=False,
+        ),
+    )
+}
 
 
 def role(name: str) -> Role:

@@ -52,8 +52,9 @@ def read_manifest(root: str) -> dict:
     try:
         data = json.loads(storage.read_bytes(uri, max_bytes=16 << 20))
     except StorageError:
-        raise ModelError(f"model root {root} has no readable {MANIFEST} (write one with "
-                         f"`portrait3d models index {root}`)") from None
+        raise ModelError(
+            f"model root {root} has no readable {MANIFEST} (write one with `portrait3d models index {root}`)"
+        ) from None
     except json.JSONDecodeError as e:
         raise ModelError(f"{uri} is not JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("roles"), dict):
@@ -65,13 +66,15 @@ def read_manifest(root: str) -> dict:
     return data
 
 
-
 @dataclass
 class ModelRootSettings:
     """Settings of every stage that loads models from a model root (its Config derives from this)."""
 
     models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-    allow_pickle: tuple[str, ...] = field(default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"})
+    allow_pickle: tuple[str, ...] = field(
+        default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"}
+    )
+
 
 @dataclass
 class RoleStatus:
@@ -94,8 +97,9 @@ def check_root(root: str, hashes: bool = True, roles: Iterable[str] | None = Non
         r = role(name)
         entry = manifest["roles"].get(name)
         if entry is None:
-            out.append(RoleStatus(name, "missing" if r.required else "absent",
-                                  ["not in the manifest"] if r.required else []))
+            out.append(
+                RoleStatus(name, "missing" if r.required else "absent", ["not in the manifest"] if r.required else [])
+            )
             continue
         st = RoleStatus(name, "present", source=entry.get("source", ""), licence=entry.get("licence", ""))
         files = entry["files"]
@@ -133,8 +137,12 @@ def index_root(root: str | Path, sources: dict[str, str] | None = None) -> dict:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
                 files[p.relative_to(folder).as_posix()] = {"sha256": storage.sha256(str(p)), "bytes": p.stat().st_size}
-        roles[name] = {"path": name, "source": (sources or {}).get(name, r.reference), "licence": r.licence,
-                       "files": files}
+        roles[name] = {
+            "path": name,
+            "source": (sources or {}).get(name, r.reference),
+            "licence": r.licence,
+            "files": files,
+        }
     if not roles:
         raise ModelError(f"{root} holds no role folders; roles: {', '.join(ROLES)}")
     manifest = {"format": FORMAT, "roles": roles}
@@ -169,8 +177,10 @@ class ModelRoot:
         try:
             return self.manifest["roles"][name]
         except KeyError:
-            raise ModelError(f"model root {self.root} has no {name} role "
-                             f"({ROLES[name].help}; the authors used {ROLES[name].reference})") from None
+            raise ModelError(
+                f"model root {self.root} has no {name} role "
+                f"({ROLES[name].help}; the authors used {ROLES[name].reference})"
+            ) from None
 
     def folder(self, name: str) -> Path:
         """The role's local folder, every file checked against the manifest (once per file version)."""
@@ -181,8 +191,11 @@ class ModelRoot:
         if problems:
             raise ModelError(f"model role {name} in {self.root}: {'; '.join(problems)}")
         remote = storage.is_s3(self.root)
-        base = (self.cache / "roots" / hashlib.sha256(self.root.encode()).hexdigest()[:16] / name if remote
-                else Path(storage.join(self.root, entry["path"])))
+        base = (
+            self.cache / "roots" / hashlib.sha256(self.root.encode()).hexdigest()[:16] / name
+            if remote
+            else Path(storage.join(self.root, entry["path"]))
+        )
         verified = _VerifiedHashes(self.cache / "verified.json")
         for rel, meta in entry["files"].items():
             local = Path(storage.join(str(base), rel))
@@ -198,8 +211,10 @@ class ModelRoot:
                 else:
                     got = storage.sha256(str(local))
                 if got != want:
-                    raise ModelError(f"model role {name}: {rel} is corrupt (SHA-256 {got[:12]}..., "
-                                     f"the manifest says {str(want)[:12]}...)")
+                    raise ModelError(
+                        f"model role {name}: {rel} is corrupt (SHA-256 {got[:12]}..., "
+                        f"the manifest says {str(want)[:12]}...)"
+                    )
                 verified.put(local, got)
             if local.suffix in PICKLE_SUFFIXES:
                 self._check_pickle(name, local)
@@ -223,9 +238,11 @@ class ModelRoot:
         except Exception as e:  # not a torch zip checkpoint at all
             unsafe = [f"<unreadable as a torch checkpoint: {type(e).__name__}>"]
         if unsafe and name not in self.allow_pickle:
-            raise ModelError(f"model role {name}: {path.name} is a pickle that runs code when loaded "
-                             f"({', '.join(unsafe[:4])}); convert it to safetensors, or allow it by name "
-                             f"with --allow-pickle {name}")
+            raise ModelError(
+                f"model role {name}: {path.name} is a pickle that runs code when loaded "
+                f"({', '.join(unsafe[:4])}); convert it to safetensors, or allow it by name "
+                f"with --allow-pickle {name}"
+            )
 
     def load_weights(self, name: str, path: Path) -> dict:
         """A state dict from a safetensors file or a pickle (tensors only unless the role is allowed)."""

@@ -29,9 +29,17 @@ ID_TOKENS = 4
 FACEID_WEIGHTS = "ip-adapter-faceid-portrait-v11_sd15.bin"
 
 # SD1.5's noise schedule (the scheduler config every SD1.5 repository ships).
-SD15_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "clip_sample": False,
-                  "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+SD15_SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
 
 
 def byte_level_tokenizer():
@@ -52,13 +60,28 @@ def tiny_unet(in_channels: int = 4, full: bool = False):
 
     if full:
         return UNet2DConditionModel(
-            sample_size=64, in_channels=in_channels, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
+            sample_size=64,
+            in_channels=in_channels,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
     return UNet2DConditionModel(
-        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=32)
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 def tiny_vae(full: bool = False):
@@ -67,9 +90,16 @@ def tiny_vae(full: bool = False):
 
     channels, layers, groups = ((128, 256, 512, 512), 2, 32) if full else ((8, 16, 16, 16), 1, 8)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=channels, layers_per_block=layers,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=groups,
-        sample_size=512 if full else 64)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=channels,
+        layers_per_block=layers,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=groups,
+        sample_size=512 if full else 64,
+    )
 
 
 def tiny_text_encoder(vocab_size: int, full: bool = False):
@@ -78,33 +108,82 @@ def tiny_text_encoder(vocab_size: int, full: bool = False):
 
     hidden, inter, layers, heads = (768, 3072, 12, 12) if full else (CROSS_DIM, 64, 2, 4)
     # the tokenizer's last two ids are its start and end tokens
-    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter,
-                                        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                                        projection_dim=hidden, bos_token_id=vocab_size - 2,
-                                        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            projection_dim=hidden,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
 
 
 def tiny_captioner(folder: str | Path) -> Path:
     """A tiny BLIP captioner (BlipForConditionalGeneration and its processor, with a BERT tokenizer
     over a small word list) saved in ``folder``."""
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor,
-                              BertTokenizer)
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, BertTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "person", "man", "woman",
-             "with", "hair", "smiling", "in", "the", "head", "face", "portrait"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[DEC]",
+        "a",
+        "photo",
+        "of",
+        "person",
+        "man",
+        "woman",
+        "with",
+        "hair",
+        "smiling",
+        "in",
+        "the",
+        "head",
+        "face",
+        "portrait",
+    ]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
     tok = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
     n = len(words)
     cfg = BlipConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64,
-                         bos_token_id=5, eos_token_id=3, pad_token_id=0, sep_token_id=3),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8), projection_dim=32)
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            encoder_hidden_size=32,
+            max_position_embeddings=64,
+            bos_token_id=5,
+            eos_token_id=3,
+            pad_token_id=0,
+            sep_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=32,
+    )
     BlipForConditionalGeneration(cfg).save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(
+        folder
+    )
     return folder
 
 
@@ -113,9 +192,14 @@ def faceid_state_dict(unet, id_dim: int = ID_DIM, tokens: int = ID_TOKENS) -> di
     embedding to ``tokens`` cross-attention tokens) and ``ip_adapter`` (``to_k_ip``/``to_v_ip`` of every
     cross-attention layer, numbered 1, 3, 5, ... in the UNet's processor order)."""
     cross = unet.config.cross_attention_dim
-    proj = {"proj.0.weight": torch.randn(id_dim * 2, id_dim) * 0.02, "proj.0.bias": torch.zeros(id_dim * 2),
-            "proj.2.weight": torch.randn(cross * tokens, id_dim * 2) * 0.02, "proj.2.bias": torch.zeros(cross * tokens),
-            "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    proj = {
+        "proj.0.weight": torch.randn(id_dim * 2, id_dim) * 0.02,
+        "proj.0.bias": torch.zeros(id_dim * 2),
+        "proj.2.weight": torch.randn(cross * tokens, id_dim * 2) * 0.02,
+        "proj.2.bias": torch.zeros(cross * tokens),
+        "norm.weight": torch.ones(cross),
+        "norm.bias": torch.zeros(cross),
+    }
     ip, key = {}, 1
     for name in unet.attn_processors:
         if name.endswith("attn2.processor"):
@@ -139,9 +223,12 @@ def arcface_onnx(path: str | Path, dim: int = ID_DIM, size: int = 112, seed: int
         helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_arcface",
+        nodes,
+        "tiny_arcface",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [w])
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -169,8 +256,11 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
         DDIMScheduler.from_config(SD15_SCHEDULER).save_pretrained(base / "scheduler")
     tiny_vae(full=full).save_pretrained(root / "vae")
     cond_channels = (16, 32, 96, 256) if full else (8, 16, 32, 32)
-    for name, unet in (("controlnet_landmarks", unets["geometry_normal"]), ("controlnet_canny", unets["geometry_normal"]),
-                       ("controlnet_normal", unets["texture_base"])):
+    for name, unet in (
+        ("controlnet_landmarks", unets["geometry_normal"]),
+        ("controlnet_canny", unets["geometry_normal"]),
+        ("controlnet_normal", unets["texture_base"]),
+    ):
         ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels).save_pretrained(root / name)
     (root / "ip_adapter_faceid").mkdir(parents=True, exist_ok=True)
     torch.save(faceid_state_dict(unets["texture_base"]), root / "ip_adapter_faceid" / FACEID_WEIGHTS)
@@ -178,9 +268,25 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
     arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
     tiny_captioner(root / "caption")  # speed does not matter here: tiny in both sizes
     what = "full-size random" if full else "tiny random"
-    index_root(root, sources={k: f"{what} (portrait3d.pipelines.models.tiny)" for k in (
-        "geometry_normal", "geometry_depth", "texture_base", "vae", "controlnet_landmarks", "controlnet_canny",
-        "controlnet_normal", "ip_adapter_faceid", "arcface", "caption")})
-    (root / "README.txt").write_text(json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed,
-                                                 "full": full}))
+    index_root(
+        root,
+        sources={
+            k: f"{what} (portrait3d.pipelines.models.tiny)"
+            for k in (
+                "geometry_normal",
+                "geometry_depth",
+                "texture_base",
+                "vae",
+                "controlnet_landmarks",
+                "controlnet_canny",
+                "controlnet_normal",
+                "ip_adapter_faceid",
+                "arcface",
+                "caption",
+            )
+        },
+    )
+    (root / "README.txt").write_text(
+        json.dumps({"built_by": "portrait3d.pipelines.models.tiny", "seed": seed, "full": full})
+    )
     return root

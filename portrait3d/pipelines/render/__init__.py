@@ -57,16 +57,19 @@ def get_rasterizer(name: str = "auto", device: str | torch.device = "cpu") -> Ra
         if device.type == "cuda":
             try:
                 from .nvdiffrast_backend import NvdiffrastRasterizer
+
                 return NvdiffrastRasterizer(device)
             except ImportError:
                 pass
         name = "torch"
     if name == "torch":
         from .torch_backend import TorchRasterizer
+
         return TorchRasterizer()
     if name == "nvdiffrast":
         if device.type != "cuda":
             raise ConfigError("the nvdiffrast rasterizer needs a CUDA device; use 'torch' on CPU")
         from .nvdiffrast_backend import NvdiffrastRasterizer
+
         return NvdiffrastRasterizer(device)
     raise ConfigError(f"unknown rasterizer {name!r}; choices: auto, torch, nvdiffrast")

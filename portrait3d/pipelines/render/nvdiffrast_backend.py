@@ -28,7 +28,5 @@ class NvdiffrastRasterizer:
         return out[0]
 
     def antialias(self, color: torch.Tensor, rast: Rast, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-        out = dr.antialias(color[None].contiguous(), rast.raw, pos[None].float().contiguous(),
-                           tri.int().contiguous())
+        out = dr.antialias(color[None].contiguous(), rast.raw, pos[None].float().contiguous(), tri.int().contiguous())
         return out[0]
-

@@ -119,14 +119,16 @@ class TorchRasterizer:
         delta = torch.zeros_like(flat_c)
         rows = torch.arange(H, device=ids.device)[:, None].expand(H, W)
         cols = torch.arange(W, device=ids.device)[None, :].expand(H, W)
-        for a_sl, b_sl in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-                           ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+        for a_sl, b_sl in (
+            ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+            ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+        ):
             ia, ib = ids[a_sl], ids[b_sl]
             edge = (ia >= 0) != (ib >= 0)
             if not edge.any():
                 continue
-            pa = (rows[a_sl][edge] * W + cols[a_sl][edge])
-            pb = (rows[b_sl][edge] * W + cols[b_sl][edge])
+            pa = rows[a_sl][edge] * W + cols[a_sl][edge]
+            pb = rows[b_sl][edge] * W + cols[b_sl][edge]
             a_is_fg = ia[edge] >= 0
             fg = torch.where(a_is_fg, pa, pb)
             bg = torch.where(a_is_fg, pb, pa)
