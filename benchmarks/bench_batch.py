@@ -59,7 +59,7 @@ def in_process(folder: Path, tmp: Path) -> float:
     made, t0 = 0, time.perf_counter()
     for photo in sorted(folder.iterdir()):
         try:
-            p3d.write(p3d.run(photo), tmp / "inproc-loop" / photo.stem)
+            p3d.run(photo).bundle.write(tmp / "inproc-loop" / photo.stem)
             made += 1
         except Portrait3DError:
             pass
@@ -105,7 +105,7 @@ def overhead(folder: Path, tmp: Path, repeats: int, threads: int) -> None:
     for i in range(repeats):
         t0 = time.perf_counter()
         result = p3d.run(photo)
-        files = p3d.write(result, tmp / f"inproc-{i}")
+        files = result.bundle.write(tmp / f"inproc-{i}")
         wall = time.perf_counter() - t0
         export_s = json.loads(Path(files["head.json"]).read_text())["timings_s"]["export"]
         runs["in-process"].append({"head": wall, **result.timings, "export": export_s})

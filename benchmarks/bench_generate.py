@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def _one(path: str, out: str, q) -> None:
+def _one(path: str, out: str, q: mp.Queue) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     from portrait3d.pipelines.config import build_profile_config
     from portrait3d.pipelines.pipeline import Portrait3D
@@ -29,8 +29,7 @@ def _one(path: str, out: str, q) -> None:
     t0 = time.perf_counter()
     p3d = Portrait3D(build_profile_config("fast"))
     load = time.perf_counter() - t0
-    res = p3d.run(path)
-    p3d.write(res, out)
+    p3d.run(path).bundle.write(out)
     total = time.perf_counter() - t0
     rec = __import__("json").loads(Path(out, "head.json").read_text())
     q.put(
@@ -66,7 +65,7 @@ def main() -> None:
     print(f"{'photo':<28}" + "".join(f"{c:>12}" for c in cols))
     rows = []
     for photo in photos:
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             q = ctx.Queue()
             p = ctx.Process(target=_one, args=(photo, str(tmp / f"out{len(rows)}"), q))
             p.start()

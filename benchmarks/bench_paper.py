@@ -23,10 +23,12 @@ The head is an ellipsoid, not a person: nothing here depends on a face except th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up: kernels, caches, allocator
     times = []
     for _ in range(repeat):
@@ -99,10 +101,13 @@ def main() -> None:
 
     from portrait3d.pipelines.config import build_profile_config
     from portrait3d.pipelines.dmtet import DMTetSurface
+    from portrait3d.pipelines.losses import mesh_regularizers
     from portrait3d.pipelines.models.tiny import build_tiny_root
-    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt, mesh_regularizers, random_camera, render_geometry
-    from portrait3d.pipelines.texture import PAPER_TRAJECTORY
+    from portrait3d.pipelines.render.maps import render_geometry
+    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt, random_camera
+    from portrait3d.pipelines.stage import Reporter
     from portrait3d.pipelines.texture_diffusion import DiffusionTexture
+    from portrait3d.pipelines.texturing import PAPER_TRAJECTORY, build_atlas, trajectory_cameras
 
     full = args.size == "full"
     root = args.root or Path(tempfile.mkdtemp(prefix="p3d-root-"))
@@ -168,9 +173,9 @@ def main() -> None:
     t["reference_maps"] = timed(lambda: sculpt.reference_maps(a, gen), max(1, r // 2))
     mesh = head
     t0 = time.perf_counter()
-    at = texture._atlas(mesh)
+    at = build_atlas(texture.raster, texture.unwrapper, mesh, tc.texture_size, tc.atlas_padding)
     t["atlas"] = time.perf_counter() - t0
-    views = texture._views(a)
+    views = trajectory_cameras(a.camera, tc.view_size)
     V = tc.view_size
     img = np.full((V, V, 3), 128, np.uint8)
     holes = np.zeros((V, V), bool)
@@ -182,9 +187,10 @@ def main() -> None:
     )
     tex = np.full((tc.texture_size, tc.texture_size, 3), 128.0, np.float32)
     n_ref, refine_steps = 4, tc.refine_steps
-    texture.cfg.refine_steps = n_ref
+    texture.cfg = dataclasses.replace(tc, refine_steps=n_ref)
     t["refine_step"] = (
-        timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen, lambda f, m: None), 1) / n_ref
+        timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen, Reporter("texture")), 1)
+        / n_ref
     )
 
     geo = (

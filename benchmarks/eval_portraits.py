@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
@@ -37,7 +36,7 @@ def main() -> None:
         n += 1
         t0 = time.perf_counter()
         try:
-            p3d.write(p3d.run(photo), tmp / photo.stem)
+            p3d.run(photo).bundle.write(tmp / photo.stem)
         except Portrait3DError as e:
             print(f"{photo.stem[:21]:<22}{time.perf_counter() - t0:>10.1f}  {e.kind}: {e}")
             continue

@@ -1,22 +1,31 @@
-"""``portrait3d``: one command with subcommands (generate, batch, eval, info, models)."""
+"""``portrait3d``: one command with subcommands (generate, batch, eval, info, models).
+
+Commands check what they can before anything heavy loads: ``generate`` reads and validates the
+photo and the output folder first (PIL and NumPy only), then the settings, then the models.
+Native libraries' log lines are hidden unless ``--verbose``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import List, Optional
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+import typer  # noqa: E402 (after the logging environment above)
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
 
-from .errors import Portrait3DError
+from .errors import Portrait3DError  # noqa: E402
+from .native_stderr import hidden_native_stderr  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -28,11 +37,24 @@ out = Console()
 
 
 def _fail(e: Portrait3DError) -> None:
-    err.print(f"[bold red]error[/] ({e.kind}): {e}")
+    err.print(f"[bold red]error[/] ({e.kind}): {escape(str(e))}", soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
-# Shared by `generate` and `batch`.
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``: no native log lines, and the libraries say only errors."""
+    if verbose:
+        yield
+        return
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    with warnings.catch_warnings(), hidden_native_stderr():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        yield
+
+
+# Shared by several commands.
 MODELS_OPTION = typer.Option(
     None, "--models", "-m", help="model root of the paper/tiny profiles: a folder or s3:// prefix"
 )
@@ -42,6 +64,20 @@ ALLOW_PICKLE_OPTION = typer.Option(
     metavar="ROLE",
     help="let this role's pickled weights run code (only for files you trust); repeatable",
 )
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="show the libraries' own log lines and warnings")
+
+
+def _max_megapixels(overrides: list[str]) -> float:
+    """``analysis.max_megapixels`` from the overrides, read without loading the stages (the settings
+    check it properly later)."""
+    from .pipelines.image_io import DEFAULT_MAX_MEGAPIXELS
+    from .pipelines.overrides import parse_overrides
+
+    value = parse_overrides(overrides).get("analysis", {}).get("max_megapixels", DEFAULT_MAX_MEGAPIXELS)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_MAX_MEGAPIXELS
 
 
 @app.command()
@@ -50,62 +86,62 @@ def generate(
     output: Path = typer.Option(Path("out"), "--output", "-o", help="output folder for the head bundle"),
     profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
     seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
-    config: Optional[List[str]] = typer.Option(
+    config: list[str] | None = typer.Option(
         None,
         "--config",
         "-c",
         help="override a setting, stage.field=value (e.g. sculpt.steps=40), "
         "or a JSON file {stage: {field: value}}; repeatable",
     ),
-    caption: Optional[str] = typer.Option(
+    caption: str | None = typer.Option(
         None,
         "--caption",
         help="text describing the portrait, for the paper profile's prompts "
         "(default: the root's caption model, else 'a person')",
     ),
-    models: Optional[str] = MODELS_OPTION,
-    allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
+    models: str | None = MODELS_OPTION,
+    allow_pickle: list[str] | None = ALLOW_PICKLE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Photo -> OUTPUT/head.glb, head.json, views.png."""
-    from .pipelines.config import build_profile_config
-    from .pipelines.export import check_output_dir
-    from .pipelines.pipeline import STAGE_ORDER, Portrait3D
+    from .pipelines.image_io import load_image
+    from .pipelines.outputs import check_output_dir
 
-    try:
-        cfg = build_profile_config(
-            profile,
-            [*(config or []), *([f"analysis.caption={caption}"] if caption else [])],
-            seed,
-            models,
-            tuple(allow_pickle or ()),
-        )
-        check_output_dir(output)
-        with Progress(
-            TextColumn("{task.description:<9}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[msg]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=quiet,
-        ) as bar:
-            tasks = {s: bar.add_task(s, total=1.0, msg="") for s in STAGE_ORDER}
+    overrides = [*(config or []), *([f"analysis.caption={caption}"] if caption else [])]
+    with _quiet(verbose):
+        try:
+            photo = load_image(image, max_megapixels=_max_megapixels(overrides))
+            check_output_dir(output)
+            from .pipelines.config import build_profile_config
+            from .pipelines.pipeline import Portrait3D, RunContext
+            from .pipelines.registry import STAGES
 
-            def progress(stage: str, frac: float, msg: str) -> None:
-                bar.update(tasks[stage], completed=frac, msg=msg)
+            cfg = build_profile_config(profile, overrides, seed, models, tuple(allow_pickle or ()))
+            columns = (
+                TextColumn("{task.description:<9}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[msg]}"),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=err, disable=quiet) as bar:
+                tasks = {s: bar.add_task(s, total=1.0, msg="") for s in STAGES}
+                bar.update(tasks["analysis"], msg="loading models")
 
-            p3d = Portrait3D(cfg)
-            result = p3d.run(image, progress)
-            paths = p3d.write(result, output, progress)
-    except Portrait3DError as e:
-        _fail(e)
+                def progress(stage: str, frac: float, msg: str) -> None:
+                    bar.update(tasks[stage], completed=frac, msg=msg)
+
+                with Portrait3D(cfg) as p3d:
+                    result, paths = p3d.generate(photo, output, RunContext(progress=progress))
+        except Portrait3DError as e:
+            _fail(e)
     t = result.timings
     err.print(f"[green]done[/] in {sum(t.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
     for note in result.analysis.notes:
-        err.print(f"[yellow]note[/]: {note}")
-    for name, path in paths.items():
-        out.print(path)
+        err.print(f"[yellow]note[/]: {escape(note)}")
+    for path in paths.values():
+        out.print(path, soft_wrap=True)
 
 
 @app.command()
@@ -116,12 +152,12 @@ def batch(
     output: str = typer.Argument(..., metavar="OUTPUT", help="local folder or s3:// prefix for the heads"),
     profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),
     seed: int = typer.Option(0, "--seed", help="random seed; the same seed and input give the same head"),
-    config: Optional[List[str]] = typer.Option(
+    config: list[str] | None = typer.Option(
         None, "--config", "-c", help="override a stage setting, stage.field=value, or a JSON file; repeatable"
     ),
-    models: Optional[str] = MODELS_OPTION,
-    allow_pickle: Optional[List[str]] = ALLOW_PICKLE_OPTION,
-    pool: Optional[List[str]] = typer.Option(
+    models: str | None = MODELS_OPTION,
+    allow_pickle: list[str] | None = ALLOW_PICKLE_OPTION,
+    pool: list[str] | None = typer.Option(
         None,
         "--pool",
         help="override a worker-pool or batch setting, e.g. "
@@ -129,10 +165,10 @@ def batch(
         "batch.max_task_retries=3, or a JSON file; repeatable "
         "(`portrait3d info` lists them)",
     ),
-    workers: Optional[int] = typer.Option(
+    workers: int | None = typer.Option(
         None, "--workers", "-w", help="size of the analysis, geometry and texture pools"
     ),
-    address: Optional[str] = typer.Option(
+    address: str | None = typer.Option(
         None, "--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
@@ -144,7 +180,7 @@ def batch(
     inputs failed (their rows say why), 2 when the run could not start.
     """
     from . import storage
-    from .engine.batch import list_inputs, run_batch
+    from .engine.batch import BatchProgress, list_inputs, run_batch
     from .engine.cluster import connect
     from .engine.config import build_engine_config
     from .pipelines.config import build_profile_config
@@ -175,7 +211,7 @@ def batch(
         ) as bar:
             task = bar.add_task("heads", total=len(uris), msg="starting workers")
 
-            def on_row(row, p) -> None:
+            def on_row(row: dict, p: BatchProgress) -> None:
                 bar.update(
                     task,
                     total=p.total,
@@ -183,7 +219,11 @@ def batch(
                     msg=f"ok {p.ok} (reused {p.reused}) · failed {p.failed} · {p.heads_per_min:.1f} heads/min",
                 )
                 if row["status"] != "ok":
-                    err.print(f"[red]failed[/] {row['input_uri']}: {row['error_type']}: {row['error_message']}")
+                    err.print(
+                        f"[red]failed[/] {escape(row['input_uri'])}: {row['error_type']}: "
+                        f"{escape(row['error_message'])}",
+                        soft_wrap=True,
+                    )
 
             summary = run_batch(uris, output, cfg, engine, on_row=on_row, show_ray_progress=verbose)
     except Portrait3DError as e:
@@ -202,14 +242,16 @@ def eval_cmd(
     bundle: Path = typer.Argument(..., help="a head bundle folder (from `portrait3d generate`)"),
     image: Path = typer.Option(..., "--image", "-i", help="the portrait the bundle was made from"),
     as_json: bool = typer.Option(False, "--json", help="print the full metrics as JSON"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Score a head bundle against its portrait; exit status 1 when a target is missed."""
     from .pipelines.evaluate import evaluate
 
-    try:
-        m = evaluate(bundle, image)
-    except Portrait3DError as e:
-        _fail(e)
+    with _quiet(verbose):
+        try:
+            m = evaluate(bundle, image)
+        except Portrait3DError as e:
+            _fail(e)
     if as_json:
         out.print_json(json.dumps(m))
     else:
@@ -226,10 +268,13 @@ def eval_cmd(
 
 
 @app.command()
-def info() -> None:
-    """Versions, profiles, and which profiles can run here (and why not)."""
-    from .pipelines.config import PROFILES, STAGES, help_of, lookup, registered
-    from .pipelines.pipeline import library_versions
+def info(models: str | None = MODELS_OPTION) -> None:
+    """Versions, profiles, whether each can run here (and why not), and every setting with its help."""
+    from .pipelines.export import library_versions
+    from .pipelines.profiles import PROFILES, readiness
+    from .pipelines.registry import STAGES, lookup, registered
+    from .pipelines.schedule import Schedule
+    from .pipelines.settings import help_of
 
     for k, v in library_versions().items():
         out.print(f"{k:>24} {v}")
@@ -237,17 +282,16 @@ def info() -> None:
 
     out.print(f"{'device':>24} {'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
     for name, spec in PROFILES.items():
-        ok, why = _can_run(name)
-        out.print(f"\nprofile [bold]{name}[/]: {'[green]can run here[/]' if ok else '[red]cannot run here[/]: ' + why}")
+        why = readiness(name, models)
+        state = "[green]can run here[/]" if not why else "[red]cannot run here[/]: " + escape("; ".join(why))
+        out.print(f"\nprofile [bold]{name}[/]: {state}", soft_wrap=True)
         out.print(f"  {spec.description}")
-        if spec.needs_models:
-            out.print("  needs --models ROOT (see `portrait3d models check ROOT`)")
         for stage in STAGES:
             cls = lookup(stage, spec.impls[stage])
             out.print(f"  {stage}: {spec.impls[stage]}")
-            for field, (typ, default, help_) in help_of(cls.Config).items():
-                d = default if not hasattr(default, "points") else [list(p) for p in default.points]
-                out.print(f"    {stage}.{field} = {d!s}  [dim]{help_}[/]")
+            for field, (_typ, default, help_) in help_of(cls.Config).items():
+                d = default.to_json() if isinstance(default, Schedule) else default
+                out.print(f"    {stage}.{field} = {escape(str(d))}  [dim]{escape(help_)}[/]")
     out.print("\nimplementations: " + "; ".join(f"{s}: {', '.join(registered(s))}" for s in STAGES))
     from .engine.config import POOLS, BatchSettings, PoolConfig, build_engine_config
 
@@ -255,8 +299,8 @@ def info() -> None:
     out.print("\nworker pools of `portrait3d batch` (--pool pool.field=value; defaults of the fast profile):")
     for pool in (*POOLS, "batch"):
         cls, cfg = (BatchSettings, eng.batch) if pool == "batch" else (PoolConfig, eng.pools[pool])
-        for field, (typ, default, help_) in help_of(cls).items():
-            out.print(f"    {pool}.{field} = {getattr(cfg, field)!s}  [dim]{help_}[/]")
+        for field, (_typ, _default, help_) in help_of(cls).items():
+            out.print(f"    {pool}.{field} = {escape(str(getattr(cfg, field)))}  [dim]{escape(help_)}[/]")
 
 
 models_app = typer.Typer(no_args_is_help=True, help="Model roots of the paper profile: check, index, build a tiny one.")
@@ -311,18 +355,6 @@ def models_tiny(root: Path = typer.Argument(..., help="empty folder for the tiny
     from .pipelines.models.tiny import build_tiny_root
 
     out.print(str(build_tiny_root(root)))
-
-
-def _can_run(profile: str) -> tuple[bool, str]:
-    try:
-        import dlib  # noqa: F401
-        import mediapipe as mp
-        import xatlas  # noqa: F401
-
-        mp.solutions.face_mesh  # noqa: B018 (the legacy models ship only in 0.10.21)
-    except Exception as e:  # any import failure is the reason
-        return False, f"{type(e).__name__}: {e}"
-    return True, ""
 
 
 def main() -> None:

@@ -61,6 +61,13 @@ class HeadTimeoutError(Portrait3DError):
     """A worker pool spent longer than ``batch.head_timeout_s`` on one head."""
 
 
+class CancelledError(Portrait3DError):
+    """The work was cancelled through its cancellation token (a user's cancel, a time limit); nothing
+    half-done was written."""
+
+    exit_code = 130
+
+
 class ConfigError(Portrait3DError):
     """A profile, stage name or config override is invalid."""
 

@@ -43,11 +43,18 @@ def analysis_stage():
     stage.close()
 
 
+def analyze(stage, src):
+    """Stage 1 on a path or bytes, through the stage interface."""
+    from portrait3d.pipelines.image_io import load_image
+    from portrait3d.pipelines.stage import Reporter
+    from portrait3d.pipelines.types import AnalysisInput
+
+    return stage(AnalysisInput(load_image(src)), Reporter("analysis"))
+
+
 @pytest.fixture(scope="session")
 def astronaut_analysis(analysis_stage, astronaut_png):
-    from portrait3d.pipelines.image_io import load_image
-
-    return analysis_stage(load_image(astronaut_png))
+    return analyze(analysis_stage, astronaut_png)
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +116,9 @@ def s3_server():
 @pytest.fixture
 def s3_bucket(s3_server, request):
     """A fresh bucket; returns its name."""
-    import boto3
     import re
+
+    import boto3
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
     boto3.client("s3").create_bucket(Bucket=name)

@@ -4,10 +4,9 @@ from PIL import Image
 
 from portrait3d.errors import FaceTooSmallError, NoFaceError
 from portrait3d.pipelines.camera import rotation_ypr
-from portrait3d.pipelines.face_geometry import head_rotation, lift_landmarks
-from portrait3d.pipelines.image_io import load_image
+from portrait3d.pipelines.face_geometry import MESH_POINTS, head_rotation, lift_landmarks
 
-from .conftest import astronaut, grace_hopper_path, png_bytes
+from .conftest import analyze, astronaut, grace_hopper_path, png_bytes
 
 
 def test_astronaut_analysis(astronaut_analysis):
@@ -25,20 +24,20 @@ def test_astronaut_analysis(astronaut_analysis):
     assert 0.10 < width < 0.18
     assert a.landmarks_3d[1, 2] > a.landmarks_3d[234, 2] + 0.03
     # The head mask covers the face landmarks and is a sensible part of the crop.
-    lm = a.landmarks_px[:468, :2].astype(int)
+    lm = a.landmarks_px[:MESH_POINTS, :2].astype(int)
     assert a.head_mask[lm[:, 1], lm[:, 0]].mean() > 0.99
     assert 0.1 < a.head_mask.mean() < 0.6
     assert a.canny.dtype == np.uint8 and a.canny.max() == 255
 
 
 def test_grace_hopper_identity_differs(analysis_stage, astronaut_analysis):
-    b = analysis_stage(load_image(grace_hopper_path()))
+    b = analyze(analysis_stage, grace_hopper_path())
     assert np.linalg.norm(b.identity - astronaut_analysis.identity) > 0.6  # two different people
     assert b.head_mask.any()
 
 
 def test_same_person_mirrored_is_close(analysis_stage, astronaut_analysis):
-    flipped = analysis_stage(load_image(png_bytes(np.ascontiguousarray(astronaut()[:, ::-1]))))
+    flipped = analyze(analysis_stage, png_bytes(np.ascontiguousarray(astronaut()[:, ::-1])))
     assert np.linalg.norm(flipped.identity - astronaut_analysis.identity) < 0.6
     assert np.sign(flipped.pose_ypr[0]) != np.sign(astronaut_analysis.pose_ypr[0]) or abs(flipped.pose_ypr[0]) < 3
 
@@ -60,15 +59,15 @@ def test_no_face(analysis_stage):
     import skimage.data
 
     with pytest.raises(NoFaceError):
-        analysis_stage(load_image(png_bytes(skimage.data.coffee())))
+        analyze(analysis_stage, png_bytes(skimage.data.coffee()))
     with pytest.raises(NoFaceError):
-        analysis_stage(load_image(png_bytes(np.full((300, 300, 3), 127, np.uint8))))
+        analyze(analysis_stage, png_bytes(np.full((300, 300, 3), 127, np.uint8)))
 
 
 def test_face_too_small(analysis_stage):
     small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.LANCZOS))
     with pytest.raises(FaceTooSmallError, match="px across"):
-        analysis_stage(load_image(png_bytes(small)))
+        analyze(analysis_stage, png_bytes(small))
 
 
 def test_largest_of_several_faces_is_used(analysis_stage):
@@ -77,6 +76,6 @@ def test_largest_of_several_faces_is_used(analysis_stage):
     canvas = np.full((512, 512 + 384, 3), 200, np.uint8)
     canvas[:, :512] = big
     canvas[:384, 512:] = small
-    a = analysis_stage(load_image(png_bytes(canvas)))
+    a = analyze(analysis_stage, png_bytes(canvas))
     assert any("2 faces" in n for n in a.notes)
     assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one

@@ -87,8 +87,8 @@ def test_ray_head_equals_in_process_head(ray_local, tmp_path):
     cfg = quick()
     s = run_batch(str(src), str(tmp_path / "out"), cfg, build_engine_config("fast"))
     (row,) = s.rows
-    p3d = Portrait3D(cfg)
-    files = p3d.bundle(p3d.run(src))
+    with Portrait3D(cfg) as p3d:
+        files = p3d.run(src).bundle.files
     assert Path(row["glb_uri"]).read_bytes() == files["head.glb"]
 
 
@@ -144,25 +144,37 @@ def test_head_that_kills_its_worker_every_time_is_an_error_row(ray_local, tmp_pa
     assert table.num_rows == 2 and sorted(table.column("status").to_pylist()) == ["error", "ok"]
 
 
-@pytest.mark.parametrize("retries", [2, 0])
-def test_head_past_its_time_limit_is_an_error_row(ray_local, tmp_path, retries):
-    portrait_dataset(tmp_path / "in", portraits=1, broken=1)
+@pytest.mark.parametrize("grace, retries", [(10, 0), (0, 2), (0, 0)])
+def test_head_past_its_time_limit_is_an_error_row(ray_local, tmp_path, grace, retries):
+    """grace > 0: the stage is cancelled and stops at its next check (the worker and its models stay);
+    grace 0: the worker process is ended at once, and the retry (or the driver) writes the row."""
+    portrait_dataset(tmp_path / "in", portraits=2 if grace else 1, broken=1)
     out = tmp_path / "out"
-    # 100k sculpt steps take many minutes; the limit ends the geometry worker after 5 s
+    # 100k sculpt steps take many minutes; the limit stops the geometry pool's work after 4 s
     s = run_batch(
         str(tmp_path / "in"),
         str(out),
         quick("sculpt.steps=100000"),
-        build_engine_config("fast", ["batch.head_timeout_s=5", f"batch.max_task_retries={retries}"]),
+        build_engine_config(
+            "fast",
+            ["batch.head_timeout_s=4", f"batch.head_timeout_grace_s={grace}", f"batch.max_task_retries={retries}"],
+        ),
     )
-    slow, broken = s.rows
-    assert slow["status"] == "error" and slow["error_type"] == "HeadTimeoutError", slow
-    assert slow["error_stage"] == "geometry" and "batch.head_timeout_s" in slow["error_message"]
-    # with a retry left, the restarted worker writes the row (and does not run the head again);
-    # with none, the driver does
-    assert ("geometry" in json.loads(slow["workers_json"])) == (retries > 0)
+    *slow, broken = s.rows
+    for row in slow:
+        assert row["status"] == "error" and row["error_type"] == "HeadTimeoutError", row
+        assert row["error_stage"] == "geometry" and "batch.head_timeout_s" in row["error_message"]
+    geometry = [json.loads(r["workers_json"]).get("geometry") for r in slow]
+    if grace:  # cancelled in the stage: the same warm worker writes both rows
+        assert geometry[0]["pid"] == geometry[1]["pid"]
+    else:  # with a retry left, a restarted worker writes the row (without running the head again); else the driver
+        assert all((g is not None) == (retries > 0) for g in geometry)
     assert broken["error_type"] == "TruncatedImageError"  # the run went on with the other input
-    assert pq.read_table(s.manifest_uri).column("error_type").to_pylist() == ["HeadTimeoutError", "TruncatedImageError"]
+    assert pq.read_table(s.manifest_uri).column("error_type").to_pylist() == [
+        "HeadTimeoutError",
+        "HeadTimeoutError",
+        "TruncatedImageError",
+    ]
     assert not (out / "_work").exists()
 
 

@@ -3,11 +3,15 @@ import pytest
 import torch
 
 from portrait3d.pipelines.config import build_profile_config
+from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_triangles
 from portrait3d.pipelines.image_io import mask_coverage
-from portrait3d.pipelines.init import HeadPriorInit, polar_radius, rays_from_origin
-from portrait3d.pipelines.mesh import harmonic_fill, quality, symmetric_sphere
-from portrait3d.pipelines.sculpt import ReferenceViewSculpt, negative_pearson
+from portrait3d.pipelines.init import HeadPriorInit, polar_radius
+from portrait3d.pipelines.losses import negative_pearson
+from portrait3d.pipelines.mesh import harmonic_fill, quality, rays_from_origin, symmetric_sphere
 from portrait3d.pipelines.render import get_rasterizer
+from portrait3d.pipelines.sculpt import ReferenceViewSculpt
+from portrait3d.pipelines.stage import Reporter
+from portrait3d.pipelines.types import InitInput, SculptInput
 
 
 def test_rays_from_origin_hits_plane():
@@ -45,7 +49,7 @@ def test_negative_pearson():
 @pytest.fixture(scope="module")
 def initial_head(astronaut_analysis):
     cfg = build_profile_config("fast")
-    return HeadPriorInit(cfg.stages["init"])(astronaut_analysis)
+    return HeadPriorInit(cfg.stages["init"])(InitInput(astronaut_analysis), Reporter("init"))
 
 
 def test_init_is_a_full_watertight_head(astronaut_analysis, initial_head):
@@ -55,15 +59,13 @@ def test_init_is_a_full_watertight_head(astronaut_analysis, initial_head):
     # Full head, not a face patch: it extends well behind the face and below the chin (neck).
     lm = astronaut_analysis.landmarks_3d
     assert h.vertices[:, 2].min() < lm[:, 2].min() - 0.1
-    assert h.vertices[:, 1].min() < lm[152, 1] - 0.03
+    assert h.vertices[:, 1].min() < lm[CHIN, 1] - 0.03
     # The face keeps the person's landmark geometry: face vertices lie on the landmark surface.
-    from portrait3d.pipelines.init import oriented_face_triangles
-
     face = h.face_weight >= 1
     r_lm = rays_from_origin(
         h.vertices[face] / np.linalg.norm(h.vertices[face], axis=1, keepdims=True),
-        lm[:468],
-        oriented_face_triangles(lm[:468]),
+        lm[:MESH_POINTS],
+        oriented_face_triangles(lm[:MESH_POINTS]),
     )
     hit = ~np.isnan(r_lm)
     assert hit.mean() > 0.8
@@ -74,7 +76,10 @@ def test_init_is_a_full_watertight_head(astronaut_analysis, initial_head):
 
 def test_sculpt_improves_silhouette(astronaut_analysis, initial_head):
     cfg = build_profile_config("fast", ["sculpt.steps=25"])
-    sculpted, info = ReferenceViewSculpt(cfg.stages["sculpt"])(astronaut_analysis, initial_head)
+    result = ReferenceViewSculpt(cfg.stages["sculpt"])(
+        SculptInput(astronaut_analysis, initial_head), Reporter("sculpt")
+    )
+    sculpted, info = result.mesh, result.info
     assert info["last"]["mask"] < info["first"]["mask"]
     q = quality(sculpted.vertices, sculpted.faces)
     assert q["watertight"] and q["degenerate_faces"] == 0

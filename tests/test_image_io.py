@@ -25,7 +25,7 @@ def test_modes_are_converted_to_rgb8():
         "RGBA": Image.fromarray(rgb).convert("RGBA"),
         "P": Image.fromarray(rgb).convert("P"),
         "CMYK": Image.fromarray(rgb).convert("CMYK"),
-        "I;16": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
         "1": Image.fromarray(rgb).convert("1"),
     }
     for mode, img in cases.items():

@@ -1,8 +1,17 @@
-import numpy as np
+import time
 
+import numpy as np
+import pytest
+
+from portrait3d.errors import CancelledError
+from portrait3d.pipelines.config import build_profile_config
+from portrait3d.pipelines.init import HeadPriorInit
 from portrait3d.pipelines.mesh import symmetric_sphere
-from portrait3d.pipelines.texture import PAPER_TRAJECTORY, push_pull, unwrap
-from portrait3d.pipelines.types import HeadMesh
+from portrait3d.pipelines.stage import CancelToken, Reporter
+from portrait3d.pipelines.texture import ClassicalTexture
+from portrait3d.pipelines.texturing import push_pull
+from portrait3d.pipelines.types import InitInput, TextureInput
+from portrait3d.pipelines.uv_unwrap import UVUnwrapper, xatlas_unwrap
 
 
 def test_push_pull_fills_everything_and_keeps_known():
@@ -18,18 +27,60 @@ def test_push_pull_fills_everything_and_keeps_known():
     assert np.allclose(push_pull(const, known), (10, 200, 30), atol=1e-3)
 
 
-def test_unwrap_keeps_faces_and_fits_unit_square():
-    v, f, m = symmetric_sphere(3)
-    mesh = HeadMesh(
-        vertices=(v * 0.1).astype(np.float32), faces=f.copy(), mirror=m.copy(), face_weight=np.zeros(len(v), np.float32)
-    )
-    uv, uv_faces, vmap = unwrap(mesh, 512)
+@pytest.fixture(scope="module")
+def unwrapper():
+    with UVUnwrapper() as u:
+        yield u
+
+
+def test_unwrap_in_the_helper_equals_unwrap_in_process(unwrapper):
+    v, f, _ = symmetric_sphere(3)
+    v = (v * 0.1).astype(np.float32)
+    uv, uv_faces, vmap = unwrapper(v, f, 512, 4)
     assert uv_faces.shape == f.shape
     assert (vmap[uv_faces] == f).all()  # same triangles, same corner order
     assert uv.min() >= 0 and uv.max() <= 1
+    for a, b in zip((uv, uv_faces, vmap), xatlas_unwrap(v, f, 512, 4), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def test_paper_trajectory():
-    assert len(PAPER_TRAJECTORY) == 15
-    assert PAPER_TRAJECTORY[:3] == ((-15, -45), (-15, 45), (-15, 0))
-    assert sum(1 for e, _ in PAPER_TRAJECTORY if e == 45) == 5
+def test_a_cancel_ends_xatlas_at_once_and_the_next_call_works(unwrapper):
+    v, f, _ = symmetric_sphere(5)  # about 3.5 s of xatlas on 2 cores
+    v = (v * 0.1).astype(np.float32)
+    token = CancelToken()
+    start = time.monotonic()
+
+    def check():
+        if time.monotonic() - start > 0.3:
+            token.cancel("stop")
+        token.raise_if_cancelled()
+
+    with pytest.raises(CancelledError):
+        unwrapper(v, f, 1024, 4, check)
+    assert time.monotonic() - start < 1.0
+    small, sf, _ = symmetric_sphere(2)
+    _, uv_faces, _ = unwrapper((small * 0.1).astype(np.float32), sf, 256, 2)
+    assert uv_faces.shape == sf.shape
+
+
+def _texture(analysis, *overrides):
+    cfg = build_profile_config(
+        "fast", ["init.subdivisions=4", "texture.texture_size=256", "texture.view_size=128", *overrides]
+    )
+    mesh = HeadPriorInit(cfg.stages["init"])(InitInput(analysis), Reporter("init"))
+    stage = ClassicalTexture(cfg.stages["texture"])
+    try:
+        return stage(TextureInput(analysis, mesh), Reporter("texture"))
+    finally:
+        stage.close()
+
+
+def test_coverage_counts_texels_coloured_before_the_fill(astronaut_analysis):
+    full = _texture(astronaut_analysis).stats
+    assert full["coverage"] == pytest.approx(full["from_photo"] + full["from_mirror"] + full["from_views"])
+    assert full["coverage"] == pytest.approx(1 - full["from_uv_fill"])
+    # Below 1: no view of the trajectory sees the neck's bottom cut (issue 15), only the atlas fill reaches it.
+    assert 0.95 < full["coverage"] < 1
+    # Views that colour only texels facing them squarely leave much of the head to the fill: coverage says so.
+    narrow = _texture(astronaut_analysis, "texture.view_min_facing=0.97", "texture.mirror=false").stats
+    assert narrow["coverage"] < 0.9 and narrow["from_uv_fill"] > 0.1

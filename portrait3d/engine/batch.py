@@ -18,15 +18,16 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .. import storage
 from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
-from .. import storage
 from . import heads
 from .config import EngineConfig
 from .rows import batch_to_rows, manifest_table, mark_error, new_row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import ModuleType
 
 from .config import EngineConfig, local_cpus
 
@@ -61,7 +62,7 @@ def prestart_data_actors(timeout_s: float = 120) -> None:
     ray.get([h.__ray_ready__.remote() for h in handles], timeout=timeout_s)
 
 
-def _describe(ray) -> str:
+def _describe(ray: ModuleType) -> str:
     res = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return f"{nodes} node{'s' * (nodes != 1)}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"

@@ -15,47 +15,39 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..pipelines.config import make_config, parse_overrides
+from ..pipelines.config import parse_overrides
+from ..pipelines.settings import make_config, setting
 
 #: The worker pools, in pipeline order: analysis (stage 1), geometry (stages 2-4), texture (stage 5),
 #: export (the bundle writer; no models).
 POOLS = ("analysis", "geometry", "texture", "export")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolConfig:
     """Resources and size of one worker pool."""
 
-    num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved by each worker"})
-    num_gpus: float = field(default=0.0, metadata={"help": "GPUs reserved by each worker (fractions share one GPU)"})
-    accelerator_type: str = field(
-        default="", metadata={"help": "Ray accelerator type the workers need (e.g. H100, A10G); empty: any"}
+    num_cpus: float = setting(1.0, "CPUs reserved by each worker", ge=0)
+    num_gpus: float = setting(0.0, "GPUs reserved by each worker (fractions share one GPU)", ge=0)
+    accelerator_type: str = setting("", "Ray accelerator type the workers need (e.g. H100, A10G); empty: any")
+    resources: dict[str, float] = setting(
+        {},
+        'custom Ray resources each worker needs, e.g. {"geometry_node": 1}: '
+        "places the pool on the nodes that carry them",
+        ge=0,
     )
-    resources: dict[str, float] = field(
-        default_factory=dict,
-        metadata={
-            "help": 'custom Ray resources each worker needs, e.g. {"geometry_node": 1}: places the pool on '
-            "the nodes that carry them"
-        },
-    )
-    memory_gb: float = field(default=0.0, metadata={"help": "memory reserved by each worker, GiB (0: none)"})
-    min_size: int = field(default=1, metadata={"help": "workers kept warm (actor pools)"})
-    max_size: int = field(default=1, metadata={"help": "most workers the pool autoscales to"})
-    torch_threads: int = field(
-        default=0, metadata={"help": "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1"}
-    )
+    memory_gb: float = setting(0.0, "memory reserved by each worker, GiB (0: none)", ge=0)
+    min_size: int = setting(1, "workers kept warm (actor pools)", ge=1)
+    max_size: int = setting(1, "most workers the pool autoscales to", ge=1)
+    torch_threads: int = setting(0, "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1", ge=0)
 
     def validate(self) -> None:
-        if self.num_cpus < 0 or self.num_gpus < 0 or self.memory_gb < 0:
-            raise ConfigError("num_cpus, num_gpus and memory_gb must be >= 0")
-        if self.min_size < 1 or self.max_size < self.min_size:
+        if self.max_size < self.min_size:
             raise ConfigError(f"need 1 <= min_size <= max_size, got {self.min_size} and {self.max_size}")
-        if any(v < 0 for v in self.resources.values()):
-            raise ConfigError("custom resource amounts must be >= 0")
 
     def threads(self) -> int:
         return self.torch_threads or max(1, int(self.num_cpus))
@@ -72,43 +64,40 @@ class PoolConfig:
         return args
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchSettings:
     """How a batch run treats slow, failing and finished heads."""
 
-    max_task_retries: int = field(
-        default=2,
-        metadata={"help": "times a head is retried after its worker process died (then it becomes an error row)"},
+    max_task_retries: int = setting(
+        2, "times a head is retried after its worker process died (then it becomes an error row)", ge=0
     )
-    no_progress_timeout_s: float = field(
-        default=3600.0,
-        metadata={"help": "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)"},
+    no_progress_timeout_s: float = setting(
+        3600.0, "fail the run when no head moves for this long (rows take minutes; Ray's default is 30 min)", gt=0
     )
-    head_timeout_s: float = field(
-        default=0.0,
-        metadata={
-            "help": "longest one pool may work on one head (0: no limit); past it the worker process ends, the "
-            "head becomes an error row (HeadTimeoutError) and a new worker takes the next heads"
-        },
+    head_timeout_s: float = setting(
+        0.0,
+        "longest one pool may work on one head (0: no limit); past it the head is "
+        "cancelled and becomes an error row (HeadTimeoutError)",
+        ge=0,
     )
-    max_input_mb: float = field(default=64.0, metadata={"help": "inputs bigger than this become error rows"})
-    wait_for_workers_s: float = field(
-        default=0.0,
-        metadata={
-            "help": "before streaming, wait up to this long until every pool has its min_size workers "
-            "(0: start as soon as a pool has one; a timeout fails the run)"
-        },
+    head_timeout_grace_s: float = setting(
+        10.0,
+        "after head_timeout_s, how long the stage may take to stop by itself "
+        "before its worker process is ended (0: end it at once)",
+        ge=0,
     )
-    keep_work: bool = field(
-        default=False, metadata={"help": "keep the per-stage intermediates under OUTPUT/_work after a head is done"}
+    max_input_mb: float = setting(64.0, "inputs bigger than this become error rows", gt=0)
+    wait_for_workers_s: float = setting(
+        0.0,
+        "before streaming, wait up to this long until every pool has its "
+        "min_size workers (0: start as soon as a pool has one; a timeout fails the "
+        "run)",
+        ge=0,
     )
-
-    def validate(self) -> None:
-        if min(self.max_task_retries, self.wait_for_workers_s, self.head_timeout_s) < 0 or self.max_input_mb <= 0:
-            raise ConfigError("max_task_retries, wait_for_workers_s and head_timeout_s must be >= 0, max_input_mb > 0")
+    keep_work: bool = setting(False, "keep the per-stage intermediates under OUTPUT/_work after a head is done")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     pools: dict[str, PoolConfig]
     batch: BatchSettings

@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any
 
-from ..errors import StorageError
-from ..pipelines.export import BUNDLE_FILES
 from .. import storage
+from ..errors import StorageError
+from ..pipelines.outputs import BUNDLE_FILES
 
 KEY_CHARS = 16  # 64 bits of SHA-256: collisions are not a concern at dataset sizes
 

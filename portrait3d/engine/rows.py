@@ -36,10 +36,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, Any, str], ...] = (
     ("workers_json", pa.string(), "{}", "node, process and GPUs of the worker of each pool (JSON)"),
 )
 #: Columns that only travel between pools.
-INTERNAL: tuple[tuple[str, pa.DataType, Any], ...] = (
-    ("work_uri", pa.string(), ""),
-    ("sculpt_json", pa.string(), "{}"),
-)
+INTERNAL: tuple[tuple[str, pa.DataType, Any], ...] = (("work_uri", pa.string(), ""),)
 MANIFEST_SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS])
 TIMING_COLUMNS = {
     "analysis": "t_analysis_s",

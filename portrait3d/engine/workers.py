@@ -17,17 +17,17 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from ..errors import HeadTimeoutError, Portrait3DError
+from .. import storage
+from ..errors import CancelledError, HeadTimeoutError, Portrait3DError
 from ..pipelines.codec import decode, encode
 from ..pipelines.config import PipelineConfig
-from ..pipelines.export import json_default
-from ..pipelines.pipeline import HeadResult, Portrait3D
-from ..pipelines.types import HeadMesh, PortraitAnalysis, TexturedHead
-from .. import storage
+from ..pipelines.pipeline import Portrait3D, RunContext
+from ..pipelines.types import PortraitAnalysis, SculptResult, TexturedHead
 from . import heads
 from .config import BatchSettings, PoolConfig
 from .rows import TIMING_COLUMNS, batch_to_rows, mark_error, rows_to_batch
@@ -49,12 +49,13 @@ def placement() -> dict[str, Any]:
 
 
 class StageWorker:
-    """Base of the pool workers. Subclasses set ``pool``, ``stages`` and implement ``process``."""
+    """Base of the pool workers. Subclasses set ``pool``, ``stages`` and implement ``process``, which
+    runs the pool's stages through the stage interface with the head's :class:`RunContext`."""
 
     pool = ""
     stages: tuple[str, ...] = ()
 
-    def __init__(self, config: PipelineConfig, output: str, pool: PoolConfig, batch: BatchSettings):
+    def __init__(self, config: PipelineConfig, output: str, pool: PoolConfig, batch: BatchSettings) -> None:
         import torch
 
         torch.set_num_threads(pool.threads())
@@ -75,31 +76,36 @@ class StageWorker:
 
     def _guarded(self, row: dict[str, Any]) -> None:
         started = time.time()
+        ctx = RunContext()
         try:
-            with self._time_limit(row):
-                self.process(row)
+            with self._time_limit(row, ctx):
+                self.process(row, ctx)
         except Portrait3DError as e:
             mark_error(row, self.pool, e.kind, str(e))
         except Exception as e:  # a bug must cost one row, not the run; the traceback goes to the log
             log.error("internal error on %s:\n%s", row["input_uri"], traceback.format_exc())
             mark_error(row, self.pool, type(e).__name__, f"internal error: {e}")
+        for stage, seconds in ctx.timings.items():
+            row[TIMING_COLUMNS[stage]] = float(seconds)
         workers = json.loads(row["workers_json"])
         workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3)}
         row["workers_json"] = json.dumps(workers)
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def _time_limit(self, row: dict[str, Any]):
+    def _time_limit(self, row: dict[str, Any], ctx: RunContext) -> Iterator[None]:
         """``batch.head_timeout_s`` for this pool's work on one head.
 
-        Past the limit a timer thread records the timeout in storage and ends the process: code stuck
-        in a native call cannot be interrupted from Python, but a process can always be ended. Ray
-        restarts the worker and retries the head, and the retry (or, with no retries left, the
-        driver) turns the record into a ``HeadTimeoutError`` row instead of running the head again.
+        Past the limit the head's cancellation token is set: the stage stops at its next check and
+        the head becomes a ``HeadTimeoutError`` row, with the worker and its models kept. A stage
+        that does not stop within ``batch.head_timeout_grace_s`` (stuck in a native call, which
+        Python cannot interrupt) gets its process ended instead, after the timeout is recorded in
+        storage: Ray restarts the worker and retries the head, and the retry (or, with no retries
+        left, the driver) turns the record into the same row instead of running the head again.
         """
-        limit = self.batch.head_timeout_s
+        limit, grace = self.batch.head_timeout_s, self.batch.head_timeout_grace_s
         if not limit:
             yield
             return
@@ -107,30 +113,46 @@ class StageWorker:
         record = heads.find_timeout(self.output, uri)
         if record is not None:
             raise HeadTimeoutError(record["message"])
+        message = f"the {self.pool} pool worked on this head for more than {limit:g} s (batch.head_timeout_s)"
+        finished = threading.Event()
 
-        def expire() -> None:
-            message = f"the {self.pool} pool worked on this head for more than {limit:g} s (batch.head_timeout_s)"
+        def end_process() -> None:
+            if finished.is_set():
+                return
             heads.record_timeout(self.output, uri, self.pool, message)
-            log.error("%s: %s; ending worker process %d", uri, message, os.getpid())
+            log.error("%s: %s, and it did not stop; ending worker process %d", uri, message, os.getpid())
             _skip_interpreter_teardown(exit_code=1)
 
-        timer = threading.Timer(limit, expire)
-        timer.daemon = True
-        timer.start()
+        def expire() -> None:
+            ctx.cancel.cancel(message)
+            if grace > 0:
+                _daemon_timer(grace, end_process)
+            else:
+                end_process()
+
+        timer = _daemon_timer(limit, expire)
         try:
             yield
+        except CancelledError:
+            if ctx.cancel.cancelled:
+                raise HeadTimeoutError(message) from None
+            raise
         finally:
+            finished.set()
             timer.cancel()
 
-    def _timings(self, row: dict[str, Any], timings: dict[str, float]) -> None:
-        for stage, seconds in timings.items():
-            row[TIMING_COLUMNS[stage]] = float(seconds)
-
-    def _read(self, row: dict[str, Any], name: str, cls: type):
+    def _read(self, row: dict[str, Any], name: str, cls: type) -> Any:
         return decode(storage.read_bytes(storage.join(row["work_uri"], name)), cls)
 
     def _write(self, row: dict[str, Any], name: str, obj: Any) -> None:
         storage.write_bytes(storage.join(row["work_uri"], name), encode(obj))
+
+
+def _daemon_timer(seconds: float, fn: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, fn)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class AnalysisWorker(StageWorker):
@@ -138,7 +160,7 @@ class AnalysisWorker(StageWorker):
 
     pool, stages = "analysis", ("analysis",)
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         uri = row["input_uri"]
         data = storage.read_bytes(uri, max_bytes=int(self.batch.max_input_mb * 2**20))
         row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
@@ -148,11 +170,9 @@ class AnalysisWorker(StageWorker):
             fill_outputs(row, bundle, record)
             row["reused"] = True
             return
-        timings: dict[str, float] = {}
-        analysis = self.p3d.analyze(data, timings=timings, name=uri)
+        analysis = self.p3d.analyze(data, ctx, name=uri)
         row["work_uri"] = heads.work_uri(self.output, digest)
         self._write(row, "analysis.npz", analysis)
-        self._timings(row, timings)
 
 
 class GeometryWorker(StageWorker):
@@ -160,13 +180,10 @@ class GeometryWorker(StageWorker):
 
     pool, stages = "geometry", ("init", "sculpt")
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        timings: dict[str, float] = {}
-        _, sculpted, info = self.p3d.shape(analysis, timings=timings)
-        self._write(row, "mesh.npz", sculpted)
-        row["sculpt_json"] = json.dumps(info, default=json_default)
-        self._timings(row, timings)
+        initial = self.p3d.initialize(analysis, ctx)
+        self._write(row, "sculpt.npz", self.p3d.sculpt(analysis, initial, ctx))
 
 
 class TextureWorker(StageWorker):
@@ -174,31 +191,27 @@ class TextureWorker(StageWorker):
 
     pool, stages = "texture", ("texture",)
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        mesh = self._read(row, "mesh.npz", HeadMesh)
-        timings: dict[str, float] = {}
-        head = self.p3d.paint(analysis, mesh, timings=timings)
-        self._write(row, "head.npz", head)
-        self._timings(row, timings)
+        sculpted = self._read(row, "sculpt.npz", SculptResult)
+        self._write(row, "texture.npz", self.p3d.paint(analysis, sculpted.mesh, ctx))
 
 
 class ExportWorker(StageWorker):
-    """The bundle: ``head.glb``, ``views.png`` and, last, ``head.json``. Needs no models."""
+    """Stage 6, the bundle: ``head.glb``, ``views.png`` and, last, ``head.json``. Needs no models."""
 
-    pool, stages = "export", ()
+    pool, stages = "export", ("export",)
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        head = self._read(row, "head.npz", TexturedHead)
-        timings = {s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"}
-        result = HeadResult(analysis=analysis, head=head, timings=timings, sculpt_info=json.loads(row["sculpt_json"]))
-        files = self.p3d.bundle(result)
-        bundle = heads.bundle_uri(self.output, row["content_hash"])
-        heads.write_head_bundle(bundle, files)
-        record = json.loads(files["head.json"])
-        fill_outputs(row, bundle, record)
-        row["t_export_s"] = float(record["timings_s"]["export"])
+        sculpted = self._read(row, "sculpt.npz", SculptResult)
+        head = self._read(row, "texture.npz", TexturedHead)
+        ctx.timings.update({s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"})
+        bundle = self.p3d.export(analysis, head, sculpted.info, ctx)
+        ctx.timings["export"] = bundle.record["timings_s"]["export"]  # the figure head.json gives
+        uri = heads.bundle_uri(self.output, row["content_hash"])
+        heads.write_head_bundle(uri, bundle.files)
+        fill_outputs(row, uri, bundle.record)
         if not self.batch.keep_work:
             storage.delete_tree(row["work_uri"])
 

@@ -5,78 +5,69 @@ head-and-shoulders crop around it, 478 landmarks on the crop, head pose and the 
 a head mask (person segmentation cut at the neck), a canny map, and an identity embedding.
 
 Example:
-    >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())          # doctest: +SKIP
-    >>> result = stage(load_image("photo.jpg"))                         # doctest: +SKIP
+    >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())                       # doctest: +SKIP
+    >>> result = stage(AnalysisInput(load_image("photo.jpg")), Reporter("analysis"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
-from .config import register
-from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, lift_landmarks
 from .caption import TEMPLATE
+from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, lift_landmarks
 from .identity import load_identity_encoder
-from .image_io import DecodedImage
-from .models.root import ModelRootSettings
-from .types import PortraitAnalysis
+from .registry import register
+from .settings import ModelRootSettings, setting
+from .stage import Reporter
+from .types import AnalysisInput, PortraitAnalysis
 
 
 @register("analysis", "mediapipe")
 class MediapipeAnalysis:
-    @dataclass
+    @dataclass(frozen=True)
     class Config(ModelRootSettings):
-        crop_size: int = field(default=512, metadata={"help": "side of the square crop, pixels"})
-        crop_scale: float = field(default=2.6, metadata={"help": "crop side in face-box sides"})
-        crop_shift: float = field(
-            default=0.12, metadata={"help": "upward shift of the crop centre, in face-box heights"}
+        crop_size: int = setting(512, "side of the square crop, pixels", ge=128, le=2048)
+        crop_scale: float = setting(2.6, "crop side in face-box sides", ge=1.2, le=6)
+        crop_shift: float = setting(0.12, "upward shift of the crop centre, in face-box heights", ge=-1, le=1)
+        max_megapixels: float = setting(50.0, "largest input accepted (decompression-bomb guard)", gt=0, le=1000)
+        min_face_px: int = setting(64, "smallest face (box side, input pixels) accepted", ge=8, le=4096)
+        detection_confidence: float = setting(0.5, "face detector threshold", ge=0, le=1)
+        fovy_deg: float = setting(20.0, "vertical field of view of the reference camera over the crop", ge=5, le=90)
+        eye_width_m: float = setting(
+            0.09, "prior on the outer eye-corner distance, metres (sets the scale)", gt=0, le=0.5
         )
-        max_megapixels: float = field(
-            default=50.0, metadata={"help": "largest input accepted (decompression-bomb guard)"}
+        head_center_depth: float = setting(0.1, "head centre behind the face's sides, in face widths", ge=0, le=3)
+        neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
+        neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
+        canny_low: int = setting(60, "canny lower threshold", ge=0, le=1000)
+        canny_high: int = setting(150, "canny upper threshold", ge=0, le=1000)
+        identity: str = setting(
+            "dlib", "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"
         )
-        min_face_px: int = field(default=64, metadata={"help": "smallest face (box side, input pixels) accepted"})
-        detection_confidence: float = field(default=0.5, metadata={"help": "face detector threshold"})
-        fovy_deg: float = field(
-            default=20.0, metadata={"help": "vertical field of view of the reference camera over the crop"}
-        )
-        eye_width_m: float = field(
-            default=0.09, metadata={"help": "prior on the outer eye-corner distance, metres (sets the scale)"}
-        )
-        head_center_depth: float = field(
-            default=0.1, metadata={"help": "head centre behind the face's sides, in face widths"}
-        )
-        neck_length: float = field(
-            default=0.45, metadata={"help": "neck kept below the chin in the head mask, in face heights"}
-        )
-        neck_width: float = field(default=0.8, metadata={"help": "neck width in the head mask, in face widths"})
-        canny_low: int = field(default=60, metadata={"help": "canny lower threshold"})
-        canny_high: int = field(default=150, metadata={"help": "canny upper threshold"})
-        identity: str = field(
-            default="dlib",
-            metadata={
-                "help": "identity encoder: 'dlib', 'arcface' (the model root's arcface role), or a path to an ArcFace .onnx"
-            },
-        )
-        caption: str = field(
-            default="",
-            metadata={
-                "help": "text describing the portrait (--caption); '' is the template 'a person'; 'model': the root's caption role; 'auto': that role when the root has it"
-            },
+        caption: str = setting(
+            "",
+            "text describing the portrait (--caption); '' is the template 'a person'; "
+            "'model': the root's caption role; 'auto': that role when the root has it",
         )
 
         def validate(self) -> None:
-            if self.crop_size < 128 or self.crop_size > 2048:
-                raise ConfigError("analysis.crop_size must be within [128, 2048]")
-            if not 1.2 <= self.crop_scale <= 6:
-                raise ConfigError("analysis.crop_scale must be within [1.2, 6]")
-            if not 5 <= self.fovy_deg <= 90:
-                raise ConfigError("analysis.fovy_deg must be within [5, 90]")
+            if self.canny_low > self.canny_high:
+                raise ConfigError("analysis.canny_low must not exceed analysis.canny_high")
+            if self.identity not in ("dlib", "arcface") and not self.identity.lower().endswith(".onnx"):
+                raise ConfigError(
+                    f"analysis.identity = {self.identity!r}: use dlib, arcface, or the path of an ArcFace .onnx file"
+                )
+            if (self.identity == "arcface" or self.caption == "model") and not self.models:
+                raise ConfigError(
+                    f"analysis.identity={self.identity} / analysis.caption={self.caption} need a model "
+                    f"root: --models ROOT"
+                )
 
-    def __init__(self, cfg: "MediapipeAnalysis.Config"):
+    def __init__(self, cfg: MediapipeAnalysis.Config) -> None:
         import mediapipe as mp
 
         self.cfg = cfg
@@ -89,19 +80,15 @@ class MediapipeAnalysis:
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         spec = cfg.identity
         root = None
-        if spec == "arcface" or cfg.caption in ("model", "auto"):
+        if spec == "arcface" or cfg.caption == "model" or (cfg.caption == "auto" and cfg.models):
             from .models import ModelRoot
 
-            if not cfg.models:
-                raise ConfigError(
-                    f"analysis.identity={spec} / analysis.caption={cfg.caption} need a model root: --models ROOT"
-                )
             root = ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle)
         if spec == "arcface":
             spec = str(root.file("arcface", (".onnx",)))
         self.identity = load_identity_encoder(spec)
         self.captioner = None
-        if cfg.caption == "model" or (cfg.caption == "auto" and root.has("caption")):
+        if cfg.caption == "model" or (cfg.caption == "auto" and root is not None and root.has("caption")):
             from .caption import Captioner
 
             self.captioner = Captioner(root.folder("caption"))
@@ -121,8 +108,9 @@ class MediapipeAnalysis:
         out.sort(key=lambda s: -(s[1][2] - s[1][0]) * (s[1][3] - s[1][1]))
         return out
 
-    def __call__(self, image: DecodedImage) -> PortraitAnalysis:
+    def __call__(self, inputs: AnalysisInput, report: Reporter) -> PortraitAnalysis:
         cfg = self.cfg
+        image = inputs.image
         img = image.pixels
         H, W = img.shape[:2]
         faces = self.detect_faces(img)
@@ -151,19 +139,25 @@ class MediapipeAnalysis:
             for v in ((x0 - box[0]) * scale, (y0 - box[1]) * scale, (x1 - box[0]) * scale, (y1 - box[1]) * scale)
         )
 
+        report(0.2, "face found")
         res = self._mesh.process(crop)
         if not res.multi_face_landmarks:
             raise NoFaceError(f"a face was detected in {image.source} but its landmarks could not be found")
         lm = np.array([[p.x * S, p.y * S, p.z * S] for p in res.multi_face_landmarks[0].landmark])
 
+        report(0.4, "landmarks")
         rot, ypr, cam, lm3d = lift_landmarks(lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth)
         person = self._segmenter.process(crop).segmentation_mask > 0.5
         mask = head_mask(person, lm, cfg.neck_length, cfg.neck_width)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
+        report(0.6, "head mask")
         emb = self.identity.embed(crop, face_box)
         if emb is None:
             raise NoFaceError(f"the face in {image.source} could not be aligned for identity")
+        report(0.8, "identity")
+        text = "" if cfg.caption in ("auto", "model") else cfg.caption.strip()
+        caption = self.captioner(crop) if self.captioner else (text or TEMPLATE)
         return PortraitAnalysis(
             crop=crop,
             crop_box=box,
@@ -181,7 +175,7 @@ class MediapipeAnalysis:
             identity_model=self.identity.name,
             input_sha256=image.sha256,
             notes=notes,
-            caption=self.captioner(crop) if self.captioner else (cfg.caption.strip() or TEMPLATE),
+            caption=caption,
         )
 
 
@@ -217,13 +211,13 @@ def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_wi
         > 0
     )
     m = ((person & ~below_chin) | neck).astype(np.uint8)
-    hull = cv2.convexHull(lm_px[:468, :2].astype(np.float32))
+    hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
     cv2.fillConvexPoly(m, hull.astype(np.int32), 1)
     k = max(3, S // 100) | 1
     m = cv2.morphologyEx(m, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     n, labels = cv2.connectedComponents(m)
-    face_label = labels[int(np.clip(lm_px[4, 1], 0, S - 1)), int(np.clip(lm_px[4, 0], 0, S - 1))]
+    face_label = labels[int(np.clip(lm_px[NOSE_RIDGE, 1], 0, S - 1)), int(np.clip(lm_px[NOSE_RIDGE, 0], 0, S - 1))]
     m = labels == face_label
     # Fill holes: draw the outer contour filled.
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

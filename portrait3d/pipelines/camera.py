@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 # OpenGL/glTF camera axes (x right, y up, z back) from OpenCV ones (x right, y down, z forward).
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
@@ -76,7 +77,9 @@ class Camera:
         return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
 
     @classmethod
-    def look_at(cls, eye, target, up, fovy_deg: float, width: int, height: int | None = None) -> "Camera":
+    def look_at(
+        cls, eye: ArrayLike, target: ArrayLike, up: ArrayLike, fovy_deg: float, width: int, height: int | None = None
+    ) -> Camera:
         """Camera at ``eye`` looking at ``target`` with image-up along ``up`` (world vectors)."""
         height = width if height is None else height
         eye, target, up = (np.asarray(a, dtype=np.float64) for a in (eye, target, up))
@@ -92,8 +95,14 @@ class Camera:
 
     @classmethod
     def orbit(
-        cls, yaw_deg: float, pitch_deg: float, distance: float, fovy_deg: float, size: int, target=(0.0, 0.0, 0.0)
-    ) -> "Camera":
+        cls,
+        yaw_deg: float,
+        pitch_deg: float,
+        distance: float,
+        fovy_deg: float,
+        size: int,
+        target: ArrayLike = (0.0, 0.0, 0.0),
+    ) -> Camera:
         """Camera on a sphere around ``target``: yaw 0 looks at the face (from +Z), yaw +90 from +X
         (the person's left side), positive pitch from above."""
         y, p = math.radians(yaw_deg), math.radians(pitch_deg)
@@ -141,7 +150,7 @@ class Camera:
         homo = torch.cat([points, torch.ones_like(points[:, :1])], 1)
         return homo @ M.T
 
-    def resized(self, size: int) -> "Camera":
+    def resized(self, size: int) -> Camera:
         """The same view at a square resolution ``size`` (the image must be square)."""
         s = size / self.width
         K = self.K.copy()
@@ -164,7 +173,7 @@ class Camera:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Camera":
+    def from_dict(cls, d: dict[str, Any]) -> Camera:
         return cls(
             K=np.array(d["K"]),
             R=np.array(d["R_world_to_cv"]),

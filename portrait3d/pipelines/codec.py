@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import BundleError
 from .camera import Camera
-from .export import json_default
+from .outputs import json_default
 from .types import HeadMesh  # noqa: F401 (the example uses it)
 
 T = TypeVar("T")

@@ -20,10 +20,11 @@ import trimesh
 from ..errors import BundleError
 from .analysis import MediapipeAnalysis
 from .camera import Camera
-from .config import make_config
 from .image_io import load_image
 from .mesh import quality
-from .types import HeadMesh, TexturedHead
+from .settings import make_config
+from .stage import Reporter
+from .types import AnalysisInput, HeadMesh, TexturedHead
 from .views import render_textured
 
 TARGETS = {"identity_max": 0.6, "iou_min": 0.95, "coverage_min": 0.99}
@@ -58,11 +59,11 @@ def load_bundle(bundle: str | Path) -> tuple[dict[str, Any], TexturedHead]:
 def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dict[str, Any]:
     record, head = load_bundle(bundle)
     img = load_image(image)
-    cfg = make_config(MediapipeAnalysis.Config, record["config"]["stages"]["analysis"], "analysis")
-    cfg.identity = "dlib"
+    settings = {**record["config"]["stages"]["analysis"], "identity": "dlib", "caption": "", "models": ""}
+    cfg = make_config(MediapipeAnalysis.Config, settings, "analysis")
     stage = MediapipeAnalysis(cfg)
     try:
-        a = stage(img)
+        a = stage(AnalysisInput(img), Reporter("analysis"))
         dlib_enc = stage.identity  # cfg.identity is "dlib" above
         ref = Camera.from_dict(record["reference_camera"])
         dist = float(np.linalg.norm(ref.center))

@@ -1,29 +1,90 @@
-"""Stage 6, export: the head bundle (``head.glb``, ``head.json``, ``views.png``).
+"""Stage 6, export: the head bundle (``head.glb``, ``head.json``, ``views.png``) as bytes
+(``outputs`` writes it).
 
 ``head.glb`` is glTF 2.0 binary: +Y up, metres, the face toward +Z, the head centred at the origin,
-the base-colour texture embedded. The bundle is written into a fresh temporary folder beside the
-output and moved into place file by file only once every file is complete, so a failure never leaves
-a half-written bundle in the output folder.
+the base-colour texture embedded.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
+import platform
+import time
+from dataclasses import dataclass
 
-import numpy as np
 import trimesh
 from PIL import Image
 
-from ..errors import OutputPathError
-from .types import TexturedHead
+from .. import __version__
+from .mesh import quality
+from .outputs import json_bytes, png_bytes
+from .registry import register
+from .settings import setting
+from .stage import Reporter
+from .types import Bundle, ExportInput, TexturedHead
+from .views import contact_sheet, orbit_views
 
-BUNDLE_FILES = ("head.glb", "head.json", "views.png")
+FORMAT = "portrait3d.head/1"
+AXES = {"up": "+Y", "forward": "+Z", "units": "metres", "origin": "head centre"}
+
+
+@register("export", "glb")
+class GlbExport:
+    """``head.glb``, ``views.png`` (renders at the reference camera's distance) and ``head.json``."""
+
+    @dataclass(frozen=True)
+    class Config:
+        view_size: int = setting(256, "side of each render in views.png, pixels", ge=32, le=2048)
+
+    def __init__(self, cfg: GlbExport.Config) -> None:
+        self.cfg = cfg
+
+    def close(self) -> None:
+        pass
+
+    def __call__(self, inputs: ExportInput, report: Reporter) -> Bundle:
+        t0 = time.perf_counter()
+        a, head = inputs.analysis, inputs.head
+        views = orbit_views(head, a.camera, self.cfg.view_size, background=(255, 255, 255))
+        report(0.3, "head.glb")
+        files = {"head.glb": glb_bytes(head), "views.png": png_bytes(contact_sheet(views))}
+        timings = {**inputs.timings, "export": round(time.perf_counter() - t0, 3)}
+        record = {
+            "format": FORMAT,
+            **a.record(),
+            **inputs.provenance,
+            "versions": library_versions(),
+            "timings_s": timings,
+            "metrics": {
+                "mesh": quality(head.mesh.vertices, head.mesh.faces),
+                "texture": head.stats,
+                "sculpt": inputs.sculpt_info,
+            },
+            "axes": AXES,
+        }
+        files["head.json"] = json_bytes(record)
+        return Bundle(files=files, record=record)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of portrait3d, Python and the libraries a head depends on."""
+    import importlib.metadata as md
+
+    out = {"portrait3d": __version__, "python": platform.python_version()}
+    for name in (
+        "torch",
+        "numpy",
+        "mediapipe",
+        "dlib-bin",
+        "face-recognition-models",
+        "opencv-python-headless",
+        "xatlas",
+        "trimesh",
+    ):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
 
 
 def glb_bytes(head: TexturedHead) -> bytes:
@@ -36,54 +97,3 @@ def glb_bytes(head: TexturedHead) -> bytes:
         vertices=head.mesh.vertices[head.uv_to_vertex], faces=head.uv_faces, visual=visual, process=False
     )
     return trimesh.Scene(geometry={"head": mesh}).export(file_type="glb")
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def check_output_dir(out: str | Path) -> Path:
-    """The output folder may exist (as a folder) or be creatable; anything else is an error."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"output path {out} is a file; give a folder")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise OutputPathError(f"cannot create output folder {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"output folder {parent} is not writable")
-    return out
-
-
-def write_bundle(out: str | Path, files: dict[str, bytes]) -> dict[str, str]:
-    """Write ``{name: bytes}`` into ``out`` atomically per file; returns ``{name: path}``."""
-    out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".portrait3d-", dir=out))
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        paths = {}
-        for name in files:
-            os.replace(tmp / name, out / name)
-            paths[name] = str(out / name)
-        return paths
-    except OSError as e:
-        raise OutputPathError(f"cannot write the bundle into {out}: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def json_bytes(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, indent=1, sort_keys=True, default=json_default).encode()
-
-
-def json_default(o: Any) -> Any:
-    """``json.dumps(default=...)`` for NumPy arrays and scalars."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,5 +1,5 @@
-"""From mediapipe's 478 pseudo-3D landmarks to a head pose, a reference camera, and metric 3D
-landmarks in the head frame.
+"""mediapipe's face mesh: landmark indices, its triangles, and from its 478 pseudo-3D landmarks to a
+head pose, a reference camera, and metric 3D landmarks in the head frame.
 
 mediapipe gives ``x, y`` in pixels and a relative depth ``z`` in the same scale (smaller is closer).
 The head's axes come from the landmarks themselves: left/right from mirror-symmetric pairs, up from
@@ -11,17 +11,58 @@ onto its pixel.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .camera import CV_TO_GL, Camera, ypr_from_rotation
 
+#: Landmarks of the face mesh proper; the 10 after them (468-477) outline the irises.
+MESH_POINTS = 468
+#: The iris centres: the subject's right (468) and left (473).
+IRIS_CENTRES = (468, 473)
 # mediapipe face-mesh indices: the subject's right side (image left in a frontal photo) and the
 # mirrored points on the left side.
 RIGHT_SIDE = [33, 133, 234, 61, 159, 145, 70, 127, 93]
 LEFT_SIDE = [263, 362, 454, 291, 386, 374, 300, 356, 323]
 FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
+#: A point on the ridge of the nose: inside the face's region of every mask.
+NOSE_RIDGE = 4
 EYE_OUTER = (33, 263)
 FACE_SIDES = (234, 454)
+
+
+@lru_cache(maxsize=1)
+def face_mesh_topology() -> tuple[np.ndarray, np.ndarray]:
+    """mediapipe's face-mesh triangles ``(T, 3)`` (from its tessellation edges) and its ordered
+    face-oval loop ``(K,)``."""
+    import mediapipe as mp
+
+    fm = mp.solutions.face_mesh
+    nbr: dict[int, set[int]] = {}
+    for a, b in fm.FACEMESH_TESSELATION:
+        nbr.setdefault(a, set()).add(b)
+        nbr.setdefault(b, set()).add(a)
+    tris = sorted({tuple(sorted((a, b, c))) for a, b in fm.FACEMESH_TESSELATION for c in nbr[a] & nbr[b]})
+    oval_nbr: dict[int, list[int]] = {}
+    for a, b in fm.FACEMESH_FACE_OVAL:
+        oval_nbr.setdefault(a, []).append(b)
+        oval_nbr.setdefault(b, []).append(a)
+    loop = [FOREHEAD]
+    while len(loop) < len(oval_nbr):
+        nxt = [n for n in oval_nbr[loop[-1]] if n not in loop]
+        if not nxt:
+            break
+        loop.append(nxt[0])
+    return np.array(tris, np.int64), np.array(loop, np.int64)
+
+
+def oriented_face_triangles(lm3d: np.ndarray) -> np.ndarray:
+    """Face-mesh triangles ``(T, 3)`` wound so that normals point away from the head centre."""
+    tris, _ = face_mesh_topology()
+    a, b, c = lm3d[tris[:, 0]], lm3d[tris[:, 1]], lm3d[tris[:, 2]]
+    outward = (np.cross(b - a, c - a) * (a + b + c)).sum(1) > 0
+    return np.where(outward[:, None], tris, tris[:, [0, 2, 1]])
 
 
 def head_rotation(lm_px: np.ndarray) -> np.ndarray:

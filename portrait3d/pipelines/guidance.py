@@ -16,45 +16,36 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .camera import Camera
-from .config import Schedule
 from .landmark_image import landmark_image
-from .models.root import ModelRootSettings
+from .schedule import Schedule
+from .settings import setting
 
 
-@dataclass
-class DiffusionStageSettings(ModelRootSettings):
-    """Settings every stage that runs diffusion models from a model root has (its Config derives
-    from this)."""
-
-    device: str = field(
-        default="auto", metadata={"help": "torch device: auto (CUDA when present), cpu, cuda, cuda:1 ..."}
-    )
-    half: bool = field(
-        default=False, metadata={"help": "run the diffusion models in float16 (the settings use float32)"}
-    )
-    rasterizer: str = field(default="auto", metadata={"help": "auto (nvdiffrast on CUDA), torch, nvdiffrast"})
-
-
-@dataclass
+@dataclass(frozen=True)
 class ISDSettings:
-    guidance_scale: float = field(default=50.0, metadata={"help": "classifier-free guidance scale of ISD"})
-    t_min: Schedule = field(
-        default_factory=lambda: Schedule(((0, 0.02),)),
-        metadata={"help": "lowest noise level sampled, as a fraction of the training steps (schedulable)"},
+    guidance_scale: float = setting(50.0, "classifier-free guidance scale of ISD", ge=0)
+    t_min: Schedule = setting(
+        Schedule(((0, 0.02),)),
+        "lowest noise level sampled, as a fraction of the training steps (schedulable)",
+        ge=0,
+        le=1,
     )
-    t_max: Schedule = field(
-        default_factory=lambda: Schedule(((0, 0.5),)),
-        metadata={"help": "highest noise level sampled, as a fraction of the training steps (schedulable)"},
+    t_max: Schedule = setting(
+        Schedule(((0, 0.5),)),
+        "highest noise level sampled, as a fraction of the training steps (schedulable)",
+        ge=0,
+        le=1,
     )
-    control_scale: float = field(default=1.0, metadata={"help": "landmark ControlNet conditioning scale"})
-    negative_prompt: str = field(default="", metadata={"help": "text for the unconditional branch"})
+    control_scale: float = setting(1.0, "landmark ControlNet conditioning scale", ge=0)
+    negative_prompt: str = setting("", "text for the unconditional branch")
 
 
 @dataclass
@@ -66,7 +57,7 @@ class Condition:
     control: torch.Tensor  # (2B, 3, H, W) in [0, 1]: the landmark image at each camera
 
 
-def id_embeds(identity, device, dtype) -> torch.Tensor:
+def id_embeds(identity: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     """``(2, 1, 1, D)`` IP-Adapter FaceID image embeds for classifier-free guidance: zeros, then the
     ArcFace embedding (what diffusers' ``ip_adapter_image_embeds`` takes for one FaceID adapter)."""
     e = torch.as_tensor(identity, dtype=torch.float32).reshape(1, 1, 1, -1)
@@ -76,7 +67,7 @@ def id_embeds(identity, device, dtype) -> torch.Tensor:
 class IDGuidance:
     """ISD with the modules of a ControlNet pipeline (see ``models.diffusion``) that has the ID adapter."""
 
-    def __init__(self, pipe, settings: ISDSettings):
+    def __init__(self, pipe: Any, settings: ISDSettings) -> None:
         self.pipe, self.cfg = pipe, settings
         self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
@@ -161,4 +152,4 @@ class IDGuidance:
         w = (1 - self.alphas[t]).reshape(B, 1, 1, 1).to(z.dtype)
         grad = torch.nan_to_num(w * (eps - noise))
         loss = 0.5 * F.mse_loss(z, (z - grad).detach(), reduction="sum") / B
-        return loss, {"t": t.tolist(), "grad_norm": float(grad.norm())}
+        return loss, {"t": t, "grad_norm": grad.norm()}  # tensors: reading them waits for the device

@@ -61,7 +61,7 @@ class DlibFaceDescriptor(IdentityEncoder):
     def __init__(self) -> None:
         self._dlib, self._sp, self._rec = _dlib_models()
 
-    def embed(self, image, face_box):
+    def embed(self, image: np.ndarray, face_box: tuple[float, float, float, float]) -> np.ndarray | None:
         x0, y0, x1, y1 = (int(round(v)) for v in face_box)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
@@ -69,7 +69,7 @@ class DlibFaceDescriptor(IdentityEncoder):
         shape = self._sp(img, self._dlib.rectangle(x0, y0, x1, y1))
         return np.asarray(self._rec.compute_face_descriptor(img, shape), dtype=np.float32)
 
-    def distance(self, a, b):
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
 
 
@@ -99,7 +99,7 @@ class ArcFaceOnnx(IdentityEncoder):
         self.name = f"arcface_onnx:{path.name}"
         self._dlib, self._sp, _ = _dlib_models()
 
-    def embed(self, image, face_box):
+    def embed(self, image: np.ndarray, face_box: tuple[float, float, float, float]) -> np.ndarray | None:
         x0, y0, x1, y1 = (int(round(v)) for v in face_box)
         shape = self._sp(np.ascontiguousarray(image), self._dlib.rectangle(x0, y0, x1, y1))
         p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], dtype=np.float32)
@@ -115,7 +115,7 @@ class ArcFaceOnnx(IdentityEncoder):
         out = self.session.run(None, {self.input_name: x})[0][0].astype(np.float32)
         return out / max(float(np.linalg.norm(out)), 1e-12)
 
-    def distance(self, a, b):
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(1 - a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 

@@ -1,61 +1,72 @@
-"""The whole method in-process: stages picked by a profile, run in order, bundle written.
+"""The whole method in-process: the stages of a profile, each driven through the stage interface.
 
-``Portrait3D`` builds every stage once (models stay warm) and then turns many portraits into heads.
+``Portrait3D`` builds the stages once (models stay warm) and then turns many portraits into heads.
+Every stage runs through :meth:`Portrait3D.run_stage`, which seeds the random generators from the
+config and turns on deterministic kernels, times the stage, and hands it a
+:class:`~portrait3d.pipelines.stage.Reporter` bound to the run's progress callback and
+cancellation token. The steps (``analyze``, ``initialize``, ``sculpt``, ``paint``, ``export``) are
+the units the engine places on its worker pools; because each stage seeds itself, a head is the
+same whether its stages run in one process or in five.
 
 Example:
-    >>> p3d = Portrait3D(build_profile_config("fast"))             # doctest: +SKIP
-    >>> result = p3d.run("photo.jpg")                               # doctest: +SKIP
-    >>> p3d.write(result, "out/")                                   # doctest: +SKIP
+    >>> with Portrait3D(build_profile_config("fast")) as p3d:              # doctest: +SKIP
+    ...     p3d.generate("photo.jpg", "out/", RunContext(progress=print))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
-import platform
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .. import __version__
-from .config import PipelineConfig, build_profile_config, lookup
-from .export import check_output_dir, glb_bytes, json_bytes, png_bytes, write_bundle
+from .config import PipelineConfig, build_profile_config
 from .image_io import DecodedImage, load_image
-from .mesh import quality
-from .types import HeadMesh, PortraitAnalysis, TexturedHead
-from .views import contact_sheet, orbit_views
+from .outputs import check_output_dir, write_bundle
+from .registry import STAGES, lookup
+from .stage import INTERFACES, CancelToken, Progress, Reporter
+from .types import (
+    AnalysisInput,
+    Bundle,
+    ExportInput,
+    HeadMesh,
+    InitInput,
+    PortraitAnalysis,
+    SculptInput,
+    SculptResult,
+    TexturedHead,
+    TextureInput,
+)
 
-# progress(stage, fraction of that stage done, message)
-Progress = Callable[[str, float, str], None]
-STAGE_ORDER = ("analysis", "init", "sculpt", "texture", "export")
+
+@dataclass
+class RunContext:
+    """One head's run: where progress goes, the token that cancels it, and the stages' timings (s)."""
+
+    progress: Progress | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def reporter(self, stage: str) -> Reporter:
+        return Reporter(stage, self.progress, self.cancel)
 
 
 @dataclass
 class HeadResult:
+    """Every stage's output for one portrait."""
+
     analysis: PortraitAnalysis
+    initial: HeadMesh
+    sculpt: SculptResult
     head: TexturedHead
-    initial: HeadMesh | None = None
+    bundle: Bundle
     timings: dict[str, float] = field(default_factory=dict)
-    sculpt_info: dict[str, Any] = field(default_factory=dict)
-
-
-def _no_progress(stage: str, frac: float, msg: str) -> None:
-    pass
-
-
-def _timed(stage: str, progress: Progress | None, timings: dict[str, float] | None, fn, /, *args, **kw):
-    report = progress or _no_progress
-    report(stage, 0.0, "")
-    t0 = time.perf_counter()
-    out = fn(*args, **kw)
-    if timings is not None:
-        timings[stage] = round(time.perf_counter() - t0, 3)
-    report(stage, 1.0, "")
-    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -65,8 +76,8 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def deterministic_torch():
-    """Deterministic kernels for the duration of a run (multithreaded float accumulation otherwise
+def deterministic_torch() -> Iterator[None]:
+    """Deterministic kernels for the duration of a stage (multithreaded float accumulation otherwise
     differs in the last bits, and 80 optimization steps amplify that to millimetres).
 
     ``warn_only``: an op with no deterministic kernel (on CUDA: ``grid_sample`` and ``index_add``
@@ -81,152 +92,120 @@ def deterministic_torch():
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"portrait3d": __version__, "python": platform.python_version()}
-    for name in (
-        "torch",
-        "numpy",
-        "mediapipe",
-        "dlib-bin",
-        "face-recognition-models",
-        "opencv-python-headless",
-        "xatlas",
-        "trimesh",
-    ):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 class Portrait3D:
-    """The stages of one profile, built once (models stay warm), run as three steps.
+    """The stages of one profile, built once (models stay warm), driven through the stage interface.
 
-    The steps are the units the engine places on separate worker pools: ``analyze`` (stage 1),
-    ``shape`` (stages 2-4: init and sculpt) and ``paint`` (stage 5). Each step seeds the random
-    generators itself, so a head is the same whether the steps run in one process or in three.
-    ``stages`` builds only some stages (a worker pool loads only the models it needs).
+    ``stages`` builds only some stages (a worker pool loads only the models it needs). ``close()``
+    (or leaving a ``with`` block) closes every stage.
     """
 
-    def __init__(self, config: PipelineConfig | None = None, stages: tuple[str, ...] | None = None):
+    def __init__(self, config: PipelineConfig | None = None, stages: tuple[str, ...] | None = None) -> None:
         self.config = config or build_profile_config("fast")
-        names = tuple(self.config.impls) if stages is None else tuple(stages)
-        unknown = set(names) - set(self.config.impls)
+        names = STAGES if stages is None else tuple(stages)
+        unknown = set(names) - set(STAGES)
         if unknown:
-            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {list(self.config.impls)}")
-        self.stages = {s: lookup(s, self.config.impls[s])(self.config.stages[s]) for s in names}
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {list(STAGES)}")
+        self.stages: dict[str, Any] = {}
+        try:
+            for s in names:
+                self.stages[s] = lookup(s, self.config.impls[s])(self.config.stages[s])
+        except BaseException:
+            self.close()
+            raise
         with deterministic_torch():  # its first use imports torch._inductor (~1.4 s): pay it at load time
             pass
 
-    def _stage(self, name: str):
+    def close(self) -> None:
+        for stage in self.stages.values():
+            stage.close()
+        self.stages = {}
+
+    def __enter__(self) -> Portrait3D:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run_stage(self, name: str, inputs: Any, ctx: RunContext | None = None) -> Any:
+        """Run stage ``name`` on its typed ``inputs``: seeded, deterministic, timed into ``ctx.timings``,
+        reporting to ``ctx.progress``; raises CancelledError once ``ctx.cancel`` is set."""
+        ctx = ctx or RunContext()
         try:
-            return self.stages[name]
+            stage = self.stages[name]
         except KeyError:
             raise RuntimeError(f"this Portrait3D was built without the {name!r} stage") from None
-
-    @contextlib.contextmanager
-    def _step(self):
+        want = INTERFACES[name][1]
+        if not isinstance(inputs, want):
+            raise TypeError(f"the {name} stage takes a {want.__name__}, not a {type(inputs).__name__}")
+        report = ctx.reporter(name)
+        report(0.0, "")
+        t0 = time.perf_counter()
         with deterministic_torch():
             seed_everything(self.config.seed)
-            yield
+            out = stage(inputs, report)
+        ctx.timings[name] = round(time.perf_counter() - t0, 3)
+        if ctx.progress is not None:
+            ctx.progress(name, 1.0, "")
+        return out
+
+    def load(self, src: str | Path | bytes | DecodedImage, name: str | None = None) -> DecodedImage:
+        """Decode and validate an input (no model is involved); ``name`` (e.g. the URI bytes came from)
+        is used in error messages."""
+        if isinstance(src, DecodedImage):
+            return src
+        return load_image(src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
 
     def analyze(
-        self,
-        src: str | Path | bytes | DecodedImage,
-        progress: Progress | None = None,
-        timings: dict[str, float] | None = None,
-        name: str | None = None,
+        self, src: str | Path | bytes | DecodedImage, ctx: RunContext | None = None, name: str | None = None
     ) -> PortraitAnalysis:
-        """Stage 1: decode (unless already decoded) and analyse the portrait; ``name`` (e.g. the URI
-        that bytes came from) is used in error messages."""
-        image = (
-            src
-            if isinstance(src, DecodedImage)
-            else load_image(src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
-        )
-        with self._step():
-            return _timed("analysis", progress, timings, self._stage("analysis"), image)
+        """Stage 1."""
+        return self.run_stage("analysis", AnalysisInput(self.load(src, name)), ctx)
 
-    def shape(
-        self, analysis: PortraitAnalysis, progress: Progress | None = None, timings: dict[str, float] | None = None
-    ) -> tuple[HeadMesh, HeadMesh, dict[str, Any]]:
-        """Stages 2-4: ``(initial mesh, sculpted mesh, sculpt info)``."""
-        report = progress or _no_progress
-        with self._step():
-            initial = _timed("init", progress, timings, self._stage("init"), analysis)
-            sculpted, info = _timed(
-                "sculpt",
-                progress,
-                timings,
-                self._stage("sculpt"),
-                analysis,
-                initial,
-                progress=lambda f, m: report("sculpt", f, m),
-            )
-        return initial, sculpted, info
+    def initialize(self, analysis: PortraitAnalysis, ctx: RunContext | None = None) -> HeadMesh:
+        """Stage 2."""
+        return self.run_stage("init", InitInput(analysis), ctx)
 
-    def paint(
-        self,
-        analysis: PortraitAnalysis,
-        mesh: HeadMesh,
-        progress: Progress | None = None,
-        timings: dict[str, float] | None = None,
-    ) -> TexturedHead:
-        """Stage 5: the textured head."""
-        report = progress or _no_progress
-        with self._step():
-            return _timed(
-                "texture",
-                progress,
-                timings,
-                self._stage("texture"),
-                analysis,
-                mesh,
-                progress=lambda f, m: report("texture", f, m),
-            )
+    def sculpt(self, analysis: PortraitAnalysis, initial: HeadMesh, ctx: RunContext | None = None) -> SculptResult:
+        """Stages 3-4."""
+        return self.run_stage("sculpt", SculptInput(analysis, initial), ctx)
 
-    def run(self, src: str | Path | bytes | DecodedImage, progress: Progress | None = None) -> HeadResult:
-        timings: dict[str, float] = {}
-        analysis = self.analyze(src, progress, timings)
-        initial, sculpted, info = self.shape(analysis, progress, timings)
-        head = self.paint(analysis, sculpted, progress, timings)
-        return HeadResult(analysis=analysis, initial=initial, head=head, timings=timings, sculpt_info=info)
+    def paint(self, analysis: PortraitAnalysis, mesh: HeadMesh, ctx: RunContext | None = None) -> TexturedHead:
+        """Stage 5."""
+        return self.run_stage("texture", TextureInput(analysis, mesh), ctx)
 
-    def bundle(self, result: HeadResult, progress: Progress | None = None) -> dict[str, bytes]:
-        """The bundle's files as bytes (nothing written yet)."""
-        report = progress or _no_progress
-        report("export", 0.0, "")
-        t0 = time.perf_counter()
-        a, head = result.analysis, result.head
-        views = orbit_views(head, a.camera, 256, background=(255, 255, 255))
-        files = {"head.glb": glb_bytes(head), "views.png": png_bytes(contact_sheet(views))}
-        timings = {**result.timings, "export": round(time.perf_counter() - t0, 3)}
-        record = {
-            "format": "portrait3d.head/1",
-            **a.record(),
+    def export(
+        self, analysis: PortraitAnalysis, head: TexturedHead, sculpt_info: dict[str, Any], ctx: RunContext | None = None
+    ) -> Bundle:
+        """Stage 6: the bundle's files, with the timings of the stages before it from ``ctx``."""
+        ctx = ctx or RunContext()
+        timings = {s: t for s, t in ctx.timings.items() if s != "export"}
+        return self.run_stage("export", ExportInput(analysis, head, sculpt_info, timings, self.provenance()), ctx)
+
+    def provenance(self) -> dict[str, Any]:
+        """What head.json records of the settings: profile, resolved config and its fingerprint."""
+        return {
             "profile": self.config.profile,
             "config": self.config.to_dict(),
             "config_sha256": self.config.fingerprint(),
-            "versions": library_versions(),
-            "timings_s": timings,
-            "metrics": {
-                "mesh": quality(head.mesh.vertices, head.mesh.faces),
-                "texture": head.stats,
-                "sculpt": result.sculpt_info,
-            },
-            "axes": {"up": "+Y", "forward": "+Z", "units": "metres", "origin": "head centre"},
         }
-        files["head.json"] = json_bytes(record)
-        report("export", 1.0, "")
-        return files
 
-    def write(self, result: HeadResult, out: str | Path, progress: Progress | None = None) -> dict[str, str]:
-        return write_bundle(out, self.bundle(result, progress))
+    def run(self, src: str | Path | bytes | DecodedImage, ctx: RunContext | None = None) -> HeadResult:
+        """Every stage on one portrait; nothing is written."""
+        ctx = ctx or RunContext()
+        analysis = self.analyze(src, ctx)
+        initial = self.initialize(analysis, ctx)
+        sculpted = self.sculpt(analysis, initial, ctx)
+        head = self.paint(analysis, sculpted.mesh, ctx)
+        bundle = self.export(analysis, head, sculpted.info, ctx)
+        return HeadResult(
+            analysis=analysis, initial=initial, sculpt=sculpted, head=head, bundle=bundle, timings=dict(ctx.timings)
+        )
 
-    def generate(self, src, out: str | Path, progress: Progress | None = None) -> dict[str, str]:
-        """Photo -> bundle in ``out``. The output folder is checked before any work starts."""
+    def generate(
+        self, src: str | Path | bytes | DecodedImage, out: str | Path, ctx: RunContext | None = None
+    ) -> tuple[HeadResult, dict[str, str]]:
+        """Photo -> bundle in ``out``: (the result, ``{file name: path}``). The output folder is checked
+        before any work; nothing is written unless every stage finished."""
         check_output_dir(out)
-        return self.write(self.run(src, progress), out, progress)
+        result = self.run(src, ctx)
+        return result, write_bundle(out, result.bundle.files)

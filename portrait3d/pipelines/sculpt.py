@@ -1,8 +1,9 @@
-"""Stage 4, geometry sculpting (``fast``: mesh optimization at the reference view).
+"""Stages 3-4 of the ``fast`` profile: ID-aware geometry supervision and mesh optimization at the
+reference view.
 
 Vertex positions are optimized with Adam against
 - the head mask: antialiased silhouette vs mask, MSE (silhouette gradients through ``antialias``);
-- ID-aware geometry supervision (stage 3 of DESIGN.md, ``fast`` form): normal and depth maps of the
+- ID-aware geometry supervision (stage 3 of the method, ``fast`` form): normal and depth maps of the
   person's 3D landmark surface rendered at the reference view; normals by cosine, depth by negative
   Pearson correlation (scale- and shift-free, as in the paper);
 - priors: Laplacian smoothness (keep the initial shape's Laplacian coordinates) and left/right
@@ -11,37 +12,31 @@ Vertex positions are optimized with Adam against
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .camera import Camera
-from .config import Schedule, register
+from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
-from .init import oriented_face_triangles
+from .losses import negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
+from .registry import register
 from .render import get_rasterizer
-from .types import HeadMesh, PortraitAnalysis
-
-Progress = Callable[[float, str], None]
-
-
-def negative_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``-corr(a, b)`` over all elements: 0-dimensional, in [-1, 1]."""
-    a = a - a.mean()
-    b = b - b.mean()
-    return -(a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
+from .schedule import Schedule
+from .settings import setting
+from .stage import Reporter
+from .types import HeadMesh, PortraitAnalysis, SculptInput, SculptResult
 
 
 def reference_geometry(a: PortraitAnalysis, cam: Camera) -> dict[str, torch.Tensor]:
     """Stage 3 (``fast``): camera-space normals ``(H, W, 3)``, depth ``(H, W)`` and their mask
     ``(H, W)`` of the landmark surface at the reference view."""
     r = get_rasterizer("torch")
-    v = torch.tensor(a.landmarks_3d[:468], dtype=torch.float32)
-    tri = torch.tensor(oriented_face_triangles(a.landmarks_3d[:468]))
+    v = torch.tensor(a.landmarks_3d[:MESH_POINTS], dtype=torch.float32)
+    tri = torch.tensor(oriented_face_triangles(a.landmarks_3d[:MESH_POINTS]))
     rast = r.rasterize(cam.clip(v.double()).float(), tri, (cam.height, cam.width))
     n_cam = vertex_normals(v, tri) @ torch.tensor(cam.R, dtype=torch.float32).T
     normal = F.normalize(r.interpolate(n_cam, rast, tri), dim=-1)
@@ -51,33 +46,33 @@ def reference_geometry(a: PortraitAnalysis, cam: Camera) -> dict[str, torch.Tens
 
 @register("sculpt", "reference_view")
 class ReferenceViewSculpt:
-    @dataclass
+    @dataclass(frozen=True)
     class Config:
-        steps: int = field(default=80, metadata={"help": "optimization steps"})
-        lr: float = field(default=6e-4, metadata={"help": "Adam learning rate on vertex positions (metres)"})
-        resolution: int = field(default=256, metadata={"help": "render resolution of the reference view"})
-        w_mask: Schedule = field(
-            default=Schedule.parse(1.0), metadata={"help": "silhouette MSE weight (number or [[step, value], ...])"}
-        )
-        w_normal: Schedule = field(default=Schedule.parse(0.5), metadata={"help": "face normal (1 - cos) weight"})
-        w_depth: Schedule = field(default=Schedule.parse(0.2), metadata={"help": "face depth negative-Pearson weight"})
-        w_laplacian: Schedule = field(default=Schedule.parse(2e4), metadata={"help": "Laplacian smoothness weight"})
-        w_symmetry: Schedule = field(
-            default=Schedule.parse(50.0), metadata={"help": "left/right symmetry weight (skull only)"}
-        )
-        face_mobility: float = field(
-            default=0.05,
-            metadata={
-                "help": "how far face vertices may move relative to the rest (0: the landmark face stays as it is)"
-            },
+        steps: int = setting(80, "optimization steps", ge=1, le=1_000_000)
+        lr: float = setting(6e-4, "Adam learning rate on vertex positions (metres)", gt=0, le=1)
+        resolution: int = setting(256, "render resolution of the reference view", ge=32, le=2048)
+        w_mask: Schedule = setting(Schedule.parse(1.0), "silhouette MSE weight (number or [[step, value], ...])", ge=0)
+        w_normal: Schedule = setting(Schedule.parse(0.5), "face normal (1 - cos) weight", ge=0)
+        w_depth: Schedule = setting(Schedule.parse(0.2), "face depth negative-Pearson weight", ge=0)
+        w_laplacian: Schedule = setting(Schedule.parse(2e4), "Laplacian smoothness weight", ge=0)
+        w_symmetry: Schedule = setting(Schedule.parse(50.0), "left/right symmetry weight (skull only)", ge=0)
+        face_mobility: float = setting(
+            0.05,
+            "how far face vertices may move relative to the rest (0: the landmark face stays as it is)",
+            ge=0,
+            le=1,
         )
 
-    def __init__(self, cfg: "ReferenceViewSculpt.Config"):
+    def __init__(self, cfg: ReferenceViewSculpt.Config) -> None:
         self.cfg = cfg
         self.raster = get_rasterizer("torch")
 
-    def __call__(self, a: PortraitAnalysis, head: HeadMesh, progress: Progress | None = None) -> tuple[HeadMesh, dict]:
+    def close(self) -> None:
+        pass
+
+    def __call__(self, inputs: SculptInput, report: Reporter) -> SculptResult:
         cfg = self.cfg
+        a, head = inputs.analysis, inputs.initial
         res = cfg.resolution
         cam = a.camera.resized(res)
         mask = torch.from_numpy(mask_coverage(a.head_mask, res))[..., None]
@@ -95,8 +90,9 @@ class ReferenceViewSculpt:
         mobility = torch.tensor(np.clip(1.0 - head.face_weight, cfg.face_mobility, 1.0), dtype=torch.float32)[:, None]
         delta = torch.zeros_like(v0, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=cfg.lr)
-        history = []
+        first = last = {}
         for step in range(cfg.steps):
+            report(step / cfg.steps, f"step {step + 1}/{cfg.steps}")
             v = v0 + delta * mobility
             pos = cam.clip(v.double()).float()
             rast = self.raster.rasterize(pos, tri, (res, res))
@@ -122,19 +118,17 @@ class ReferenceViewSculpt:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            history.append(
-                {
+            if step in (0, cfg.steps - 1):
+                last = {
                     "step": step,
                     "loss": loss.item(),
                     "mask": l_mask.item(),
                     "normal": l_normal.item(),
                     "depth": l_depth.item(),
                 }
-            )
-            if progress:
-                progress((step + 1) / cfg.steps, f"loss {loss.item():.4f}")
+                first = first or last
         v = (v0 + delta * mobility).detach()
         out = HeadMesh(
             vertices=v.numpy().astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
         )
-        return out, {"first": history[0] if history else {}, "last": history[-1] if history else {}}
+        return SculptResult(mesh=out, info={"first": first, "last": last})

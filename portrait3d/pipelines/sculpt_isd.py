@@ -1,4 +1,4 @@
-"""Stage 3-4 of the ``paper`` profile: ID-aware geometry supervision and geometry sculpting with ISD
+"""Stages 3-4 of the ``paper`` profile: ID-aware geometry supervision and geometry sculpting with ISD
 on DMTet.
 
 1. ID-aware reference maps (stage 3): the normal- and depth-adapted SD1.5 models, conditioned on the
@@ -12,121 +12,40 @@ on DMTet.
    - normal consistency and Laplacian regularizers on the extracted mesh throughout.
 
 Camera ranges follow the settings' ratios to the reference camera (distance 3.5-4.5 against 3.8,
-fovy 25-45 against 28), since our reference camera is the one estimated from the photo.
+fovy 25-45 against 28), since our reference camera is the one estimated from the photo. Losses are
+read back from the device only every ``log_every`` steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import trimesh
-from scipy.spatial import cKDTree
 
 from ..errors import ConfigError, OptimizationError
-from .camera import CV_TO_GL, Camera
-from .config import Schedule, register
+from .camera import Camera
 from .dmtet import DMTetSurface
-from .guidance import DiffusionStageSettings, IDGuidance, ISDSettings, id_embeds
+from .guidance import IDGuidance, ISDSettings, id_embeds
 from .image_io import mask_coverage
-from .mesh import mirror_map, vertex_normals
+from .losses import mesh_regularizers, negative_pearson
+from .mesh import decimate, largest_component, transfer_attributes
+from .registry import register
 from .render import get_rasterizer
-from .sculpt import negative_pearson
-from .types import HeadMesh, PortraitAnalysis
+from .render.maps import normal_from_image, render_geometry
+from .schedule import Schedule
+from .settings import DiffusionStageSettings, setting
+from .stage import Reporter
+from .types import HeadMesh, PortraitAnalysis, SculptInput, SculptResult
 
-Progress = Callable[[float, str], None]
-_GL = torch.tensor(CV_TO_GL, dtype=torch.float32)
-
-
-def render_geometry(raster, cam: Camera, v: torch.Tensor, f: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Normal map and depth of a mesh at ``cam`` (its own size).
-
-    Returns ``normal`` ``(H, W, 3)``: OpenGL camera-frame normals (x right, y up, z toward the viewer),
-    zero on the background; ``image`` ``(3, H, W)`` in [0, 1], the normal map as an image
-    (``n / 2 + 1 / 2``, black background, antialiased); ``mask`` ``(H, W)`` bool; ``silhouette``
-    ``(H, W, 1)`` antialiased coverage; ``depth`` ``(H, W)`` camera depth (metres, 0 off the mesh).
-    """
-    pos = cam.clip(v.double()).float()
-    rast = raster.rasterize(pos, f, (cam.height, cam.width))
-    R = torch.as_tensor(cam.R, dtype=v.dtype, device=v.device)
-    n_cam = vertex_normals(v, f) @ R.T @ _GL.to(v.device).T
-    normal = F.normalize(raster.interpolate(n_cam, rast, f), dim=-1) * rast.mask[..., None]
-    depth = raster.interpolate(cam.to_camera(v)[:, 2:], rast, f)[..., 0] * rast.mask
-    cover = rast.mask.float()[..., None]
-    both = raster.antialias(torch.cat([(normal * 0.5 + 0.5) * cover, cover], -1), rast, pos, f)
-    return {
-        "normal": normal,
-        "image": both[..., :3].permute(2, 0, 1),
-        "mask": rast.mask,
-        "silhouette": both[..., 3:],
-        "depth": depth,
-    }
+# Shares of the stage's progress: reference maps, then the grid, then the optimization.
+_MAPS, _GRID = 0.05, 0.1
 
 
-def normal_from_image(img: np.ndarray) -> np.ndarray:
-    """Inverse of the normal map image of :func:`render_geometry`: ``(H, W, 3)`` uint8 -> unit
-    normals ``(H, W, 3)`` float32."""
-    n = img.astype(np.float32) / 127.5 - 1.0
-    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-
-
-def mesh_regularizers(v: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normal consistency: mean ``1 - cos`` between the normals of faces sharing an edge; uniform
-    Laplacian: mean squared distance of each vertex to its neighbours' centroid)."""
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    fn = F.normalize(torch.cross(b - a, c - a, dim=1), dim=1, eps=1e-12)
-    edges = torch.sort(torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), dim=1).values
-    face_of = torch.arange(len(f), device=f.device).repeat(3)
-    _, inv = torch.unique(edges, dim=0, return_inverse=True)
-    order = torch.argsort(inv, stable=True)
-    si, sf = inv[order], face_of[order]
-    pair = si[1:] == si[:-1]  # a closed manifold mesh has each edge twice, adjacent after the sort
-    consistency = (1 - (fn[sf[:-1][pair]] * fn[sf[1:][pair]]).sum(-1)).mean() if pair.any() else v.sum() * 0
-    e = edges
-    deg = torch.zeros(len(v), device=v.device).index_add(0, e.reshape(-1), torch.ones(e.numel(), device=v.device))
-    nbr = torch.zeros_like(v).index_add(0, e[:, 0], v[e[:, 1]]).index_add(0, e[:, 1], v[e[:, 0]])
-    used = deg > 0
-    lap = (nbr[used] / deg[used, None] - v[used]).pow(2).sum(-1).mean()
-    return consistency, lap
-
-
-def largest_component(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The connected component with the most faces (marching tetrahedra can leave floaters)."""
-    m = trimesh.Trimesh(v, f, process=False)
-    parts = m.split(only_watertight=False)
-    if len(parts) <= 1:
-        return v, f
-    best = max(parts, key=lambda p: len(p.faces))
-    return np.asarray(best.vertices, np.float32), np.asarray(best.faces, np.int64)
-
-
-def decimate(v: np.ndarray, f: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quadric-error decimation to at most ``max_faces`` faces (marching tetrahedra at a fine grid
-    gives hundreds of thousands of faces, more than texturing and a glb need). Decimation can leave a
-    non-manifold edge; slightly lower targets are tried until the mesh is closed (measured: a 766k-face
-    head gave an open mesh at 150k faces, a closed one at 60k)."""
-    import fast_simplification
-
-    v32, f64 = np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int64)
-    for target in (max_faces, int(max_faces * 0.9), int(max_faces * 0.8), int(max_faces * 0.7)):
-        vd, fd = fast_simplification.simplify(v32, f64, target_count=target)
-        vd, fd = largest_component(np.asarray(vd, np.float32), np.asarray(fd, np.int64))
-        if trimesh.Trimesh(vd, fd, process=False).is_watertight:
-            break
-    return vd, fd
-
-
-def transfer_attributes(v: np.ndarray, source: HeadMesh) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror map ``(N,)`` (nearest vertex to each vertex reflected through x = 0) and face weight
-    ``(N,)`` (from the nearest vertex of ``source``) for a new mesh ``v (N, 3)``."""
-    _, nn = cKDTree(source.vertices).query(v)
-    return mirror_map(v)[1], source.face_weight[nn].astype(np.float32)
-
-
-def random_camera(ref: Camera, rng: np.random.Generator, cfg, size: int) -> Camera:
+def random_camera(ref: Camera, rng: np.random.Generator, cfg: ISDDMTetSculpt.Config, size: int) -> Camera:
     """A camera of the settings' ranges around the head centre, scaled to the reference camera."""
     elev = rng.uniform(*cfg.elevation_range)
     azim = rng.uniform(*cfg.azimuth_range)
@@ -137,92 +56,69 @@ def random_camera(ref: Camera, rng: np.random.Generator, cfg, size: int) -> Came
 
 @register("sculpt", "isd_dmtet")
 class ISDDMTetSculpt:
-    @dataclass
+    @dataclass(frozen=True)
     class Config(DiffusionStageSettings):
-        grid_resolution: int = field(default=256, metadata={"help": "DMTet cube cells per side of the grid"})
-        grid_margin: float = field(
-            default=0.03,
-            metadata={"help": "free space between the stage-2 mesh's bounding box and the grid cube, metres"},
+        grid_resolution: int = setting(256, "DMTet cube cells per side of the grid", ge=8, le=1024)
+        grid_margin: float = setting(
+            0.03, "free space between the stage-2 mesh's bounding box and the grid cube, metres", ge=0, le=1
         )
-        band: float = field(
-            default=0.04,
-            metadata={"help": "keep grid cells within this distance of the stage-2 mesh, metres (0: whole grid)"},
+        band: float = setting(
+            0.04, "keep grid cells within this distance of the stage-2 mesh, metres (0: whole grid)", ge=0, le=1
         )
-        max_faces: int = field(
-            default=60_000,
-            metadata={"help": "decimate the extracted mesh to at most this many faces (quadric error; 0: keep all)"},
+        max_faces: int = setting(
+            60_000, "decimate the extracted mesh to at most this many faces (quadric error; 0: keep all)", ge=0
         )
-        deform_scale: float = field(default=0.5, metadata={"help": "largest vertex offset of the grid, in cells"})
-        steps: int = field(default=6000, metadata={"help": "optimization steps in all"})
-        normal_fit_steps: int = field(
-            default=1000, metadata={"help": "first steps that fit the stage-2 mesh's normals only"}
+        deform_scale: float = setting(0.5, "largest vertex offset of the grid, in cells", ge=0, le=1)
+        steps: int = setting(6000, "optimization steps in all", ge=1, le=1_000_000)
+        normal_fit_steps: int = setting(1000, "first steps that fit the stage-2 mesh's normals only", ge=0)
+        lr: float = setting(0.005, "Adam learning rate of SDF and offsets (grid units)", gt=0, le=1)
+        render_size: int = setting(512, "render side for losses and ISD", ge=16, le=2048)
+        prompt: str = setting(
+            "a DSLR photo of the head of {caption}", "text condition; {caption} is the portrait's caption"
         )
-        lr: float = field(default=0.005, metadata={"help": "Adam learning rate of SDF and offsets (grid units)"})
-        render_size: int = field(default=512, metadata={"help": "render side for losses and ISD"})
-        prompt: str = field(
-            default="a DSLR photo of the head of {caption}",
-            metadata={"help": "text condition; {caption} is the portrait's caption"},
+        prompt_suffix: str = setting(
+            ", black background, normal map", "appended to the prompt for the normal/depth models"
         )
-        prompt_suffix: str = field(
-            default=", black background, normal map",
-            metadata={"help": "appended to the prompt for the normal/depth models"},
+        guidance_scale: float = setting(50.0, "ISD classifier-free guidance scale", ge=0)
+        t_min: Schedule = setting(
+            Schedule.parse(0.02), "lowest ISD noise level (fraction of training steps)", ge=0, le=1
         )
-        guidance_scale: float = field(default=50.0, metadata={"help": "ISD classifier-free guidance scale"})
-        t_min: Schedule = field(
-            default=Schedule.parse(0.02), metadata={"help": "lowest ISD noise level (fraction of training steps)"}
+        t_max: Schedule = setting(Schedule.parse(0.5), "highest ISD noise level", ge=0, le=1)
+        landmark_scale: float = setting(1.0, "landmark ControlNet scale in ISD", ge=0)
+        id_scale: float = setting(1.0, "IP-Adapter FaceID scale", ge=0)
+        elevation_range: tuple[float, float] = setting((-15.0, 45.0), "random camera elevation, degrees", ge=-90, le=90)
+        azimuth_range: tuple[float, float] = setting((-180.0, 180.0), "random camera azimuth, degrees", ge=-360, le=360)
+        distance_range: tuple[float, float] = setting(
+            (3.5, 4.5), "random camera distance, in the settings' units", gt=0
         )
-        t_max: Schedule = field(default=Schedule.parse(0.5), metadata={"help": "highest ISD noise level"})
-        landmark_scale: float = field(default=1.0, metadata={"help": "landmark ControlNet scale in ISD"})
-        id_scale: float = field(default=1.0, metadata={"help": "IP-Adapter FaceID scale"})
-        elevation_range: tuple[float, float] = field(
-            default=(-15.0, 45.0), metadata={"help": "random camera elevation, degrees"}
+        fovy_range: tuple[float, float] = setting(
+            (25.0, 45.0), "random camera fovy, degrees in the settings", gt=0, lt=180
         )
-        azimuth_range: tuple[float, float] = field(
-            default=(-180.0, 180.0), metadata={"help": "random camera azimuth, degrees"}
-        )
-        distance_range: tuple[float, float] = field(
-            default=(3.5, 4.5), metadata={"help": "random camera distance, in the settings' units"}
-        )
-        fovy_range: tuple[float, float] = field(
-            default=(25.0, 45.0), metadata={"help": "random camera fovy, degrees in the settings"}
-        )
-        reference_distance: float = field(
-            default=3.8, metadata={"help": "the settings' reference-camera distance (maps to ours)"}
-        )
-        reference_fovy: float = field(
-            default=28.0, metadata={"help": "the settings' reference-camera fovy (maps to ours)"}
-        )
-        reference_maps: bool = field(
-            default=True, metadata={"help": "sample ID-aware reference normal/depth maps (stage 3)"}
-        )
-        reference_steps: int = field(default=30, metadata={"help": "sampling steps of each reference map"})
-        reference_guidance: float = field(default=7.5, metadata={"help": "CFG scale of the reference maps"})
-        canny_scale: float = field(default=1.0, metadata={"help": "canny ControlNet scale of the reference maps"})
-        w_sd: Schedule = field(default=Schedule.parse(1.0), metadata={"help": "ISD loss weight"})
-        w_fit: Schedule = field(
-            default=Schedule.parse(1e4), metadata={"help": "normal-fit loss weight (normal-fit phase)"}
-        )
-        w_mask: Schedule = field(default=Schedule.parse(100.0), metadata={"help": "reference mask MSE weight"})
-        w_depth: Schedule = field(
-            default=Schedule.parse(100.0), metadata={"help": "reference depth negative-Pearson weight"}
-        )
-        w_normal: Schedule = field(default=Schedule.parse(1e4), metadata={"help": "reference normal MSE weight"})
-        w_normal_consistency: Schedule = field(
-            default=Schedule.parse(1e3), metadata={"help": "normal consistency weight"}
-        )
-        w_laplacian: Schedule = field(
-            default=Schedule.parse(1e4), metadata={"help": "Laplacian smoothness weight (grid units^2)"}
-        )
+        reference_distance: float = setting(3.8, "the settings' reference-camera distance (maps to ours)", gt=0)
+        reference_fovy: float = setting(28.0, "the settings' reference-camera fovy (maps to ours)", gt=0, lt=180)
+        reference_maps: bool = setting(True, "sample ID-aware reference normal/depth maps (stage 3)")
+        reference_steps: int = setting(30, "sampling steps of each reference map", ge=1, le=1000)
+        reference_guidance: float = setting(7.5, "CFG scale of the reference maps", ge=0)
+        canny_scale: float = setting(1.0, "canny ControlNet scale of the reference maps", ge=0)
+        w_sd: Schedule = setting(Schedule.parse(1.0), "ISD loss weight", ge=0)
+        w_fit: Schedule = setting(Schedule.parse(1e4), "normal-fit loss weight (normal-fit phase)", ge=0)
+        w_mask: Schedule = setting(Schedule.parse(100.0), "reference mask MSE weight", ge=0)
+        w_depth: Schedule = setting(Schedule.parse(100.0), "reference depth negative-Pearson weight", ge=0)
+        w_normal: Schedule = setting(Schedule.parse(1e4), "reference normal MSE weight", ge=0)
+        w_normal_consistency: Schedule = setting(Schedule.parse(1e3), "normal consistency weight", ge=0)
+        w_laplacian: Schedule = setting(Schedule.parse(1e4), "Laplacian smoothness weight (grid units^2)", ge=0)
 
         def validate(self) -> None:
-            if self.grid_resolution < 8:
-                raise ConfigError("sculpt.grid_resolution must be at least 8")
-            if not 0 <= self.normal_fit_steps <= self.steps:
+            if self.normal_fit_steps > self.steps:
                 raise ConfigError("sculpt.normal_fit_steps must lie in [0, steps]")
             if self.render_size % 8:
                 raise ConfigError("sculpt.render_size must be a multiple of 8 (the VAE's factor)")
+            for name in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
+                lo, hi = getattr(self, name)
+                if lo > hi:
+                    raise ConfigError(f"sculpt.{name} must be [low, high], got [{lo}, {hi}]")
 
-    def __init__(self, cfg: "ISDDMTetSculpt.Config"):
+    def __init__(self, cfg: ISDDMTetSculpt.Config) -> None:
         from .models import ModelRoot
         from .models.diffusion import load_controlnet_pipeline, resolve_device, with_controlnet
 
@@ -249,17 +145,27 @@ class ISDDMTetSculpt:
         )
         self.raster = get_rasterizer(cfg.rasterizer, self.device)
 
+    def close(self) -> None:
+        self.normal_ref = self.depth_ref = self.isd = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # -- stage 3 ---------------------------------------------------------------------------
     @torch.no_grad()
-    def reference_maps(self, a: PortraitAnalysis, generator: torch.Generator) -> dict[str, np.ndarray]:
+    def reference_maps(
+        self, a: PortraitAnalysis, generator: torch.Generator, report: Reporter | None = None
+    ) -> dict[str, np.ndarray]:
         """ID-aware normal ``(S, S, 3)`` (unit, OpenGL camera frame) and depth ``(S, S)`` (bigger is
         nearer, [0, 1]) of the reference view, ``S = render_size``."""
         from PIL import Image
 
+        from .models.diffusion import step_callback
+
         cfg, S = self.cfg, self.cfg.render_size
+        report = report or Reporter("sculpt")
         canny = Image.fromarray(np.repeat((mask_coverage(a.canny > 0, S) > 0)[..., None], 3, -1).astype(np.uint8) * 255)
         out = {}
-        for name, pipe in (("normal", self.normal_ref), ("depth", self.depth_ref)):
+        for k, (name, pipe) in enumerate((("normal", self.normal_ref), ("depth", self.depth_ref))):
             ids = id_embeds(a.identity, self.device, pipe.unet.dtype)
             text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix.replace("normal map", f"{name} map")
             img = pipe(
@@ -273,33 +179,34 @@ class ISDDMTetSculpt:
                 ip_adapter_image_embeds=[ids],
                 generator=generator,
                 output_type="np",
+                callback_on_step_end=step_callback(report.span(k / 2, (k + 1) / 2), cfg.reference_steps),
             ).images[0]
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
             out[name] = normal_from_image(img) if name == "normal" else img.mean(-1) / 255.0
         return out
 
     # -- stage 4 ---------------------------------------------------------------------------
-    def __call__(self, a: PortraitAnalysis, head: HeadMesh, progress: Progress | None = None) -> tuple[HeadMesh, dict]:
+    def __call__(self, inputs: SculptInput, report: Reporter) -> SculptResult:
         cfg, dev, S = self.cfg, self.device, self.cfg.render_size
-        report = progress or (lambda f, m: None)
+        a, head = inputs.analysis, inputs.initial
         if a.identity.shape[-1] != 512:
             raise ConfigError(
                 f"ISD needs a 512-D ArcFace identity; the analysis gave {a.identity_model} "
                 f"({a.identity.shape[-1]}-D): use analysis.identity=arcface"
             )
-        # Seeded from the global generators, which the pipeline seeds per step from the config.
+        # Seeded from the global generators, which the pipeline seeds per stage from the config.
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         rng = np.random.default_rng(int(np.random.randint(2**31)))
         ref_cam = a.camera.resized(S)
         mask = torch.from_numpy(mask_coverage(a.head_mask, S))[..., None].to(dev)
         if cfg.reference_maps:
             report(0.0, "ID-aware reference maps")
-            refs = self.reference_maps(a, gen)
+            refs = self.reference_maps(a, gen, report.span(0.0, _MAPS))
             ref_normal = torch.from_numpy(refs["normal"]).to(dev)
             ref_depth = torch.from_numpy(refs["depth"]).float().to(dev)
         else:
             ref_normal = ref_depth = None
-        report(0.05, "DMTet grid")
+        report(_MAPS, "DMTet grid")
         surf = DMTetSurface.from_mesh(
             head.vertices, head.faces, cfg.grid_resolution, cfg.band, cfg.grid_margin, cfg.deform_scale, dev
         )
@@ -308,67 +215,69 @@ class ISDDMTetSculpt:
         init_f = torch.tensor(head.faces, device=dev)
         cond_text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix
         history = []
+        steps = report.span(_GRID, 0.95)
 
         for step in range(cfg.steps):
+            steps(step / cfg.steps, f"step {step + 1}/{cfg.steps}")
             v, f = surf.extract()
             if len(f) == 0:
                 raise OptimizationError(
                     f"the DMTet surface vanished at step {step} (every SDF value has one "
                     f"sign); lower sculpt.lr or raise the regularizer weights"
                 )
-            log = {"step": step}
+            terms: dict[str, Any] = {}  # this step's losses, as tensors
             if step < cfg.normal_fit_steps:
                 cam = random_camera(ref_cam, rng, cfg, S)
                 out = render_geometry(self.raster, cam, v, f)
                 with torch.no_grad():
                     want = render_geometry(self.raster, cam, init_v, init_f)["image"]
-                loss = cfg.w_fit(step) * F.mse_loss(out["image"], want)
-                log["fit"] = loss.item()
+                loss = terms["fit"] = cfg.w_fit(step) * F.mse_loss(out["image"], want)
             elif (step - cfg.normal_fit_steps) % 2 == 0:
                 out = render_geometry(self.raster, ref_cam, v, f)
-                loss = cfg.w_mask(step) * F.mse_loss(out["silhouette"], mask)
-                log["mask"] = loss.item()
+                loss = terms["mask"] = cfg.w_mask(step) * F.mse_loss(out["silhouette"], mask)
                 both = out["mask"] & (mask[..., 0] > 0.5)
-                if ref_normal is not None and both.sum() > 16:
-                    l_n = cfg.w_normal(step) * F.mse_loss(out["normal"][both], ref_normal[both])
-                    l_d = cfg.w_depth(step) * negative_pearson(-out["depth"][both], ref_depth[both])
-                    loss = loss + l_n + l_d
-                    log["normal"], log["depth"] = l_n.item(), l_d.item()
+                if ref_normal is not None and both.sum() > 16:  # boolean masks below read the device anyway
+                    terms["normal"] = cfg.w_normal(step) * F.mse_loss(out["normal"][both], ref_normal[both])
+                    terms["depth"] = cfg.w_depth(step) * negative_pearson(-out["depth"][both], ref_depth[both])
+                    loss = loss + terms["normal"] + terms["depth"]
             else:
                 cam = random_camera(ref_cam, rng, cfg, S)
                 out = render_geometry(self.raster, cam, v, f)
                 cond = self.isd.condition(cond_text, a.identity, a.landmarks_3d, [cam])
                 l_sd, info = self.isd(out["image"][None], cond, step, gen)
-                loss = cfg.w_sd(step) * l_sd
-                log["sd"], log["t"] = loss.item(), info["t"][0]
+                loss = terms["sd"] = cfg.w_sd(step) * l_sd
+                terms["t"] = info["t"][0]
             consistency, lap = mesh_regularizers(surf.to_unit(v), f)
             loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * lap
-            if not torch.isfinite(loss):
-                raise OptimizationError(
-                    f"the sculpt loss is not finite at step {step} ({log}); lower sculpt.lr or the loss weights"
-                )
             opt.zero_grad()
             loss.backward()
             opt.step()
             surf.constrain()
-            log["loss"] = loss.item()
-            history.append(log)
-            report(0.05 + 0.95 * (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps} loss {loss.item():.4g}")
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                log = {"step": step, **{k: x.item() for k, x in terms.items()}, "loss": loss.item()}
+                if not math.isfinite(log["loss"]):
+                    raise OptimizationError(
+                        f"the sculpt loss is not finite by step {step} ({log}); lower sculpt.lr or the loss weights"
+                    )
+                history.append(log)
 
+        report(0.95, "extracting the surface")
         with torch.no_grad():
             v, f = surf.extract()
         vn, fn = largest_component(v.cpu().numpy().astype(np.float32), f.cpu().numpy().astype(np.int64))
         extracted = len(fn)
         if cfg.max_faces and len(fn) > cfg.max_faces:
+            report(0.97, "decimating")
             vn, fn = decimate(vn, fn, cfg.max_faces)
         mirror, fw = transfer_attributes(vn, head)
         out_mesh = HeadMesh(vertices=vn, faces=fn, mirror=mirror, face_weight=fw)
         info = {
             "first": history[0] if history else {},
             "last": history[-1] if history else {},
+            "losses": history,
             "grid_vertices": int(len(surf.grid)),
             "grid_tets": int(len(surf.tets)),
             "extracted_faces": extracted,
             "faces": int(len(fn)),
         }
-        return out_mesh, info
+        return SculptResult(mesh=out_mesh, info=info)

@@ -1,6 +1,6 @@
 """Stage 5 of the ``paper`` profile: identity-consistent texture inpainting and refinement.
 
-Geometry is frozen. After the UV atlas and the photo's projection (as in ``classical``):
+Geometry is frozen. After the UV atlas and the photo's projection (``texturing``, as in ``classical``):
 
 1. Progressive inpainting over the 15 views of the settings: each view renders what the UV map
    holds, and the texture base model with the normal ControlNet (the view's normal map) and the ID
@@ -9,13 +9,12 @@ Geometry is frozen. After the UV atlas and the photo's projection (as in ``class
 2. Refinement: the UV map becomes a parameter. Each step renders a view, re-noises its latent at
    t in [t_min, t_max), denoises it with the ID-guided model (CFG ``refine_guidance``), and fits the
    UV map to that image: L2 + perceptual (distance of VAE-encoder latents) + the photo at the
-   reference view + total variation.
+   reference view + total variation. Losses are read back from the device every ``log_every`` steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -25,94 +24,76 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .camera import Camera
-from .config import register
-from .guidance import Condition, DiffusionStageSettings, IDGuidance, ISDSettings, id_embeds
+from .guidance import Condition, IDGuidance, ISDSettings, id_embeds
 from .image_io import mask_coverage
+from .losses import total_variation
+from .registry import register
 from .render import get_rasterizer
-from .sculpt_isd import render_geometry
-from .texture import PAPER_TRAJECTORY, ClassicalTexture
-from .types import HeadMesh, PortraitAnalysis, TexturedHead
+from .render.maps import render_geometry, sample_texture
+from .settings import DiffusionStageSettings, setting
+from .stage import Reporter
+from .texturing import (
+    NONE,
+    PHOTO,
+    VIEWS,
+    Atlas,
+    build_atlas,
+    coverage_stats,
+    depth_map,
+    fill_atlas,
+    project_photo,
+    sample_bilinear,
+    splat_known,
+    trajectory_cameras,
+    visible_texels,
+)
+from .types import PortraitAnalysis, TexturedHead, TextureInput
+from .uv_unwrap import UVUnwrapper
 
-Progress = Callable[[float, str], None]
-
-
-def sample_texture(
-    raster,
-    cam: Camera,
-    v: torch.Tensor,
-    f: torch.Tensor,
-    uv: torch.Tensor,
-    uv_faces: torch.Tensor,
-    texture: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render a UV-textured mesh: ``texture (3, T, T)`` (row 0 at v = 1) -> image ``(3, H, W)``
-    (black background; differentiable w.r.t. the texture) and mask ``(H, W)``."""
-    rast = raster.rasterize(cam.clip(v.double()).float(), f, (cam.height, cam.width))
-    st = raster.interpolate(uv, rast, uv_faces)
-    grid = torch.stack([st[..., 0] * 2 - 1, 1 - st[..., 1] * 2], -1)[None]
-    img = F.grid_sample(texture[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    return img * rast.mask, rast.mask
-
-
-def total_variation(t: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring texels of ``t (C, H, W)``."""
-    return (t[:, 1:] - t[:, :-1]).abs().mean() + (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
+# Shares of the stage's progress: atlas and photo, inpainting, refinement.
+_ATLAS, _INPAINT = 0.1, 0.6
 
 
 @register("texture", "diffusion")
-class DiffusionTexture(ClassicalTexture):
-    @dataclass
+class DiffusionTexture:
+    @dataclass(frozen=True)
     class Config(DiffusionStageSettings):
-        texture_size: int = field(default=1024, metadata={"help": "UV map side, texels"})
-        atlas_padding: int = field(
-            default=2, metadata={"help": "texels between UV charts (marching-tetrahedra meshes have many charts)"}
+        texture_size: int = setting(1024, "UV map side, texels", ge=64, le=8192)
+        atlas_padding: int = setting(
+            2, "texels between UV charts (marching-tetrahedra meshes have many charts)", ge=0, le=64
         )
-        view_size: int = field(default=512, metadata={"help": "render side of each inpainting and refinement view"})
-        min_facing: float = field(
-            default=0.4, metadata={"help": "cos(normal, view) below which the photo is not projected"}
+        view_size: int = setting(512, "render side of each inpainting and refinement view", ge=16, le=2048)
+        min_facing: float = setting(0.4, "cos(normal, view) below which the photo is not projected", ge=-1, le=1)
+        view_min_facing: float = setting(0.2, "the same for inpainting views", ge=-1, le=1)
+        mask_erode: int = setting(3, "head-mask erosion before projecting the photo, crop pixels", ge=0, le=100)
+        prompt: str = setting(
+            "a DSLR photo of the head of {caption}, realistic, detailed skin and hair",
+            "text condition; {caption} is the portrait's caption",
         )
-        view_min_facing: float = field(default=0.2, metadata={"help": "the same for inpainting views"})
-        mask_erode: int = field(
-            default=3, metadata={"help": "head-mask erosion before projecting the photo, crop pixels"}
-        )
-        prompt: str = field(
-            default="a DSLR photo of the head of {caption}, realistic, detailed skin and hair",
-            metadata={"help": "text condition; {caption} is the portrait's caption"},
-        )
-        negative_prompt: str = field(
-            default="blurry, lowres, cartoon, deformed", metadata={"help": "text of the unconditional branch"}
-        )
-        inpaint_steps: int = field(default=20, metadata={"help": "DDIM steps per inpainted view"})
-        inpaint_strength: float = field(
-            default=0.95, metadata={"help": "noise level inpainting starts from (0.95: t = 950)"}
-        )
-        inpaint_guidance: float = field(default=7.5, metadata={"help": "CFG scale of inpainting"})
-        hole_dilate: int = field(default=2, metadata={"help": "grow each view's hole mask by this many pixels"})
-        normal_scale: float = field(default=1.0, metadata={"help": "normal ControlNet scale"})
-        id_scale: float = field(default=1.0, metadata={"help": "IP-Adapter FaceID scale"})
-        refine_steps: int = field(default=400, metadata={"help": "refinement steps (0: none)"})
-        refine_t: tuple[int, int] = field(
-            default=(50, 200), metadata={"help": "re-noising range [lo, hi) in training steps"}
-        )
-        refine_denoise_steps: int = field(
-            default=1, metadata={"help": "DDIM steps from t back to 0 (1: one-step estimate)"}
-        )
-        refine_guidance: float = field(default=10.0, metadata={"help": "CFG scale of refinement"})
-        refine_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the UV map (colour in [0, 1])"})
-        w_l2: float = field(default=0.1, metadata={"help": "refinement L2 weight"})
-        w_perceptual: float = field(default=50.0, metadata={"help": "refinement perceptual (VAE latent) weight"})
-        w_reference: float = field(default=1000.0, metadata={"help": "photo at the reference view, L2 weight"})
-        w_tv: float = field(default=5e-4, metadata={"help": "UV-map total variation weight"})
+        negative_prompt: str = setting("blurry, lowres, cartoon, deformed", "text of the unconditional branch")
+        inpaint_steps: int = setting(20, "DDIM steps per inpainted view", ge=1, le=1000)
+        inpaint_strength: float = setting(0.95, "noise level inpainting starts from (0.95: t = 950)", gt=0, le=1)
+        inpaint_guidance: float = setting(7.5, "CFG scale of inpainting", ge=0)
+        hole_dilate: int = setting(2, "grow each view's hole mask by this many pixels", ge=0, le=64)
+        normal_scale: float = setting(1.0, "normal ControlNet scale", ge=0)
+        id_scale: float = setting(1.0, "IP-Adapter FaceID scale", ge=0)
+        refine_steps: int = setting(400, "refinement steps (0: none)", ge=0, le=1_000_000)
+        refine_t: tuple[int, int] = setting((50, 200), "re-noising range [lo, hi) in training steps", ge=0, le=1000)
+        refine_denoise_steps: int = setting(1, "DDIM steps from t back to 0 (1: one-step estimate)", ge=1, le=1000)
+        refine_guidance: float = setting(10.0, "CFG scale of refinement", ge=0)
+        refine_lr: float = setting(0.01, "Adam learning rate of the UV map (colour in [0, 1])", gt=0, le=1)
+        w_l2: float = setting(0.1, "refinement L2 weight", ge=0)
+        w_perceptual: float = setting(50.0, "refinement perceptual (VAE latent) weight", ge=0)
+        w_reference: float = setting(1000.0, "photo at the reference view, L2 weight", ge=0)
+        w_tv: float = setting(5e-4, "UV-map total variation weight", ge=0)
 
         def validate(self) -> None:
             if self.view_size % 8:
                 raise ConfigError("texture.view_size must be a multiple of 8 (the VAE's factor)")
-            if not 0 < self.inpaint_strength <= 1:
-                raise ConfigError("texture.inpaint_strength must lie in (0, 1]")
-            if not 0 <= self.refine_t[0] < self.refine_t[1] <= 1000:
-                raise ConfigError("texture.refine_t must be [lo, hi) within [0, 1000]")
+            if not self.refine_t[0] < self.refine_t[1]:
+                raise ConfigError("texture.refine_t must be [lo, hi) with lo < hi")
 
-    def __init__(self, cfg: "DiffusionTexture.Config"):
+    def __init__(self, cfg: DiffusionTexture.Config) -> None:
         from .models import ModelRoot
         from .models.diffusion import load_controlnet_pipeline, resolve_device
 
@@ -136,12 +117,15 @@ class DiffusionTexture(ClassicalTexture):
                 guidance_scale=cfg.refine_guidance, control_scale=cfg.normal_scale, negative_prompt=cfg.negative_prompt
             ),
         )
-        self.raster = get_rasterizer("torch")  # the atlas and visibility helpers work on CPU arrays
+        self.raster = get_rasterizer("torch")  # the atlas and visibility work on CPU arrays
         self.view_raster = get_rasterizer(cfg.rasterizer, self.device)
+        self.unwrapper = UVUnwrapper()
 
-    def _views(self, a: PortraitAnalysis) -> list[Camera]:
-        dist = float(np.linalg.norm(a.camera.center))
-        return [Camera.orbit(az, el, dist, a.camera.fovy_deg * 1.1, self.cfg.view_size) for el, az in PAPER_TRAJECTORY]
+    def close(self) -> None:
+        self.unwrapper.close()
+        self.pipe = self.guide = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _normal_image(self, cam: Camera, v: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -156,9 +140,12 @@ class DiffusionTexture(ClassicalTexture):
         identity: np.ndarray,
         prompt: str,
         generator: torch.Generator,
+        report: Reporter | None = None,
     ) -> np.ndarray:
         """One view: ``image (S, S, 3)`` uint8 with ``holes (S, S)`` bool to fill, the view's normal map
         ``(3, S, S)`` -> the inpainted image ``(S, S, 3)`` float in [0, 255]."""
+        from .models.diffusion import step_callback
+
         cfg, S = self.cfg, self.cfg.view_size
         ctrl = Image.fromarray((normal.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
         out = self.pipe(
@@ -176,12 +163,13 @@ class DiffusionTexture(ClassicalTexture):
             ip_adapter_image_embeds=[id_embeds(identity, self.device, self.pipe.unet.dtype)],
             generator=generator,
             output_type="np",
+            callback_on_step_end=step_callback(report or Reporter("texture"), cfg.inpaint_steps),
         ).images[0]
         return np.clip(out, 0, 1) * 255
 
-    def __call__(self, a: PortraitAnalysis, mesh: HeadMesh, progress: Progress | None = None) -> TexturedHead:
+    def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg, dev = self.cfg, self.device
-        report = progress or (lambda f, m: None)
+        a, mesh = inputs.analysis, inputs.mesh
         if a.identity.shape[-1] != 512:
             raise ConfigError(
                 f"the ID adapter needs a 512-D ArcFace identity; the analysis gave {a.identity_model}: "
@@ -189,54 +177,48 @@ class DiffusionTexture(ClassicalTexture):
             )
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         prompt = cfg.prompt.replace("{caption}", a.caption)
-        at = self._atlas(mesh)
-        report(0.05, "uv atlas")
+        report(0.0, "uv atlas")
+        at = build_atlas(self.raster, self.unwrapper, mesh, cfg.texture_size, cfg.atlas_padding, report.check)
+        report(0.05, "photo")
         colors = np.zeros((len(at.idx), 3), np.float32)
         known = np.zeros(len(at.idx), bool)
-        source = np.zeros(len(at.idx), np.uint8)  # 0 none, 1 photo, 3 views
-        vis, _, _, _ = self._project_photo(a, mesh, at.pts, at.nrm, colors)
+        source = np.full(len(at.idx), NONE, np.uint8)
+        vis, _, _, _ = project_photo(self.raster, a, mesh, at, colors, cfg.min_facing, cfg.mask_erode)
         known |= vis
-        source[vis] = 1
-        report(0.1, "photo projected")
+        source[vis] = PHOTO
 
         v = torch.tensor(mesh.vertices, dtype=torch.float32, device=dev)
         f = torch.tensor(mesh.faces, device=dev)
-        views = self._views(a)
+        views = trajectory_cameras(a.camera, cfg.view_size)
         normals = [self._normal_image(c, v, f) for c in views]  # the normal ControlNet's input, per view
         k = 2 * cfg.hole_dilate + 1
         for i, vcam in enumerate(views):
-            depth = self._depth_map(mesh, vcam)
-            sil = np.isfinite(depth)
-            vpix, vvis, _ = self._visible(at.pts, at.nrm, vcam, depth, cfg.view_min_facing)
-            todo = vvis & ~known
-            if todo.any():
-                img, have = self._render_known(vpix[vvis & known], colors[vvis & known], vcam.width, sil)
-                holes = sil & ~have
-                if cfg.hole_dilate:
-                    holes = (cv2.dilate(holes.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & sil
-                img[~sil] = 0
-                filled = self.inpaint_view(img, holes, normals[i], a.identity, prompt, gen)
-                colors[todo] = self._sample(filled, vpix[todo])
-                known |= todo
-                source[todo] = 3
-            report(0.1 + 0.5 * (i + 1) / len(views), f"inpainted view {i + 1}/{len(views)}")
-
-        tex = self._fill_atlas(at.idx, colors, known)
-        stats = {
-            "texels_used": int(len(at.idx)),
-            "from_photo": float((source == 1).mean()),
-            "from_views": float((source == 3).mean()),
-            "from_uv_fill": float((~known).mean()),
-        }
-        if cfg.refine_steps > 0:
-            tex, refine = self.refine(
-                a, v, f, at, tex, views, normals, prompt, gen, lambda fr, m: report(0.6 + 0.4 * fr, m)
+            view_report = report.span(
+                _ATLAS + (_INPAINT - _ATLAS) * i / len(views), _ATLAS + (_INPAINT - _ATLAS) * (i + 1) / len(views)
             )
+            view_report(0.0, f"inpainting view {i + 1}/{len(views)}")
+            depth = depth_map(self.raster, mesh, vcam)
+            sil = np.isfinite(depth)
+            vpix, vvis, _ = visible_texels(at.pts, at.nrm, vcam, depth, cfg.view_min_facing)
+            todo = vvis & ~known
+            if not todo.any():
+                continue
+            img, have = splat_known(vpix[vvis & known], colors[vvis & known], vcam.width, sil)
+            holes = sil & ~have
+            if cfg.hole_dilate:
+                holes = (cv2.dilate(holes.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & sil
+            img[~sil] = 0
+            filled = self.inpaint_view(img, holes, normals[i], a.identity, prompt, gen, view_report)
+            colors[todo] = sample_bilinear(filled, vpix[todo])
+            known |= todo
+            source[todo] = VIEWS
+
+        tex = fill_atlas(cfg.texture_size, at.idx, colors, known)
+        stats = coverage_stats(source, known)
+        if cfg.refine_steps > 0:
+            tex, refine = self.refine(a, v, f, at, tex, views, normals, prompt, gen, report.span(_INPAINT, 1.0))
             stats.update(refine)
         texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
-        stats["coverage"] = float(np.isfinite(tex.reshape(-1, 3)[at.idx]).all(1).mean())
-        stats["seen_coverage"] = float(known.mean())
-        report(1.0, "texture done")
         return TexturedHead(
             mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex, texture=texture, stats=stats
         )
@@ -246,13 +228,13 @@ class DiffusionTexture(ClassicalTexture):
         a: PortraitAnalysis,
         v: torch.Tensor,
         f: torch.Tensor,
-        at,
+        at: Atlas,
         tex: np.ndarray,
         views: list[Camera],
         normals: list[torch.Tensor],
         prompt: str,
         gen: torch.Generator,
-        report: Progress,
+        report: Reporter,
     ) -> tuple[np.ndarray, dict]:
         """Fit the UV map ``tex (T, T, 3)`` float in [0, 255] of the mesh ``v (V, 3)``, ``f (F, 3)`` to
         denoised renders of itself at ``views`` (with their normal maps ``(3, S, S)``)."""
@@ -265,11 +247,14 @@ class DiffusionTexture(ClassicalTexture):
         ref_cam = a.camera.resized(S)
         crop = cv2.resize(a.crop, (S, S), interpolation=cv2.INTER_AREA)
         photo = torch.tensor(crop / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
-        photo_mask = torch.from_numpy(mask_coverage(a.head_mask, S) > 0.99).to(dev)
+        # The texels of the photo's head region, as indices: a boolean mask would wait for the device each step.
+        photo_at = torch.from_numpy(np.flatnonzero(mask_coverage(a.head_mask, S) > 0.99)).to(dev)
+        photo = photo.reshape(3, -1)[:, photo_at]
         scheduler = self.pipe.scheduler
         alphas = self.guide.alphas
-        first = last = None
+        history = []
         for step in range(cfg.refine_steps):
+            report(step / cfg.refine_steps, f"refining {step + 1}/{cfg.refine_steps}")
             j = step % len(views)
             img, m = sample_texture(self.view_raster, views[j], v, f, uv, uvf, texture)
             z_img = self.guide.encode(img[None])  # once: noised below, and the perceptual loss's input
@@ -286,7 +271,7 @@ class DiffusionTexture(ClassicalTexture):
             loss_l2 = F.mse_loss(img, target)
             loss_p = F.mse_loss(z_img, z_target)
             ref, _ = sample_texture(self.view_raster, ref_cam, v, f, uv, uvf, texture)
-            loss_ref = F.mse_loss(ref[:, photo_mask], photo[:, photo_mask]) if photo_mask.any() else ref.sum() * 0
+            loss_ref = F.mse_loss(ref.reshape(3, -1)[:, photo_at], photo) if len(photo_at) else ref.sum() * 0
             loss = (
                 cfg.w_l2 * loss_l2
                 + cfg.w_perceptual * loss_p
@@ -298,16 +283,18 @@ class DiffusionTexture(ClassicalTexture):
             opt.step()
             with torch.no_grad():
                 texture.clamp_(0, 1)
-            last = {
-                "loss": loss.item(),
-                "l2": loss_l2.item(),
-                "perceptual": loss_p.item(),
-                "reference": loss_ref.item(),
-            }
-            first = first or last
-            report((step + 1) / cfg.refine_steps, f"refine {step + 1}/{cfg.refine_steps} loss {last['loss']:.4g}")
+            if step % cfg.log_every == 0 or step == cfg.refine_steps - 1:
+                history.append(
+                    {
+                        "step": step,
+                        "loss": loss.item(),
+                        "l2": loss_l2.item(),
+                        "perceptual": loss_p.item(),
+                        "reference": loss_ref.item(),
+                    }
+                )
         out = texture.detach().permute(1, 2, 0).cpu().numpy() * 255.0
-        return out, {"refine_first": first, "refine_last": last}
+        return out, {"refine_first": history[0], "refine_last": history[-1], "refine_losses": history}
 
 
 @torch.no_grad()
@@ -317,7 +304,7 @@ def _ddim_to_zero(
     """Deterministic DDIM from ``z_t`` at step ``t`` to a clean latent in ``steps`` steps."""
     ts = np.linspace(t, 0, steps + 1).round().astype(int)
     z = z_t
-    for a_t, b_t in zip(ts[:-1], ts[1:]):
+    for a_t, b_t in zip(ts[:-1], ts[1:], strict=True):
         tt = torch.tensor([int(a_t)], device=z.device)
         eps = guide.predict_noise(z, tt, cond, scale)
         ab = alphas[int(a_t)].to(z.dtype)

@@ -1,14 +1,17 @@
 """Typed inputs and outputs of the stages: plain dataclasses of arrays, so that a stage runs the
-same in-process, in a Ray actor, or behind a Serve deployment."""
+same in-process, in a Ray actor, or behind a Serve deployment (``stage`` lists which stage takes
+and gives which; ``codec`` turns them into bytes and back)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .camera import Camera
+from .image_io import DecodedImage
 
 
 @dataclass
@@ -42,7 +45,7 @@ class PortraitAnalysis:
             "crop_size": int(self.crop.shape[0]),
             "face_box": [float(v) for v in self.face_box],
             "face_score": float(self.face_score),
-            "pose_deg": dict(zip(("yaw", "pitch", "roll"), (float(v) for v in self.pose_ypr))),
+            "pose_deg": dict(zip(("yaw", "pitch", "roll"), (float(v) for v in self.pose_ypr), strict=True)),
             "reference_camera": self.camera.to_dict(),
             "landmarks_px": np.round(self.landmarks_px, 3).tolist(),
             "landmarks_3d": np.round(self.landmarks_3d, 6).tolist(),
@@ -70,3 +73,60 @@ class TexturedHead:
     uv_to_vertex: np.ndarray  # (M,) int64: the mesh vertex of each UV vertex
     texture: np.ndarray  # (T, T, 3) uint8, row 0 at v = 1
     stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SculptResult:
+    """Stage 4 output: the sculpted head and what the optimization reports (first/last losses, sizes)."""
+
+    mesh: HeadMesh
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    """Stage 6 output: the bundle's files as bytes (``head.glb``, ``head.json``, ``views.png``) and the
+    record that ``head.json`` holds."""
+
+    files: dict[str, bytes]
+    record: dict[str, Any]
+
+    def write(self, out: str | Path) -> dict[str, str]:
+        """Into the local folder ``out``, atomically per file: ``{file name: path}``."""
+        from .outputs import write_bundle
+
+        return write_bundle(out, self.files)
+
+
+@dataclass(frozen=True)
+class AnalysisInput:
+    image: DecodedImage
+
+
+@dataclass(frozen=True)
+class InitInput:
+    analysis: PortraitAnalysis
+
+
+@dataclass(frozen=True)
+class SculptInput:
+    analysis: PortraitAnalysis
+    initial: HeadMesh
+
+
+@dataclass(frozen=True)
+class TextureInput:
+    analysis: PortraitAnalysis
+    mesh: HeadMesh
+
+
+@dataclass(frozen=True)
+class ExportInput:
+    """What the bundle is made of: the head, the analysis and sculpt records, the earlier stages'
+    timings, and ``provenance`` (profile, resolved config and its fingerprint) from the pipeline."""
+
+    analysis: PortraitAnalysis
+    head: TexturedHead
+    sculpt_info: dict[str, Any]
+    timings: dict[str, float]
+    provenance: dict[str, Any]

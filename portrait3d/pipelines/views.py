@@ -17,7 +17,9 @@ from .types import TexturedHead
 VIEW_YAWS = (0, 30, -30, 60, -60, 90, -90, 180)
 
 
-def render_textured(head: TexturedHead, cam: Camera, background=(128, 128, 128)) -> tuple[np.ndarray, np.ndarray]:
+def render_textured(
+    head: TexturedHead, cam: Camera, background: tuple[int, int, int] = (128, 128, 128)
+) -> tuple[np.ndarray, np.ndarray]:
     """-> image ``(H, W, 3)`` uint8 and coverage mask ``(H, W)`` bool (albedo, no lighting)."""
     r = get_rasterizer("torch")
     v = torch.tensor(head.mesh.vertices, dtype=torch.float64)
@@ -32,7 +34,13 @@ def render_textured(head: TexturedHead, cam: Camera, background=(128, 128, 128))
     return out.astype(np.uint8), mask
 
 
-def orbit_views(head: TexturedHead, ref: Camera, size: int, yaws=VIEW_YAWS, background=(128, 128, 128)):
+def orbit_views(
+    head: TexturedHead,
+    ref: Camera,
+    size: int,
+    yaws: tuple[int, ...] = VIEW_YAWS,
+    background: tuple[int, int, int] = (128, 128, 128),
+) -> list[tuple[int, np.ndarray]]:
     """Renders ``[(yaw, image)]`` around the head at the reference camera's distance and field of view."""
     dist = float(np.linalg.norm(ref.center))
     return [(y, render_textured(head, Camera.orbit(y, 0, dist, ref.fovy_deg, size), background)[0]) for y in yaws]

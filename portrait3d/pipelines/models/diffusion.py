@@ -8,13 +8,18 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from ...errors import ModelError
+from ..stage import Reporter
 from .root import ModelRoot
 
 
-def _from_pretrained(cls, folder, what: str, **kw):
+def _from_pretrained(cls: type, folder: str | Path, what: str, **kw: Any) -> Any:
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, **kw)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -83,13 +88,13 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def _freeze(pipe) -> None:
+def _freeze(pipe: Any) -> None:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
         module.requires_grad_(False)
         module.eval()
 
 
-def with_controlnet(pipe, root: ModelRoot, role: str):
+def with_controlnet(pipe: Any, root: ModelRoot, role: str) -> Any:
     """A pipeline of the same class sharing ``pipe``'s modules (UNet with its ID adapter, VAE, text
     encoder, scheduler) with the ControlNet of ``role`` instead of its own."""
     from diffusers import ControlNetModel
@@ -109,3 +114,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as e:
         raise ModelError(f"bad device {name!r}: {e}") from None
+
+
+def step_callback(report: Reporter, steps: int) -> Callable[[Any, int, Any, dict], dict]:
+    """A diffusers ``callback_on_step_end`` that reports each of ``steps`` denoising steps and raises
+    CancelledError (out of the pipeline call) once the run is cancelled; it changes no tensor."""
+
+    def callback(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+        report((i + 1) / max(steps, 1), f"denoising {i + 1}/{steps}")
+        return kwargs
+
+    return callback

@@ -30,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ... import storage
 from ...errors import ModelError, StorageError
@@ -64,16 +64,6 @@ def read_manifest(root: str) -> dict:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict) or not entry.get("path"):
             raise ModelError(f"{uri}: role {name} needs a path and a files table")
     return data
-
-
-@dataclass
-class ModelRootSettings:
-    """Settings of every stage that loads models from a model root (its Config derives from this)."""
-
-    models: str = field(default="", metadata={"help": "model root (folder or s3:// prefix); set by --models"})
-    allow_pickle: tuple[str, ...] = field(
-        default=(), metadata={"help": "roles whose pickled weights may run code (--allow-pickle)"}
-    )
 
 
 @dataclass

@@ -127,7 +127,7 @@ def tiny_text_encoder(vocab_size: int, full: bool = False):
 def tiny_captioner(folder: str | Path) -> Path:
     """A tiny BLIP captioner (BlipForConditionalGeneration and its processor, with a BERT tokenizer
     over a small word list) saved in ``folder``."""
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, BertTokenizer
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def tiny_captioner(folder: str | Path) -> Path:
     return folder
 
 
-def faceid_state_dict(unet, id_dim: int = ID_DIM, tokens: int = ID_TOKENS) -> dict:
+def faceid_state_dict(unet: torch.nn.Module, id_dim: int = ID_DIM, tokens: int = ID_TOKENS) -> dict:
     """IP-Adapter FaceID weights for ``unet`` in the release's layout: ``image_proj`` (MLP from the face
     embedding to ``tokens`` cross-attention tokens) and ``ip_adapter`` (``to_k_ip``/``to_v_ip`` of every
     cross-attention layer, numbered 1, 3, 5, ... in the UNet's processor order)."""

@@ -4,11 +4,10 @@ which compiles its CUDA plugin on first use. It maps nvdiffrast's ``(1, H, W, 4)
 
 from __future__ import annotations
 
+import nvdiffrast.torch as dr  # ImportError where it is not installed: get_rasterizer falls back
 import torch
 
-import nvdiffrast.torch as dr  # ImportError where it is not installed: get_rasterizer falls back
-
-from . import Rast
+from .base import Rast
 
 
 class NvdiffrastRasterizer:

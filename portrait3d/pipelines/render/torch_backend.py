@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Rast
+from .base import Rast
 
 _CHUNK = 1 << 22  # candidate (triangle, pixel) pairs per pass: bounds memory to ~100 MB
 _DEPTH_BITS = 30

@@ -1,0 +1,281 @@
+"""Texturing functions shared by the texture stages: the UV atlas and its texels, the paper's
+camera trajectory, visibility, back-projection of images into texels, and filling the atlas.
+
+Texel colours are kept per *used texel* (the texels a UV triangle covers): ``Atlas.idx`` gives
+their flat indices in the ``(T, T)`` map, ``Atlas.pts``/``Atlas.nrm`` their surface points and
+normals; a colour array ``(P, 3)`` float in [0, 255] and a ``known (P,)`` mask travel with them.
+
+Example:
+    >>> len(PAPER_TRAJECTORY), PAPER_TRAJECTORY[2]
+    (15, (-15, 0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from .camera import Camera
+from .mesh import vertex_normals
+from .render import Rasterizer
+from .types import HeadMesh, PortraitAnalysis
+from .uv_unwrap import UVUnwrapper
+
+#: The paper's 15 inpainting views (elevation, azimuth), in order: around the head at -15 degrees,
+#: then from above at +45.
+PAPER_TRAJECTORY = (
+    (-15, -45),
+    (-15, 45),
+    (-15, 0),
+    (-15, -90),
+    (-15, 90),
+    (-15, 120),
+    (-15, -120),
+    (-15, 150),
+    (-15, -150),
+    (-15, 180),
+    (45, 0),
+    (45, 90),
+    (45, -90),
+    (45, 135),
+    (45, -135),
+)
+#: The views see a little more than the reference camera: its field of view times this.
+VIEW_FOV_SCALE = 1.1
+# A texel is visible when its camera depth is within this of the depth map (metres; the second term
+# grows with the camera distance, as depth-map error does).
+DEPTH_TOLERANCE = (0.004, 0.002)
+#: Where a used texel's colour came from.
+NONE, PHOTO, MIRROR, VIEWS = 0, 1, 2, 3
+
+
+@dataclass
+class Atlas:
+    """A UV atlas and its used texels: ``idx (P,)`` flat texel indices, ``pts``/``nrm (P, 3)``;
+    ``tri_id (T, T)`` and ``bary (T, T, 3)`` locate every texel on the mesh."""
+
+    uv: np.ndarray
+    uv_faces: np.ndarray
+    uv_to_vertex: np.ndarray
+    tri_id: np.ndarray
+    bary: np.ndarray
+    idx: np.ndarray
+    pts: np.ndarray
+    nrm: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.tri_id.shape[0])
+
+
+def trajectory_cameras(ref: Camera, size: int) -> list[Camera]:
+    """The :data:`PAPER_TRAJECTORY` views at the reference camera's distance, ``size`` pixels square."""
+    dist = float(np.linalg.norm(ref.center))
+    return [Camera.orbit(az, el, dist, ref.fovy_deg * VIEW_FOV_SCALE, size) for el, az in PAPER_TRAJECTORY]
+
+
+def build_atlas(
+    raster: Rasterizer,
+    unwrapper: UVUnwrapper,
+    mesh: HeadMesh,
+    size: int,
+    padding: int,
+    check: Callable[[], None] | None = None,
+) -> Atlas:
+    """The UV atlas of ``mesh`` (``size`` texels square) and the surface point and normal of every used
+    texel. ``check`` is called while xatlas runs and may raise to cancel."""
+    uv, uv_faces, uv_to_vertex = unwrapper(mesh.vertices, mesh.faces, size, padding, check)
+    tri_id, bary, pts_map, nrm_map = texel_surface(raster, mesh, uv, uv_faces, size)
+    idx = np.nonzero((tri_id >= 0).ravel())[0]
+    return Atlas(
+        uv, uv_faces, uv_to_vertex, tri_id, bary, idx, pts_map.reshape(-1, 3)[idx], nrm_map.reshape(-1, 3)[idx]
+    )
+
+
+def texel_surface(
+    raster: Rasterizer, mesh: HeadMesh, uv: np.ndarray, uv_faces: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterize the atlas: per texel triangle id ``(T, T)``, barycentrics ``(T, T, 3)``, surface point
+    and normal ``(T, T, 3)``."""
+    u = torch.tensor(uv, dtype=torch.float32)
+    pos = torch.stack([u[:, 0] * 2 - 1, 1 - u[:, 1] * 2, torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])], 1)
+    rast = raster.rasterize(pos, torch.tensor(uv_faces), (size, size))
+    v = torch.tensor(mesh.vertices, dtype=torch.float32)
+    faces = torch.tensor(mesh.faces)
+    n = vertex_normals(v, faces)
+    # uv_faces and mesh.faces index the same triangles, so interpolate on the mesh's own corners.
+    p = raster.interpolate(v, rast, faces).numpy()
+    nn = torch.nn.functional.normalize(raster.interpolate(n, rast, faces), dim=-1).numpy()
+    return rast.tri_id.numpy(), rast.bary.numpy(), p, nn
+
+
+def depth_map(raster: Rasterizer, mesh: HeadMesh, cam: Camera) -> np.ndarray:
+    """Camera depth ``(H, W)`` of the mesh at ``cam``, ``inf`` off the mesh."""
+    v = torch.tensor(mesh.vertices, dtype=torch.float64)
+    tri = torch.tensor(mesh.faces)
+    rast = raster.rasterize(cam.clip(v).float(), tri, (cam.height, cam.width))
+    z = raster.interpolate(cam.to_camera(v)[:, 2:].float(), rast, tri)[..., 0].numpy()
+    return np.where(rast.mask.numpy(), z, np.inf)
+
+
+def pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(P, 2)`` -> clamped (row, col) integer indices."""
+    return (np.clip(pix[:, 1].astype(int), 0, height - 1), np.clip(pix[:, 0].astype(int), 0, width - 1))
+
+
+def visible_texels(
+    pts: np.ndarray, nrm: np.ndarray, cam: Camera, depth: np.ndarray, min_facing: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texels ``(P, 3)`` -> (pixel ``(P, 2)``, visible ``(P,)``, facing cos ``(P,)``): in the image,
+    facing the camera by at least ``min_facing`` and not behind the depth map ``(H, W)``."""
+    uv, z = cam.project(pts)
+    to_cam = cam.center[None] - pts
+    cos = (nrm * to_cam).sum(1) / np.linalg.norm(to_cam, axis=1)
+    yi, xi = pixel_index(uv, cam.width, cam.height)
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
+    tol = DEPTH_TOLERANCE[0] + DEPTH_TOLERANCE[1] * np.linalg.norm(cam.center)
+    vis = inside & (cos > min_facing) & (z <= depth[yi, xi] + tol)
+    return uv, vis, cos
+
+
+def sample_bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear colours ``(P, C)`` float of ``img (H, W, C)`` at pixels ``uv (P, 2)``."""
+    H, W = img.shape[:2]
+    x = np.clip(uv[:, 0] - 0.5, 0, W - 1)
+    y = np.clip(uv[:, 1] - 0.5, 0, H - 1)
+    x0 = np.minimum(x.astype(int), W - 2)
+    y0 = np.minimum(y.astype(int), H - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    im = img.astype(np.float32)
+    top = im[y0, x0] * (1 - fx) + im[y0, x0 + 1] * fx
+    bot = im[y0 + 1, x0] * (1 - fx) + im[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def project_photo(
+    raster: Rasterizer,
+    a: PortraitAnalysis,
+    mesh: HeadMesh,
+    atlas: Atlas,
+    colors: np.ndarray,
+    min_facing: float,
+    mask_erode: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The photo's colours into ``colors (P, 3)`` at the texels seen from the reference view inside the
+    head mask (eroded by ``mask_erode`` crop pixels). Returns (seen ``(P,)``, facing cos ``(P,)``,
+    eroded head mask, reference depth map)."""
+    cam = a.camera
+    k = mask_erode * 2 + 1
+    mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    ref_depth = depth_map(raster, mesh, cam)
+    pix, vis, cos = visible_texels(atlas.pts, atlas.nrm, cam, ref_depth, min_facing)
+    vis &= mask[pixel_index(pix, cam.width, cam.height)]
+    colors[vis] = sample_bilinear(a.crop, pix[vis])
+    return vis, cos, mask, ref_depth
+
+
+def mirror_points(mesh: HeadMesh, tids: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """Surface points ``(P, 3)`` mirrored through the mesh's left/right vertex map, for points given by
+    triangle ids ``(P,)`` and barycentrics ``(P, 3)``."""
+    corners = mesh.mirror[mesh.faces[tids]]
+    return (mesh.vertices[corners] * bary[..., None]).sum(1)
+
+
+def splat_known(pix: np.ndarray, col: np.ndarray, size: int, sil: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Splat known texel colours ``col (P, 3)`` at pixels ``pix (P, 2)`` into a ``size``-square view
+    image; returns (uint8 image, covered mask ``(size, size)`` within the silhouette ``sil``)."""
+    acc = np.zeros((size * size, 3), np.float32)
+    cnt = np.zeros(size * size, np.float32)
+    yi, xi = pixel_index(pix, size, size)
+    flat = yi * size + xi
+    np.add.at(acc, flat, col)
+    np.add.at(cnt, flat, 1)
+    have = (cnt > 0).reshape(size, size)
+    img = (acc / np.maximum(cnt, 1)[:, None]).reshape(size, size, 3)
+    # Close single-pixel gaps between splats before deciding what is a hole.
+    closed = cv2.morphologyEx(have.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0
+    img = push_pull(img, have)
+    have = closed & sil
+    return np.clip(img, 0, 255).astype(np.uint8), have
+
+
+def fill_atlas(size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Known texel colours into a ``(T, T, 3)`` float map; the rest (unseen texels and the gutter) by
+    push-pull."""
+    tex = np.zeros((size * size, 3), np.float32)
+    tex[idx[known]] = colors[known]
+    have = np.zeros(size * size, bool)
+    have[idx[known]] = True
+    return push_pull(tex.reshape(size, size, 3), have.reshape(size, size))
+
+
+def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill unknown pixels of ``img (H, W, C)`` float from ``known (H, W)`` bool by a mean pyramid."""
+    w = known.astype(np.float32)
+    levels = [(img * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        c, ww = levels[-1]
+        h2, w2 = (c.shape[0] + 1) // 2, (c.shape[1] + 1) // 2
+        c = cv2.resize(c, (w2, h2), interpolation=cv2.INTER_AREA)
+        ww = cv2.resize(ww, (w2, h2), interpolation=cv2.INTER_AREA)
+        levels.append((c.reshape(h2, w2, -1), ww))
+    c, ww = levels[-1]
+    filled = c / np.maximum(ww, 1e-8)[..., None]
+    for c, ww in reversed(levels[:-1]):
+        up = cv2.resize(filled, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(c.shape)
+        a = np.clip(ww, 0, 1)[..., None]
+        filled = np.where(ww[..., None] > 1e-6, c / np.maximum(ww, 1e-8)[..., None], up) * a + up * (1 - a)
+    return np.where(known[..., None], img, filled)
+
+
+def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimuth_deg: float) -> np.ndarray:
+    """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head.
+
+    Heads are close to rotationally alike in what covers them at a given height (hair, headwear,
+    ears, neck): each texel takes the colour of a seen, non-face texel at its elevation from the
+    side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
+    """
+    # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
+    # between runs on the same input (measured), which changed nearest neighbours below.
+    x, y, z = (np.ascontiguousarray(pts[:, i], dtype=np.float64) for i in range(3))
+    r = np.sqrt(x * x + y * y + z * z)
+    elev = np.arcsin(np.clip(y / np.maximum(r, 1e-9), -1, 1))
+    az = np.abs(np.arctan2(x, z))
+    side = x >= 0
+    out = np.full_like(colors, np.nan)
+    for sd in (True, False):
+        ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
+        if ring.sum() < 50:
+            continue
+        lo, hi = np.quantile(az[ring], [0.05, 1.0])
+        width = max(hi - lo, 1e-3)
+        q = side == sd
+        a = az[q]
+        beyond = a > hi
+        a = np.where(beyond, hi - np.mod(a - hi, width), a)  # reflect back into the ring
+        tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
+        _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1))
+        c = colors[ring][nn]
+        # Only where the ring has something at that height.
+        dz = np.abs(elev[ring][nn] - elev[q])
+        c[dz > np.radians(8)] = np.nan
+        out[q] = c
+    return out
+
+
+def coverage_stats(source: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """Shares of the used texels by where their colour came from; ``coverage``: from any source but the
+    final atlas fill."""
+    return {
+        "texels_used": int(len(source)),
+        "from_photo": float((source == PHOTO).mean()),
+        "from_mirror": float((source == MIRROR).mean()),
+        "from_views": float((source == VIEWS).mean()),
+        "from_uv_fill": float((~known).mean()),
+        "coverage": float(known.mean()),
+    }
