@@ -303,6 +303,101 @@ def info(models: str | None = MODELS_OPTION) -> None:
             out.print(f"    {pool}.{field} = {escape(str(getattr(cfg, field)))}  [dim]{escape(help_)}[/]")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address the HTTP service listens on"),
+    port: int = typer.Option(8000, "--port", help="port of the HTTP service"),
+    profile: str = typer.Option("fast", "--profile", "-p", help="the profile the service runs"),
+    models: str | None = MODELS_OPTION,
+    allow_pickle: list[str] | None = ALLOW_PICKLE_OPTION,
+    data: Path = typer.Option(
+        Path("portrait3d-data"), "--data", help="local folder of the embedded job store and files"
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="job store URL, e.g. postgresql+psycopg://u:p@host/db (default: SQLite in the data folder)",
+    ),
+    storage_uri: str | None = typer.Option(
+        None, "--storage", help="where uploads and results live: a folder or s3:// prefix (default: the data folder)"
+    ),
+    settings: list[str] | None = typer.Option(
+        None, "--setting", "-c", help="stage.field=value default of the service's heads; repeatable"
+    ),
+    sets: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="any other service setting, key=value (e.g. max_upload_mb=8); `portrait3d info` lists them; repeatable",
+    ),
+    pool: list[str] | None = typer.Option(
+        None, "--pool", help="a stage deployment's pool setting, e.g. geometry.max_size=2; repeatable"
+    ),
+    serve_config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="a Ray Serve config file to deploy instead "
+        "(the one a RayService holds); the other service options are its",
+    ),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: a local instance)"),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """The HTTP service: upload a photo, get a job id, watch it, download the head (Ctrl-C stops it)."""
+    import time
+    import urllib.request
+
+    with _quiet(verbose):
+        try:
+            if serve_config is not None:
+                from .serve_app.app import start_config
+                from .serve_app.config_file import read_serve_config
+
+                config = read_serve_config(serve_config)
+                start_config(config, address)
+                url = f"http://{config.http_options.host}:{config.http_options.port}"
+            else:
+                from .pipelines.overrides import parse_overrides
+                from .serve_app.app import start_local
+                from .serve_app.settings import serve_settings
+
+                args: dict = {"profile": profile, "data": str(data), "settings": list(settings or [])}
+                args.update({k: v for k, v in (("models", models), ("store", store), ("storage", storage_uri)) if v})
+                if allow_pickle:
+                    args["allow_pickle"] = list(allow_pickle)
+                for item in sets or []:
+                    key, eq, value = item.partition("=")
+                    if not eq:
+                        raise _config_error(f"--set takes key=value, not {item!r}")
+                    args[key.strip()] = value.strip()
+                args["pools"] = parse_overrides(pool)
+                serve_settings(args)
+                url = start_local(args, host, port, address)
+            err.print(f"portrait3d service at [bold]{url}[/] (API docs: {url}/docs); loading the stages' models...")
+            for _ in range(600):
+                try:
+                    with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:  # noqa: S310 (our own service)
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(1)
+            err.print("[green]ready[/]; Ctrl-C stops it")
+            while True:
+                time.sleep(3600)
+        except Portrait3DError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            from ray import serve as ray_serve
+
+            ray_serve.shutdown()
+            err.print("stopped")
+
+
+def _config_error(message: str) -> Portrait3DError:
+    from .errors import ConfigError
+
+    return ConfigError(message)
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Model roots of the paper profile: check, index, build a tiny one.")
 app.add_typer(models_app, name="models")
 

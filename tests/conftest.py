@@ -123,3 +123,79 @@ def s3_bucket(s3_server, request):
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's postgresql package) on loopback, for the session; its URL.
+
+    As root the server runs as the ``postgres`` user (PostgreSQL refuses root)."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert bins, "PostgreSQL is not installed: `bash setup.sh` installs Debian's postgresql package"
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="p3d-pg-", dir="/tmp"))
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*run_as, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", opts, "-l", str(root / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def free_port() -> int:
+    return _free_port()
+
+
+def wait_ready(url: str, timeout: float = 240) -> None:
+    """Until the service at ``url`` answers /readyz with 200."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {timeout} s")
+
+
+def wait_job(
+    url: str, job_id: str, statuses=("done", "failed", "cancelled"), timeout: float = 240, headers=None
+) -> dict:
+    """Poll a job until its status is one of ``statuses``; returns the status."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = requests.get(f"{url}/v1/heads/{job_id}", headers=headers, timeout=10).json()
+        if s["status"] in statuses:
+            return s
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not reach {statuses} within {timeout} s: {s}")

@@ -108,8 +108,11 @@ def test_codec_round_trips_a_sculpt_result_with_its_losses():
     from portrait3d.pipelines.types import SculptResult
 
     v, f, mirror = symmetric_sphere(2)
-    info = {"first": {"step": 0, "loss": 1.5}, "losses": [{"step": 0, "loss": 1.5}, {"step": 50, "loss": 0.25}],
-            "faces": 320}
+    info = {
+        "first": {"step": 0, "loss": 1.5},
+        "losses": [{"step": 0, "loss": 1.5}, {"step": 50, "loss": 0.25}],
+        "faces": 320,
+    }
     result = SculptResult(HeadMesh(v.astype(np.float32), f, mirror, np.zeros(len(v), np.float32)), info)
     back = decode(encode(result), SculptResult)
     assert back.info == info and np.array_equal(back.mesh.faces, f) and back.mesh.vertices.dtype == np.float32

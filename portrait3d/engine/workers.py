@@ -1,8 +1,8 @@
 """Ray Data workers: callable classes that load their stage models once and then process rows.
 
-Each worker reads its inputs from storage, runs its step of :class:`Portrait3D`, writes its output
-to storage and puts only the URI and small metadata into the row. A typed error (or a bug) in one
-row becomes an error row; the worker goes on with the next one.
+Each worker runs its pool's step (``steps``) on one head: inputs from storage, the pool's stages
+through the stage interface, the output to storage; only the URI and small metadata go into the
+row. A typed error (or a bug) in one row becomes an error row; the worker goes on with the next one.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import numpy as np
 
 from .. import storage
 from ..errors import CancelledError, HeadTimeoutError, Portrait3DError
-from ..pipelines.codec import decode, encode
 from ..pipelines.config import PipelineConfig
 from ..pipelines.pipeline import Portrait3D, RunContext
-from ..pipelines.types import PortraitAnalysis, SculptResult, TexturedHead
-from . import heads
+from . import heads, steps
 from .config import BatchSettings, PoolConfig
 from .rows import TIMING_COLUMNS, batch_to_rows, mark_error, rows_to_batch
+from .steps import POOL_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +140,6 @@ class StageWorker:
             finished.set()
             timer.cancel()
 
-    def _read(self, row: dict[str, Any], name: str, cls: type) -> Any:
-        return decode(storage.read_bytes(storage.join(row["work_uri"], name)), cls)
-
-    def _write(self, row: dict[str, Any], name: str, obj: Any) -> None:
-        storage.write_bytes(storage.join(row["work_uri"], name), encode(obj))
-
 
 def _daemon_timer(seconds: float, fn: Callable[[], None]) -> threading.Timer:
     timer = threading.Timer(seconds, fn)
@@ -158,7 +151,7 @@ def _daemon_timer(seconds: float, fn: Callable[[], None]) -> threading.Timer:
 class AnalysisWorker(StageWorker):
     """Stage 1. Reads the input, hashes it, and skips it when its bundle is already complete."""
 
-    pool, stages = "analysis", ("analysis",)
+    pool, stages = "analysis", POOL_STAGES["analysis"]
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         uri = row["input_uri"]
@@ -170,48 +163,37 @@ class AnalysisWorker(StageWorker):
             fill_outputs(row, bundle, record)
             row["reused"] = True
             return
-        analysis = self.p3d.analyze(data, ctx, name=uri)
         row["work_uri"] = heads.work_uri(self.output, digest)
-        self._write(row, "analysis.npz", analysis)
+        steps.run_analysis(self.p3d, data, uri, row["work_uri"], ctx)
 
 
 class GeometryWorker(StageWorker):
     """Stages 2-4: the head prior fitted to the portrait, then sculpted."""
 
-    pool, stages = "geometry", ("init", "sculpt")
+    pool, stages = "geometry", POOL_STAGES["geometry"]
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
-        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        initial = self.p3d.initialize(analysis, ctx)
-        self._write(row, "sculpt.npz", self.p3d.sculpt(analysis, initial, ctx))
+        steps.run_geometry(self.p3d, row["work_uri"], ctx)
 
 
 class TextureWorker(StageWorker):
     """Stage 5: the UV texture."""
 
-    pool, stages = "texture", ("texture",)
+    pool, stages = "texture", POOL_STAGES["texture"]
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
-        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        sculpted = self._read(row, "sculpt.npz", SculptResult)
-        self._write(row, "texture.npz", self.p3d.paint(analysis, sculpted.mesh, ctx))
+        steps.run_texture(self.p3d, row["work_uri"], ctx)
 
 
 class ExportWorker(StageWorker):
     """Stage 6, the bundle: ``head.glb``, ``views.png`` and, last, ``head.json``. Needs no models."""
 
-    pool, stages = "export", ("export",)
+    pool, stages = "export", POOL_STAGES["export"]
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
-        analysis = self._read(row, "analysis.npz", PortraitAnalysis)
-        sculpted = self._read(row, "sculpt.npz", SculptResult)
-        head = self._read(row, "texture.npz", TexturedHead)
         ctx.timings.update({s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"})
-        bundle = self.p3d.export(analysis, head, sculpted.info, ctx)
-        ctx.timings["export"] = bundle.record["timings_s"]["export"]  # the figure head.json gives
         uri = heads.bundle_uri(self.output, row["content_hash"])
-        heads.write_head_bundle(uri, bundle.files)
-        fill_outputs(row, uri, bundle.record)
+        fill_outputs(row, uri, steps.run_export(self.p3d, row["work_uri"], uri, ctx))
         if not self.batch.keep_work:
             storage.delete_tree(row["work_uri"])
 

@@ -92,6 +92,52 @@ def deterministic_torch() -> Iterator[None]:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
 
 
+def build_stage(config: PipelineConfig, stage: str) -> Any:
+    """The implementation of ``stage`` that ``config`` names, built from its settings (models load here)."""
+    return lookup(stage, config.impls[stage])(config.stages[stage])
+
+
+class StageCache:
+    """Built stages kept by their settings, for a server whose requests may change settings: a request
+    gets a :class:`Portrait3D` that shares every stage whose settings equal those of a stage built
+    before (configs are frozen and compare by value), and builds only the others. At most
+    ``per_stage`` variants of each stage stay built; the least recently used is closed.
+
+    Example:
+        >>> cache = StageCache()
+        >>> a = cache.driver(build_profile_config("fast", seed=1), ("export",))
+        >>> b = cache.driver(build_profile_config("fast", seed=2), ("export",))   # seed: not a stage setting
+        >>> a.stages["export"] is b.stages["export"], b.config.seed
+        (True, 2)
+    """
+
+    def __init__(self, per_stage: int = 2) -> None:
+        self.per_stage = per_stage
+        self._built: dict[tuple[str, str, Any], Any] = {}
+
+    def driver(self, config: PipelineConfig, stages: tuple[str, ...]) -> Portrait3D:
+        built = {}
+        for s in stages:
+            key = (s, config.impls[s], config.stages[s])
+            if key in self._built:
+                self._built[key] = self._built.pop(key)  # most recently used last
+            else:
+                self._built[key] = build_stage(config, s)
+                self._evict(s)
+            built[s] = self._built[key]
+        return Portrait3D(config, stages=stages, built=built)
+
+    def _evict(self, stage: str) -> None:
+        keys = [k for k in self._built if k[0] == stage]
+        for k in keys[: max(len(keys) - self.per_stage, 0)]:
+            self._built.pop(k).close()
+
+    def close(self) -> None:
+        for stage in self._built.values():
+            stage.close()
+        self._built = {}
+
+
 class Portrait3D:
     """The stages of one profile, built once (models stay warm), driven through the stage interface.
 
@@ -99,16 +145,22 @@ class Portrait3D:
     (or leaving a ``with`` block) closes every stage.
     """
 
-    def __init__(self, config: PipelineConfig | None = None, stages: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        stages: tuple[str, ...] | None = None,
+        built: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config or build_profile_config("fast")
         names = STAGES if stages is None else tuple(stages)
         unknown = set(names) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {list(STAGES)}")
         self.stages: dict[str, Any] = {}
+        self._owned = built is None  # stages handed in (a StageCache's) are closed by their owner
         try:
             for s in names:
-                self.stages[s] = lookup(s, self.config.impls[s])(self.config.stages[s])
+                self.stages[s] = built[s] if built is not None else build_stage(self.config, s)
         except BaseException:
             self.close()
             raise
@@ -116,8 +168,9 @@ class Portrait3D:
             pass
 
     def close(self) -> None:
-        for stage in self.stages.values():
-            stage.close()
+        if self._owned:
+            for stage in self.stages.values():
+                stage.close()
         self.stages = {}
 
     def __enter__(self) -> Portrait3D:

@@ -1,0 +1,97 @@
+"""The Serve application: the FastAPI ingress composed with one deployment per worker pool.
+
+``build_app(args)`` is the application builder a Serve config file names
+(``import_path: portrait3d.serve_app.app:build_app``); ``args`` are the service's settings
+(``settings.ServeSettings``) plus ``pools``, the worker-pool settings of ``engine.config`` per stage
+deployment (``{"geometry": {"num_gpus": 1, "max_size": 4}}``). Each pool becomes a deployment named
+after it with those resources, ``max_ongoing_requests`` 1 (one head at a time per replica) and
+autoscaling between the pool's ``min_size`` and ``max_size`` replicas; a Serve config file's
+``deployments`` section may override any of it.
+
+Example:
+    >>> app = build_app({"profile": "fast", "data": "/tmp/p3d"})    # doctest: +SKIP
+    >>> serve.run(app, name="portrait3d", route_prefix="/")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from ..engine.config import POOLS, PoolConfig, build_engine_config
+from .api import Ingress
+from .settings import serve_settings
+from .stages import StageDeployment
+
+
+def deployment_options(pool: PoolConfig) -> dict[str, Any]:
+    """A pool's settings as Serve deployment options."""
+    actor = {k: v for k, v in pool.remote_args().items() if k != "memory"}
+    if pool.memory_gb:
+        actor["memory"] = int(pool.memory_gb * 2**30)
+    return {
+        "ray_actor_options": actor,
+        "max_ongoing_requests": 1,
+        "autoscaling_config": {
+            "min_replicas": pool.min_size,
+            "max_replicas": pool.max_size,
+            "initial_replicas": pool.min_size,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 5,
+            "downscale_delay_s": 60,
+        },
+    }
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The portrait3d Serve app from ``args`` (see the module docstring)."""
+    settings = serve_settings(args)
+    pools = args.get("pools") or {}
+    if not isinstance(pools, dict) or set(pools) - set(POOLS):
+        raise ValueError(f"pools must map some of {', '.join(POOLS)} to pool settings")
+    overrides = [f"{p}.{k}={v}" for p, values in pools.items() for k, v in values.items()]
+    engine = build_engine_config(settings.profile, overrides)
+    plain = settings.to_args()
+    handles = {
+        name: StageDeployment.options(name=name, **deployment_options(engine.pools[name])).bind(
+            name, plain, engine.pools[name].threads()
+        )
+        for name in POOLS
+    }
+    return Ingress.bind(handles, plain)
+
+
+def start_local(args: dict[str, Any], host: str, port: int, address: str | None = None) -> str:
+    """Start the app on this machine's Ray (a local instance unless ``address``); returns its URL."""
+    import math
+    import os
+
+    import ray
+
+    from ..engine.cluster import WORKER_ENV
+
+    settings = serve_settings(args)
+    if not ray.is_initialized():
+        engine = build_engine_config(settings.profile)
+        cpus = max(os.cpu_count() or 1, math.ceil(engine.required_cpus() + 0.25))
+        init = {"address": address} if address else {"num_cpus": cpus, "include_dashboard": False}
+        ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name="portrait3d", route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def start_config(config: Any, address: str | None = None) -> None:
+    """Deploy a checked Serve config (``config_file.read_serve_config``) as ``serve run CONFIG`` does."""
+    import ray
+    from ray.serve._private import api as serve_api
+
+    from ..engine.cluster import WORKER_ENV
+
+    if not ray.is_initialized():
+        init = {"address": address} if address else {"include_dashboard": False}
+        ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
+    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    client.deploy_apps(config, _blocking=True)
