@@ -245,7 +245,7 @@ class Ingress:
         return self.store.get(check_job_id(job_id))
 
     def status(self, job: Job) -> dict[str, Any]:
-        out = {
+        return {
             "id": job.id,
             "status": job.status,
             "stage": job.stage,
@@ -258,13 +258,14 @@ class Ingress:
             "finished_at": job.finished_at,
             "timings": job.timings,
             "attempts": job.attempts,
+            "stage_runs": job.stage_runs,
+            "updated_at": job.updated_at,
             "notes": job.notes,
             "options": job.spec.get("options", {}),
             "input_name": job.spec.get("input_name", ""),
             "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
             "files": {n: f"/v1/heads/{job.id}/{n}" for n in BUNDLE_FILES} if job.status == "done" else {},
         }
-        return out
 
     # -- routes ----------------------------------------------------------------------------
     @api.get("/healthz", include_in_schema=False)

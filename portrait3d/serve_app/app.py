@@ -63,8 +63,9 @@ def build_app(args: dict[str, Any]) -> Application:
     return Ingress.bind(handles, plain)
 
 
-def start_local(args: dict[str, Any], host: str, port: int, address: str | None = None) -> str:
-    """Start the app on this machine's Ray (a local instance unless ``address``); returns its URL."""
+def _local_ray(profile: str, pools: dict[str, Any], address: str | None) -> None:
+    """Join the cluster at ``address``, or start a local Ray instance with the logical CPUs every
+    deployment's first replica needs (the replicas then share the cores)."""
     import math
     import os
 
@@ -72,26 +73,53 @@ def start_local(args: dict[str, Any], host: str, port: int, address: str | None 
 
     from ..engine.cluster import WORKER_ENV
 
+    if ray.is_initialized():
+        return
+    if address:
+        init: dict[str, Any] = {"address": address}
+    else:
+        overrides = [f"{p}.{k}={v}" for p, values in pools.items() for k, v in values.items()]
+        needed = build_engine_config(profile, overrides).required_cpus() + 0.25  # and the ingress
+        init = {"num_cpus": max(os.cpu_count() or 1, math.ceil(needed)), "include_dashboard": False}
+    ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
+
+
+def start_local(args: dict[str, Any], host: str, port: int, address: str | None = None) -> str:
+    """Start the app on this machine's Ray (a local instance unless ``address``); returns its URL."""
     settings = serve_settings(args)
-    if not ray.is_initialized():
-        engine = build_engine_config(settings.profile)
-        cpus = max(os.cpu_count() or 1, math.ceil(engine.required_cpus() + 0.25))
-        init = {"address": address} if address else {"num_cpus": cpus, "include_dashboard": False}
-        ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
+    _local_ray(settings.profile, args.get("pools") or {}, address)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name="portrait3d", route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
 
 
-def start_config(config: Any, address: str | None = None) -> None:
-    """Deploy a checked Serve config (``config_file.read_serve_config``) as ``serve run CONFIG`` does."""
-    import ray
+def start_config(config: Any, address: str | None = None, timeout_s: float = 900) -> None:
+    """Deploy a checked Serve config (``config_file.read_serve_config``) as ``serve run CONFIG`` does, and
+    wait until its applications run (a ConfigError with Serve's message when one fails to deploy)."""
+    import time
+
     from ray.serve._private import api as serve_api
 
-    from ..engine.cluster import WORKER_ENV
+    from ..errors import ConfigError
+    from .config_file import APP
 
-    if not ray.is_initialized():
-        init = {"address": address} if address else {"include_dashboard": False}
-        ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
+    ours = [a for a in config.applications if a.import_path == APP]
+    first = (ours[0].args or {}) if ours else {}
+    _local_ray(first.get("profile", "fast"), first.get("pools") or {}, address)
     client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
-    client.deploy_apps(config, _blocking=True)
+    client.deploy_apps(config, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = serve.status().applications
+        apps = [states.get(a.name) for a in config.applications]
+        failed = [
+            (a.name, s.message)
+            for a, s in zip(config.applications, apps, strict=True)
+            if s is not None and s.status == "DEPLOY_FAILED"
+        ]
+        if failed:
+            raise ConfigError(f"application {failed[0][0]} failed to deploy: {failed[0][1]}")
+        if all(s is not None and s.status == "RUNNING" for s in apps):
+            return
+        time.sleep(1)
+    raise ConfigError(f"the Serve applications were not running after {timeout_s:g} s")
