@@ -301,6 +301,11 @@ def info(models: str | None = MODELS_OPTION) -> None:
         cls, cfg = (BatchSettings, eng.batch) if pool == "batch" else (PoolConfig, eng.pools[pool])
         for field, (_typ, _default, help_) in help_of(cls).items():
             out.print(f"    {pool}.{field} = {escape(str(getattr(cfg, field)))}  [dim]{escape(help_)}[/]")
+    from .serve_app.settings import ServeSettings
+
+    out.print("\nsettings of `portrait3d serve` (--set key=value, or the args of a Serve config file):")
+    for field, (_typ, default, help_) in help_of(ServeSettings).items():
+        out.print(f"    {field} = {escape(str(default))}  [dim]{escape(help_)}[/]")
 
 
 @app.command()
@@ -342,8 +347,13 @@ def serve(
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """The HTTP service: upload a photo, get a job id, watch it, download the head (Ctrl-C stops it)."""
+    import logging
     import time
     import urllib.request
+
+    if not verbose:
+        for name in ("ray", "ray.serve", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     with _quiet(verbose):
         try:

@@ -142,10 +142,12 @@ def _implementations():
 
 def test_every_setting_has_help_and_every_number_a_range():
     from portrait3d.engine.config import BatchSettings, PoolConfig
+    from portrait3d.serve_app.settings import ServeSettings
 
     classes = [(f"{s}.{n}", cls.Config) for s, n, cls in _implementations()] + [
         ("pool", PoolConfig),
         ("batch", BatchSettings),
+        ("serve", ServeSettings),
     ]
     for where, cfg_cls in classes:
         hints = typing.get_type_hints(cfg_cls)

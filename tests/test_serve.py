@@ -37,7 +37,7 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, s3_server):
     import ray
     from ray import serve
 
@@ -205,6 +205,11 @@ def test_bad_paths_and_tokens(service):
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (method, path, headers)
             assert r.json()["error"]["type"] == "AuthError"
     assert requests.post(f"{u}/v1/heads", files={"image": ("a.png", png_bytes(astronaut()))}).status_code == 401
+    # CORS is off unless configured: no browser on another origin may call the API.
+    pre = requests.options(
+        f"{u}/v1/heads", headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in pre.headers
     # The probes and the page need no token.
     assert requests.get(f"{u}/healthz").status_code == 200 and requests.get(f"{u}/readyz").status_code == 200
     assert requests.get(f"{u}/").status_code == 200

@@ -20,14 +20,22 @@ REPO = Path(__file__).resolve().parents[1]
 def _serve(args, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the process writes it until it ends)
-    return subprocess.Popen([sys.executable, "-m", "portrait3d.cli", "serve", *args], stdout=log, stderr=log,
-                            env=env, start_new_session=True, cwd=tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "portrait3d.cli", "serve", *args],
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
 
 
 def _one_head(url):
     r = requests.post(f"{url}/v1/heads", files={"image": ("a.png", png_bytes(astronaut()))}, timeout=60)
     assert r.status_code == 202, r.text
-    assert wait_job(url, r.json()["id"])["status"] == "done"
+    s = wait_job(url, r.json()["id"])
+    assert s["status"] == "done", s
+    return requests.get(f"{url}/v1/heads/{s['id']}/head.json", timeout=30).json()
 
 
 def _stop(proc, tmp_path):
@@ -40,14 +48,31 @@ def _stop(proc, tmp_path):
     assert "stopped" in (tmp_path / "serve.log").read_text()
 
 
-def test_serve_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_path):
+def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_path, tiny_root):
+    """The paper profile's code (at toy sizes, on tiny random models) through the service."""
     port = free_port()
-    proc = _serve(["--port", str(port), "--data", str(tmp_path / "data"), *[a for c in QUICK_HEAD for a in
-                   ("-c", c)], "--set", "max_upload_mb=8", "--pool", "geometry.max_size=1"], tmp_path)
+    proc = _serve(
+        [
+            "--port",
+            str(port),
+            "--data",
+            str(tmp_path / "data"),
+            "--profile",
+            "tiny",
+            "--models",
+            str(tiny_root),
+            "--set",
+            "max_upload_mb=8",
+            "--pool",
+            "geometry.max_size=1",
+        ],
+        tmp_path,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        _one_head(url)
+        record = _one_head(url)
+        assert record["profile"] == "tiny" and record["config"]["impls"]["sculpt"] == "isd_dmtet"
         assert (tmp_path / "data" / "jobs.sqlite").is_file()  # the embedded store, in the data folder
         big = requests.post(f"{url}/v1/heads", files={"image": ("a.png", b"\x89PNG" + bytes(9 * 2**20))}, timeout=60)
         assert big.status_code == 413  # --set reached the service
@@ -78,6 +103,10 @@ def test_a_bad_serve_config_is_refused_before_anything_starts(tmp_path):
     config["applications"][0]["deployments"][0]["num_replicaz"] = 2
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    r = subprocess.run([sys.executable, "-m", "portrait3d.cli", "serve", "--config", str(path)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "portrait3d.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "num_replicaz" in r.stderr and "ConfigError" in r.stderr

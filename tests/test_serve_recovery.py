@@ -1,7 +1,7 @@
-"""Nothing lost when processes die: the service with its production store (a real PostgreSQL server)
-on a local Ray instance; a stage replica killed in the middle of a head, the ingress (and its
-dispatcher) killed with jobs queued and running, and the whole Ray instance stopped and started
-again. Every job ends done, and no finished stage runs again."""
+"""Nothing lost when processes die: the service in its production setting (the job store on a real
+PostgreSQL server, the files on an S3 server) on a local Ray instance; a stage replica killed in the
+middle of a head, the ingress (and its dispatcher) killed with jobs queued and running, and the whole
+Ray instance stopped and started again. Every job ends done, and no finished stage runs again."""
 
 import os
 import signal
@@ -19,14 +19,25 @@ SETTINGS = [*QUICK_HEAD, "sculpt.steps=120", "texture.texture_size=512", "textur
 
 
 @pytest.fixture(scope="module")
-def args(tmp_path_factory, postgres_url):
+def args(tmp_path_factory, postgres_url, s3_server):
+    """The production setting: a PostgreSQL job store and the files on an S3 server (moto)."""
+    import boto3
     import sqlalchemy as sa
 
     with sa.create_engine(postgres_url).begin() as c:
         c.exec_driver_sql("DROP TABLE IF EXISTS jobs")
+    boto3.client("s3").create_bucket(Bucket="recovery")
     root = tmp_path_factory.mktemp("recovery")
-    return {"profile": "fast", "data": str(root / "data"), "store": postgres_url, "settings": SETTINGS,
-            "lease_s": 3, "poll_s": 0.25, "max_attempts": 4}
+    return {
+        "profile": "fast",
+        "data": str(root / "data"),
+        "store": postgres_url,
+        "storage": "s3://recovery/heads",
+        "settings": SETTINGS,
+        "lease_s": 3,
+        "poll_s": 0.25,
+        "max_attempts": 4,
+    }
 
 
 class Service:
@@ -54,8 +65,12 @@ def service(args):
 
 
 def submit(service, seed):
-    r = requests.post(f"{service.url}/v1/heads", files={"image": ("a.png", png_bytes(astronaut()))},
-                      data={"seed": str(seed)}, timeout=60)
+    r = requests.post(
+        f"{service.url}/v1/heads",
+        files={"image": ("a.png", png_bytes(astronaut()))},
+        data={"seed": str(seed)},
+        timeout=60,
+    )
     assert r.status_code == 202, r.text
     return r.json()["id"]
 
@@ -132,3 +147,7 @@ def test_the_whole_ray_instance_stopped_and_started_again(service):
         for stage in before[j]["stages_done"]:  # what was finished before the stop was not run again
             assert s["stage_runs"].get(stage, 0) <= 1, (stage, s["stage_runs"])
         assert requests.get(f"{service.url}/v1/heads/{j}/head.glb", timeout=30).content[:4] == b"glTF"
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="recovery", Prefix="heads/jobs/")["Contents"]]
+    assert {f"heads/jobs/{j}/bundle/head.glb" for j in jobs} <= set(keys)  # the results are in object storage

@@ -244,6 +244,9 @@ class Ingress:
     def _get(self, job_id: str) -> Job:
         return self.store.get(check_job_id(job_id))
 
+    def _status_of(self, job_id: str) -> dict[str, Any]:
+        return self.status(self._get(job_id))
+
     def status(self, job: Job) -> dict[str, Any]:
         return {
             "id": job.id,
@@ -252,7 +255,7 @@ class Ingress:
             "progress": round(job.progress, 4),
             "message": job.message,
             "stages_done": job.done_stages,
-            "queue_position": self.store.queue_position(job.id) if job.status == QUEUED else None,
+            "queue_position": self.store.queue_position(job) if job.status == QUEUED else None,
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
@@ -388,15 +391,14 @@ class Ingress:
         if not 1 <= limit <= 100 or offset < 0:
             raise BadRequestError("limit must be 1..100 and offset >= 0")
         jobs, total = await asyncio.to_thread(self.store.list, limit, offset, status)
-        items = [await asyncio.to_thread(self.status, j) for j in jobs]
+        items = await asyncio.to_thread(lambda: [self.status(j) for j in jobs])
         nxt = offset + len(jobs) if offset + len(jobs) < total else None
         return {"items": items, "total": total, "next_offset": nxt}
 
     @api.get("/v1/heads/{job_id}", summary="A job's status")
     async def get_job(self, request: Request, job_id: str) -> dict[str, Any]:
         self._authorize(request)
-        job = await asyncio.to_thread(self._get, job_id)
-        return await asyncio.to_thread(self.status, job)
+        return await asyncio.to_thread(self._status_of, job_id)
 
     @api.delete("/v1/heads/{job_id}", summary="Cancel a job")
     async def cancel(self, request: Request, job_id: str) -> dict[str, Any]:
@@ -418,7 +420,9 @@ class Ingress:
         )
 
     async def _stream(self, request: Request, job: Job) -> AsyncIterator[bytes]:
-        last, beat = None, time.monotonic()
+        """An event whenever the job's record (or, while queued, its queue position) changes; each round
+        is one small read unless something changed."""
+        last, beat, version = None, time.monotonic(), None
         while True:
             snapshot = await asyncio.to_thread(self.status, job)
             key = (job.updated_at, snapshot["queue_position"])
@@ -427,10 +431,16 @@ class Ingress:
                 yield f"event: status\ndata: {json.dumps(snapshot)}\n\n".encode()
             if job.terminal or await request.is_disconnected():
                 return
-            if time.monotonic() - beat > 15:
-                beat = time.monotonic()
-                yield b": keep-alive\n\n"
-            await asyncio.sleep(0.25)
+            while True:
+                await asyncio.sleep(0.5)
+                if time.monotonic() - beat > 15:
+                    beat = time.monotonic()
+                    yield b": keep-alive\n\n"
+                version = await asyncio.to_thread(self.store.version, job.id)
+                if version is None or version[0] != job.updated_at or version[1] == QUEUED:
+                    break
+                if await request.is_disconnected():
+                    return
             job = await asyncio.to_thread(self.store.get, job.id)
 
     @api.get("/v1/heads/{job_id}/{name}", summary="A file of a finished job")

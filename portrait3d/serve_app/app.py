@@ -25,15 +25,23 @@ from .api import Ingress
 from .settings import serve_settings
 from .stages import StageDeployment
 
+#: Serve's logging for this app: no access-log line per request (each costs the proxy and the replica CPU
+#: that heads need; the job store records every job).
+LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
+
 
 def deployment_options(pool: PoolConfig) -> dict[str, Any]:
     """A pool's settings as Serve deployment options."""
+    from ..engine.cluster import WORKER_ENV
+
     actor = {k: v for k, v in pool.remote_args().items() if k != "memory"}
+    actor["runtime_env"] = {"env_vars": dict(WORKER_ENV)}  # also where the app is deployed from a config file
     if pool.memory_gb:
         actor["memory"] = int(pool.memory_gb * 2**30)
     return {
         "ray_actor_options": actor,
         "max_ongoing_requests": 1,
+        "logging_config": LOGGING,
         "autoscaling_config": {
             "min_replicas": pool.min_size,
             "max_replicas": pool.max_size,
@@ -60,7 +68,7 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for name in POOLS
     }
-    return Ingress.bind(handles, plain)
+    return Ingress.options(logging_config=LOGGING).bind(handles, plain)
 
 
 def _local_ray(profile: str, pools: dict[str, Any], address: str | None) -> None:
@@ -88,7 +96,7 @@ def start_local(args: dict[str, Any], host: str, port: int, address: str | None 
     """Start the app on this machine's Ray (a local instance unless ``address``); returns its URL."""
     settings = serve_settings(args)
     _local_ray(settings.profile, args.get("pools") or {}, address)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
     serve.run(build_app(args), name="portrait3d", route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
 

@@ -161,9 +161,9 @@ class JobStore:
         with self.engine.connect() as c:
             return [_job(r) for r in c.execute(q).mappings()], int(c.execute(n).scalar_one())
 
-    def queue_position(self, job_id: str) -> int | None:
+    def queue_position(self, job: Job | str) -> int | None:
         """1 for the next queued job to start; None unless queued."""
-        job = self.get(job_id)
+        job = job if isinstance(job, Job) else self.get(job)
         if job.status != QUEUED:
             return None
         q = sa.select(sa.func.count()).where(
@@ -174,6 +174,12 @@ class JobStore:
         )
         with self.engine.connect() as c:
             return int(c.execute(q).scalar_one()) + 1
+
+    def version(self, job_id: str) -> tuple[float, str] | None:
+        """(updated_at, status) of a job: what changes when anything of it changes (one small read)."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(_jobs.c.updated_at, _jobs.c.status).where(_jobs.c.id == job_id)).first()
+        return None if row is None else (row.updated_at, row.status)
 
     def count_active(self, client: str | None = None) -> int:
         """Queued and running jobs, of ``client`` or of everyone."""
@@ -230,6 +236,10 @@ class JobStore:
         if limit <= 0:
             return []
         now = time.time()
+        claimable = sa.or_(_jobs.c.lease_until.is_(None), _jobs.c.lease_until < now)
+        with self.engine.connect() as c:  # a read first: most rounds find nothing, and need no write lock
+            if c.execute(sa.select(_jobs.c.id).where(_jobs.c.status.in_(ACTIVE), claimable).limit(1)).first() is None:
+                return []
         pick = (
             sa.select(_jobs.c.id)
             .where(_jobs.c.status.in_(ACTIVE), sa.or_(_jobs.c.lease_until.is_(None), _jobs.c.lease_until < now))
