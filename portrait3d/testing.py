@@ -83,6 +83,28 @@ BATCH_PORTRAITS = (
 )
 
 
+def batch_portrait(name: str, shipped: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """One of ``BATCH_PORTRAITS`` as ``(H, W, 3) uint8`` RGB."""
+    shipped = shipped or shipped_portraits()
+    if name in shipped:
+        return shipped[name]
+    base, variant = name.rsplit("_", 1)
+    return np.asarray(variants(shipped[base])[variant])
+
+
+def distinct_portraits(n: int) -> list[bytes]:
+    """``n`` JPEG files of real portraits (``BATCH_PORTRAITS`` in turn), re-encoded so that no two
+    share bytes: ``n`` different heads for load tests."""
+    shipped = shipped_portraits()
+    base = [batch_portrait(name, shipped) for name in BATCH_PORTRAITS]
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(base[i % len(base)]).save(buf, "JPEG", quality=90 + i % 8, comment=f"portrait {i}".encode())
+        out.append(buf.getvalue())
+    return out
+
+
 def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[Path]:
     """A folder of ``portraits`` real portraits (at most 8: the shipped ones and variants) and
     ``broken`` broken files (a truncated JPEG, text named .png); returns every path."""
@@ -91,12 +113,7 @@ def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[
     shipped = shipped_portraits()
     paths = []
     for name in BATCH_PORTRAITS[:portraits]:
-        if name in shipped:
-            data = shipped[name]
-        else:
-            base, variant = name.rsplit("_", 1)
-            data = variants(shipped[base])[variant]
-        paths.append(save(folder, name, data))
+        paths.append(save(folder, name, batch_portrait(name, shipped)))
     jpeg = io.BytesIO()
     Image.fromarray(shipped["grace_hopper"]).save(jpeg, "JPEG", quality=90)
     broken_files = {

@@ -112,3 +112,20 @@ def test_a_store_that_cannot_be_reached_is_a_typed_error():
 
     with pytest.raises(StorageError, match="job store"):
         JobStore("postgresql+psycopg://nobody@127.0.0.1:9/none")
+
+
+def test_postgresql_from_libpq_environment(postgres_url, monkeypatch):
+    """The Kubernetes manifests' store URL is `postgresql+psycopg://` with host, port, user, database
+    and password in libpq's PG* variables (the password from a Secret): no credential in a URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    for var, value in {"PGHOST": url.host, "PGPORT": str(url.port), "PGUSER": url.username}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("PGDATABASE", url.database)
+    s = JobStore("postgresql+psycopg://")
+    try:
+        job = s.create("k8s", {"n": 1}, ["analysis"])
+        assert s.get(job.id).client == "k8s"
+    finally:
+        s.close()

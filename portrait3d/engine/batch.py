@@ -150,7 +150,7 @@ def build_dataset(inputs: list[str], output: str, config: PipelineConfig, engine
                 fn_constructor_kwargs={"config": config, "output": output, "pool": pool, "batch": engine.batch},
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(
-                    min_size=pool.min_size, max_size=pool.max_size, max_tasks_in_flight_per_actor=1
+                    min_size=pool.warm_size(), max_size=pool.max_size, max_tasks_in_flight_per_actor=1
                 ),
                 max_restarts=-1,  # a worker holds nothing but its models: always bring it back
                 max_task_retries=engine.batch.max_task_retries,

@@ -41,13 +41,22 @@ class PoolConfig:
         ge=0,
     )
     memory_gb: float = setting(0.0, "memory reserved by each worker, GiB (0: none)", ge=0)
-    min_size: int = setting(1, "workers kept warm (actor pools)", ge=1)
+    min_size: int = setting(
+        1,
+        "workers kept warm; 0 lets the service's deployment of this pool (and its GPU nodes) scale to zero "
+        "when idle (a batch run still keeps one)",
+        ge=0,
+    )
     max_size: int = setting(1, "most workers the pool autoscales to", ge=1)
     torch_threads: int = setting(0, "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1", ge=0)
 
     def validate(self) -> None:
         if self.max_size < self.min_size:
-            raise ConfigError(f"need 1 <= min_size <= max_size, got {self.min_size} and {self.max_size}")
+            raise ConfigError(f"need min_size <= max_size, got {self.min_size} and {self.max_size}")
+
+    def warm_size(self) -> int:
+        """Workers an actor pool keeps (at least one: Ray Data's actor pools do not start from zero)."""
+        return max(1, self.min_size)
 
     def threads(self) -> int:
         return self.torch_threads or max(1, int(self.num_cpus))
@@ -104,7 +113,7 @@ class EngineConfig:
 
     def required_cpus(self) -> float:
         """CPUs the warm pools need at once."""
-        return sum(p.num_cpus * p.min_size for p in self.pools.values())
+        return sum(p.num_cpus * p.warm_size() for p in self.pools.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -182,10 +182,13 @@ class Ingress:
     """The FastAPI routes, one instance per ingress replica, with its dispatcher. (Serve serializes the
     class where it is decorated: what its methods use is defined above it.)"""
 
-    def __init__(self, handles: dict[str, Any], args: dict[str, Any]) -> None:
+    def __init__(self, handles: dict[str, Any], args: dict[str, Any], on_demand: tuple[str, ...] = ()) -> None:
+        """``handles``: the stage deployments by pool; ``on_demand``: those that scale to zero, which
+        ``/readyz`` does not wake (a request to them starts a replica, and a GPU node for it)."""
         self.settings: ServeSettings = serve_settings(args)
         s = self.settings
         self.handles = handles
+        self.warm = {name: h for name, h in handles.items() if name not in on_demand}
         self.store = JobStore(s.store_url())
         self.files = s.storage_uri()
         storage.check_writable(self.files)
@@ -271,6 +274,12 @@ class Ingress:
         }
 
     # -- routes ----------------------------------------------------------------------------
+    def check_health(self) -> None:
+        """Serve's health check of this replica: its dispatcher must still be running."""
+        if self._task.done():
+            error = "cancelled" if self._task.cancelled() else repr(self._task.exception())
+            raise RuntimeError(f"the dispatcher stopped: {error}")
+
     @api.get("/healthz", include_in_schema=False)
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -279,7 +288,7 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         if not self._ready:
             try:
-                await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.handles.values())), 5)
+                await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.warm.values())), 5)
                 self._ready = True
             except Exception as e:  # a stage still loading its models, or failing to
                 return JSONResponse({"status": "loading", "detail": type(e).__name__}, status_code=503)

@@ -5,8 +5,8 @@
 (``settings.ServeSettings``) plus ``pools``, the worker-pool settings of ``engine.config`` per stage
 deployment (``{"geometry": {"num_gpus": 1, "max_size": 4}}``). Each pool becomes a deployment named
 after it with those resources, ``max_ongoing_requests`` 1 (one head at a time per replica) and
-autoscaling between the pool's ``min_size`` and ``max_size`` replicas; a Serve config file's
-``deployments`` section may override any of it.
+autoscaling between the pool's ``min_size`` (0: scale to zero when idle) and ``max_size`` replicas;
+a Serve config file's ``deployments`` section may override any of it.
 
 Example:
     >>> app = build_app({"profile": "fast", "data": "/tmp/p3d"})    # doctest: +SKIP
@@ -68,7 +68,8 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for name in POOLS
     }
-    return Ingress.options(logging_config=LOGGING).bind(handles, plain)
+    on_demand = tuple(name for name in POOLS if engine.pools[name].min_size == 0)
+    return Ingress.options(logging_config=LOGGING).bind(handles, plain, on_demand)
 
 
 def _local_ray(profile: str, pools: dict[str, Any], address: str | None) -> None:
