@@ -1,4 +1,4 @@
-"""``portrait3d``: one command with subcommands (generate, batch, eval, info, models).
+"""``portrait3d``: one command with subcommands (generate, batch, serve, eval, info, models).
 
 Commands check what they can before anything heavy loads: ``generate`` reads and validates the
 photo and the output folder first (PIL and NumPy only), then the settings, then the models.

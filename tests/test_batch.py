@@ -42,8 +42,45 @@ def quick(*extra, seed=0):
     return build_profile_config("fast", [*QUICK_HEAD, *extra], seed=seed)
 
 
+class PoolWatch:
+    """Every Ray Data pool worker process that starts while it runs (their titles name the pool's
+    class); ones still ending from an earlier run are not counted."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._before = set(self._pool_workers())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _pool_workers() -> dict[int, str]:
+        import psutil
+
+        found = {}
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            title = " ".join(p.info["cmdline"] or [])
+            if "MapWorker(MapBatches(" in title:
+                found[p.info["pid"]] = title
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(t for pid, t in self._pool_workers().items() if pid not in self._before)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "PoolWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
     inputs = portrait_dataset(tmp_path / "in", portraits=8, broken=2)
+    twin = tmp_path / "in" / "twin_of_the_first.png"
+    twin.write_bytes(inputs[0].read_bytes())
     out = tmp_path / "out"
     seen = []
     s = run_batch(
@@ -51,11 +88,13 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
         str(out),
         quick(),
         build_engine_config("fast"),
-        on_row=lambda row, p: seen.append((row["input_uri"], p.done)),
+        on_row=lambda row, p: seen.append((Path(row["input_uri"]).name, p.done, p.failed)),
     )
-    assert [d for _, d in seen] == list(range(1, 11))  # progress per row, as rows finish
+    assert [d for _, d, _ in seen] == list(range(1, 12))  # progress per row, as rows finish
+    assert {n for n, d, _ in seen[:2]} == {"truncated.jpg", "not_an_image.png"}  # counted before any head
     rows = {Path(r["input_uri"]).name: r for r in pq.read_table(s.manifest_uri).to_pylist()}
-    assert len(rows) == 10 and (s.progress.ok, s.progress.failed) == (8, 2)
+    assert len(rows) == 11 and (s.progress.ok, s.progress.failed) == (9, 2)
+    assert (s.progress.made, s.progress.reused) == (8, 1)
     assert rows["truncated.jpg"]["error_type"] == "TruncatedImageError"
     assert rows["not_an_image.png"]["error_type"] == "NotAnImageError"
     assert {rows[n]["error_stage"] for n in ("truncated.jpg", "not_an_image.png")} == {"analysis"}
@@ -69,14 +108,20 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
         assert all(not math.isnan(r[f"t_{s}_s"]) for s in ("analysis", "init", "sculpt", "texture", "export"))
         assert set(json.loads(r["workers_json"])) == POOLS
         assert json.loads(r["metrics_json"])["mesh"]["watertight"]
+    # the same bytes twice: one head, both rows point at it
+    first, second = rows[inputs[0].name], rows[twin.name]
+    assert second["status"] == "ok" and second["reused"] and second["glb_uri"] == first["glb_uri"]
+    assert len(list(out.glob("heads/*"))) == 8
     assert not (out / "_work").exists()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")}
-    s2 = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"))
+    with PoolWatch() as watch:
+        s2 = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"))
+    assert watch.seen == set(), "a rerun with nothing to make started a worker pool"
     rows2 = {Path(r["input_uri"]).name: r for r in pq.read_table(s2.manifest_uri).to_pylist()}
-    assert (s2.progress.reused, s2.progress.made, s2.progress.failed) == (8, 0, 2)
+    assert (s2.progress.reused, s2.progress.made, s2.progress.failed) == (9, 0, 2)
     assert all(rows2[p.name]["reused"] and rows2[p.name]["glb_uri"] == rows[p.name]["glb_uri"] for p in inputs[:8])
-    assert all(set(json.loads(rows2[p.name]["workers_json"])) == {"analysis"} for p in inputs[:8])
+    assert all(json.loads(rows2[p.name]["workers_json"]) == {} for p in inputs[:8])
     assert {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")} == mtimes  # nothing rewritten
 
 

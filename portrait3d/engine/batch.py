@@ -1,9 +1,12 @@
 """``portrait3d batch``: a whole portrait dataset through Ray Data, one manifest row per input.
 
-    inputs -> analysis pool -> geometry pool -> texture pool -> export pool -> rows -> manifest
+    inputs -> precheck -> analysis pool -> geometry pool -> texture pool -> export pool -> rows -> manifest
 
-Each pool is a ``map_batches`` over warm actors (``ActorPoolStrategy``, one head per task, one task in
-flight per actor) with its own resources. Assets go to storage inside the workers; rows carry URIs.
+The precheck (``precheck``, CPU tasks) reads, hashes and decodes every input before any pool starts:
+done inputs (a complete bundle with the same settings) and bad ones become their rows at once, the
+same bytes twice are made once, and when nothing is left to make no pool starts. Each pool is a
+``map_batches`` over warm actors (``ActorPoolStrategy``, one head per task, one task in flight per
+actor) with its own resources. Assets go to storage inside the workers; rows carry URIs.
 A rerun reuses every bundle made with the same settings from the same bytes (content hash).
 
 Example:
@@ -30,6 +33,7 @@ from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
 from . import heads
 from .config import EngineConfig
+from .precheck import check_inputs, copy_result, split_duplicates
 from .rows import batch_to_rows, manifest_table, mark_error, new_row
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker
 
@@ -134,11 +138,34 @@ def _read_manifest(uri: str) -> list[str]:
     return uris
 
 
-def build_dataset(inputs: list[str], output: str, config: PipelineConfig, engine: EngineConfig):
-    """The Ray Data plan: one block per input, then one ``map_batches`` per pool."""
+#: Inputs per precheck task.
+PRECHECK_ROWS_PER_TASK = 64
+
+
+def precheck(rows: list[dict[str, Any]], output: str, config: PipelineConfig, engine: EngineConfig):
+    """The precheck (``precheck.check_inputs``) as Ray Data tasks; yields the checked rows."""
+    import math
+
     import ray
 
-    rows = [new_row(i, u) for i, u in enumerate(inputs)]
+    from ..pipelines.image_io import DEFAULT_MAX_MEGAPIXELS
+
+    kwargs = {
+        "output": output,
+        "fingerprint": config.fingerprint(),
+        "max_bytes": int(engine.batch.max_input_mb * 2**20),
+        "max_megapixels": getattr(config.stages["analysis"], "max_megapixels", DEFAULT_MAX_MEGAPIXELS),
+    }
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / PRECHECK_ROWS_PER_TASK)))
+    ds = ds.map_batches(check_inputs, fn_kwargs=kwargs, batch_size=None, num_cpus=0.5)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        yield from batch_to_rows(batch)
+
+
+def build_dataset(rows: list[dict[str, Any]], output: str, config: PipelineConfig, engine: EngineConfig):
+    """The Ray Data plan for the heads to make: one block per row, then one ``map_batches`` per pool."""
+    import ray
+
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     for name, worker in POOL_WORKERS.items():
         pool = engine.pools[name]
@@ -207,17 +234,32 @@ def run_batch(
     finished: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
+
+    def emit(row: dict[str, Any]) -> None:
+        finished[row["index"]] = row
+        progress.add(row)
+        if on_row:
+            on_row(row, progress)
+
     try:
-        # prefetch_batches=0: with prefetching, each finished row waits for the next one to finish
-        rows_out = build_dataset(uris, output, config, engine).iter_batches(
-            batch_size=1, batch_format="numpy", prefetch_batches=0
-        )
-        for batch in rows_out:
-            for row in batch_to_rows(batch):
-                finished[row["index"]] = row
-                progress.add(row)
-                if on_row:
-                    on_row(row, progress)
+        pending = []
+        for row in precheck([new_row(i, u) for i, u in enumerate(uris)], output, config, engine):
+            if row["status"] == "pending":
+                pending.append(row)
+            else:
+                emit(row)
+        to_make, same_bytes = split_duplicates(pending)
+        if to_make:
+            # prefetch_batches=0: with prefetching, each finished row waits for the next one to finish
+            rows_out = build_dataset(to_make, output, config, engine).iter_batches(
+                batch_size=1, batch_format="numpy", prefetch_batches=0
+            )
+            for batch in rows_out:
+                for row in batch_to_rows(batch):
+                    emit(row)
+                    for twin in same_bytes.pop(row["content_hash"], []):
+                        copy_result(row, twin)
+                        emit(twin)
     except (KeyboardInterrupt, Exception) as e:  # keep what is done: write the manifest, then re-raise
         interrupted = e
     rows = list(finished.values())

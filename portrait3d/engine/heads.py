@@ -84,3 +84,15 @@ def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
         "notes": record.get("notes", []),
         **record.get("metrics", {}),
     }
+
+
+def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
+    """A manifest row of a done head: ok, the bundle's URIs and its summary metrics."""
+    row.update(
+        status="ok",
+        bundle_uri=bundle,
+        glb_uri=storage.join(bundle, "head.glb"),
+        json_uri=storage.join(bundle, "head.json"),
+        views_uri=storage.join(bundle, "views.png"),
+        metrics_json=json.dumps(summary_metrics(record)),
+    )

@@ -160,7 +160,7 @@ class AnalysisWorker(StageWorker):
         bundle = heads.bundle_uri(self.output, digest)
         record = heads.find_bundle(bundle, self.config.fingerprint())
         if record is not None:
-            fill_outputs(row, bundle, record)
+            heads.fill_outputs(row, bundle, record)
             row["reused"] = True
             return
         row["work_uri"] = heads.work_uri(self.output, digest)
@@ -193,7 +193,7 @@ class ExportWorker(StageWorker):
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         ctx.timings.update({s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"})
         uri = heads.bundle_uri(self.output, row["content_hash"])
-        fill_outputs(row, uri, steps.run_export(self.p3d, row["work_uri"], uri, ctx))
+        heads.fill_outputs(row, uri, steps.run_export(self.p3d, row["work_uri"], uri, ctx))
         if not self.batch.keep_work:
             storage.delete_tree(row["work_uri"])
 
@@ -216,14 +216,3 @@ def _skip_interpreter_teardown(exit_code: int = 0) -> None:
         except (OSError, ValueError):
             pass
     os._exit(exit_code)
-
-
-def fill_outputs(row: dict[str, Any], bundle: str, record: dict[str, Any]) -> None:
-    row.update(
-        status="ok",
-        bundle_uri=bundle,
-        glb_uri=storage.join(bundle, "head.glb"),
-        json_uri=storage.join(bundle, "head.json"),
-        views_uri=storage.join(bundle, "views.png"),
-        metrics_json=json.dumps(heads.summary_metrics(record)),
-    )

@@ -1,1 +1,2 @@
-"""Ray Serve HTTP app (FastAPI ingress composed with per-stage deployments). Not built yet."""
+"""The HTTP service (``portrait3d serve``): a Ray Serve app of a FastAPI ingress and one deployment per
+worker pool, with a durable job store."""

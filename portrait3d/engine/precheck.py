@@ -1,0 +1,85 @@
+"""The batch run's first step, before any worker pool starts: read each input once, hash it, decode it
+(no model), and look its bundle up. A done input becomes its row at once (``reused``), a bad one its
+error row; only the rest go to the pools, each content hash once.
+
+Ray Data tasks run it (CPU only, many rows per task), so it spreads over the cluster like the pools.
+
+Example:
+    >>> from portrait3d.engine.rows import new_row, rows_to_batch
+    >>> batch = rows_to_batch([new_row(0, "/nonexistent/a.jpg")])
+    >>> out = check_inputs(batch, output="/tmp/out", fingerprint="f", max_bytes=2**20, max_megapixels=50.0)
+    >>> out["status"], out["error_type"]
+    (['error'], ['StorageError'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+from ..errors import Portrait3DError
+from ..pipelines.image_io import load_image
+from . import heads
+from .rows import batch_to_rows, mark_error, rows_to_batch
+
+
+def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int, max_megapixels: float) -> None:
+    """One input: an error row when it cannot be read or decoded, an ok row (``reused``) when its
+    bundle is complete with these settings, else left ``pending`` with its ``content_hash``."""
+    uri = row["input_uri"]
+    try:
+        data = storage.read_bytes(uri, max_bytes=max_bytes)
+        row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
+        bundle = heads.bundle_uri(output, digest)
+        record = heads.find_bundle(bundle, fingerprint)
+        if record is not None:
+            heads.fill_outputs(row, bundle, record)
+            row["reused"] = True
+            return
+        load_image(data, max_megapixels=max_megapixels, name=uri)
+    except Portrait3DError as e:
+        mark_error(row, "analysis", e.kind, str(e))
+
+
+def check_inputs(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, list[Any]]:
+    """``check_row`` over a Ray Data batch (keyword arguments as ``check_row``'s)."""
+    rows = batch_to_rows(batch)
+    for row in rows:
+        check_row(row, **kwargs)
+    return rows_to_batch(rows)
+
+
+def split_duplicates(pending: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """``(rows to make, {content hash: later rows with the same bytes})``: each head is made once."""
+    first: dict[str, dict[str, Any]] = {}
+    later: dict[str, list[dict[str, Any]]] = {}
+    for row in pending:
+        digest = row["content_hash"]
+        if digest in first:
+            later.setdefault(digest, []).append(row)
+        else:
+            first[digest] = row
+    return list(first.values()), later
+
+
+#: What a row made from the same bytes takes from the row that made the head.
+SHARED_COLUMNS = (
+    "status",
+    "error_type",
+    "error_message",
+    "error_stage",
+    "bundle_uri",
+    "glb_uri",
+    "json_uri",
+    "views_uri",
+    "metrics_json",
+)
+
+
+def copy_result(made: dict[str, Any], row: dict[str, Any]) -> None:
+    """Give ``row`` (same bytes as ``made``) the result of ``made``; an ok head counts as reused."""
+    row.update({k: made[k] for k in SHARED_COLUMNS})
+    row["reused"] = made["status"] == "ok"
