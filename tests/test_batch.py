@@ -240,6 +240,52 @@ def test_s3_input_and_output(ray_local, tmp_path, s3_bucket):
     assert (other_seed.progress.reused, other_seed.progress.made) == (0, 1)  # new settings: made again
 
 
+def test_killed_driver_loses_no_finished_row(ray_local, tmp_path):
+    """`portrait3d batch` joins this Ray instance and its driver is killed (SIGKILL) once a head and
+    an analysis error are on disk; the rerun's manifest has every row, no head made before the kill
+    is made again, and the error comes from the killed run's parts, not from a pool."""
+    import numpy as np
+    import ray
+    from PIL import Image
+
+    from portrait3d.engine.manifest import read_parts
+
+    portrait_dataset(tmp_path / "in", portraits=3, broken=2)
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(tmp_path / "in" / "blank.png")  # NoFaceError
+    out = tmp_path / "out"
+    config = quick()
+    cmd = [sys.executable, "-m", "portrait3d.cli", "batch", str(tmp_path / "in"), str(out), "-q", "-w", "1"]
+    cmd += [a for c in QUICK_HEAD for a in ("-c", c)] + ["--address", ray.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    before = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        before = read_parts(str(out), config.fingerprint())
+        kinds = {r["status"] if r["status"] == "ok" else r["error_type"] for r in before}
+        if {"ok", "NoFaceError"} <= kinds:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+    proc.kill()
+    proc.wait()
+    done_before = {r["input_uri"] for r in before if r["status"] == "ok"}
+    assert done_before and not (out / "manifest.parquet").exists()
+    complete = [d for d in out.glob("heads/*") if (d / "head.json").exists()]
+    mtimes = {p: p.stat().st_mtime_ns for d in complete for p in d.iterdir()}
+
+    s = run_batch(str(tmp_path / "in"), str(out), config, build_engine_config("fast"))
+    rows = {r["input_uri"]: r for r in pq.read_table(s.manifest_uri).to_pylist()}
+    assert len(rows) == 6 and s.progress.ok == 3 and s.progress.failed == 3
+    for r in before:  # every row finished before the kill, with the same result
+        assert (rows[r["input_uri"]]["status"], rows[r["input_uri"]]["error_type"]) == (r["status"], r["error_type"])
+    assert all(rows[u]["reused"] for u in done_before)
+    for p, t in mtimes.items():  # no head made before the kill is made again
+        assert p.stat().st_mtime_ns == t, p
+    blank = rows[str(tmp_path / "in" / "blank.png")]
+    assert blank["error_type"] == "NoFaceError" and json.loads(blank["workers_json"]) == {}
+    assert not (out / "_manifest").exists()  # a completed run compacts its parts away
+
+
 def test_cli_batch(tmp_path):
     portrait_dataset(tmp_path / "in", portraits=1, broken=1)
     cmd = [

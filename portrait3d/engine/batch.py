@@ -4,7 +4,8 @@
 
 The precheck (``precheck``, CPU tasks) reads, hashes and decodes every input before any pool starts:
 done inputs (a complete bundle with the same settings) and bad ones become their rows at once, the
-same bytes twice are made once, and when nothing is left to make no pool starts. Each pool is a
+same bytes twice are made once, and when nothing is left to make no pool starts. Finished rows go to
+part files as they come (``manifest``): a driver killed mid-run loses none of them. Each pool is a
 ``map_batches`` over warm actors (``ActorPoolStrategy``, one head per task, one task in flight per
 actor) with its own resources. Assets go to storage inside the workers; rows carry URIs.
 A rerun reuses every bundle made with the same settings from the same bytes (content hash).
@@ -33,6 +34,7 @@ from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
 from . import heads
 from .config import EngineConfig
+from .manifest import PartWriter, clear_parts, input_errors, read_parts
 from .precheck import check_inputs, copy_result, split_duplicates
 from .rows import batch_to_rows, manifest_table, mark_error, new_row
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker
@@ -235,8 +237,13 @@ def run_batch(
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
 
+    # an earlier run with these settings that did not complete left its rows in parts
+    known_errors = input_errors(read_parts(output, config.fingerprint()))
+    parts = PartWriter(output, config.fingerprint())
+
     def emit(row: dict[str, Any]) -> None:
         finished[row["index"]] = row
+        parts.add(row)
         progress.add(row)
         if on_row:
             on_row(row, progress)
@@ -244,10 +251,14 @@ def run_batch(
     try:
         pending = []
         for row in precheck([new_row(i, u) for i, u in enumerate(uris)], output, config, engine):
-            if row["status"] == "pending":
-                pending.append(row)
-            else:
+            if row["status"] != "pending":
                 emit(row)
+            elif row["content_hash"] in known_errors:
+                copy_result(known_errors[row["content_hash"]], row)
+                emit(row)
+            else:
+                pending.append(row)
+        parts.flush()  # what the precheck decided is on disk before any pool starts
         to_make, same_bytes = split_duplicates(pending)
         if to_make:
             # prefetch_batches=0: with prefetching, each finished row waits for the next one to finish
@@ -283,6 +294,7 @@ def run_batch(
                 progress.add(row)
                 if on_row:
                     on_row(row, progress)
+    parts.flush()
     if not engine.batch.keep_work:
         storage.delete_tree(storage.join(output, "_work"))
     manifest_uri = storage.join(output, "manifest.parquet")
@@ -291,6 +303,7 @@ def run_batch(
     storage.write_bytes(manifest_uri, buf.getvalue())
     if interrupted is not None:
         raise interrupted
+    clear_parts(output)
     return BatchSummary(
         progress=progress,
         manifest_uri=manifest_uri,
