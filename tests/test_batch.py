@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from portrait3d.engine.batch import run_batch
 from portrait3d.engine.cluster import connect
@@ -81,6 +83,8 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
     inputs = portrait_dataset(tmp_path / "in", portraits=8, broken=2)
     twin = tmp_path / "in" / "twin_of_the_first.png"
     twin.write_bytes(inputs[0].read_bytes())
+    blank = tmp_path / "in" / "blank.png"  # an image without a face: a NoFaceError in the analysis pool
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
     out = tmp_path / "out"
     seen = []
     s = run_batch(
@@ -90,10 +94,11 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
         build_engine_config("fast"),
         on_row=lambda row, p: seen.append((Path(row["input_uri"]).name, p.done, p.failed)),
     )
-    assert [d for _, d, _ in seen] == list(range(1, 12))  # progress per row, as rows finish
+    assert [d for _, d, _ in seen] == list(range(1, 13))  # progress per row, as rows finish
     assert {n for n, d, _ in seen[:2]} == {"truncated.jpg", "not_an_image.png"}  # counted before any head
     rows = {Path(r["input_uri"]).name: r for r in pq.read_table(s.manifest_uri).to_pylist()}
-    assert len(rows) == 11 and (s.progress.ok, s.progress.failed) == (9, 2)
+    assert len(rows) == 12 and (s.progress.ok, s.progress.failed) == (9, 3)
+    assert (rows["blank.png"]["error_type"], rows["blank.png"]["error_stage"]) == ("NoFaceError", "analysis")
     assert (s.progress.made, s.progress.reused) == (8, 1)
     assert rows["truncated.jpg"]["error_type"] == "TruncatedImageError"
     assert rows["not_an_image.png"]["error_type"] == "NotAnImageError"
@@ -119,7 +124,8 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
         s2 = run_batch(str(tmp_path / "in"), str(out), quick(), build_engine_config("fast"))
     assert watch.seen == set(), "a rerun with nothing to make started a worker pool"
     rows2 = {Path(r["input_uri"]).name: r for r in pq.read_table(s2.manifest_uri).to_pylist()}
-    assert (s2.progress.reused, s2.progress.made, s2.progress.failed) == (9, 0, 2)
+    assert (s2.progress.reused, s2.progress.made, s2.progress.failed) == (9, 0, 3)
+    assert rows2["blank.png"]["error_type"] == "NoFaceError"  # from the manifest, not from a pool again
     assert all(rows2[p.name]["reused"] and rows2[p.name]["glb_uri"] == rows[p.name]["glb_uri"] for p in inputs[:8])
     assert all(json.loads(rows2[p.name]["workers_json"]) == {} for p in inputs[:8])
     assert {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")} == mtimes  # nothing rewritten
@@ -244,9 +250,7 @@ def test_killed_driver_loses_no_finished_row(ray_local, tmp_path):
     """`portrait3d batch` joins this Ray instance and its driver is killed (SIGKILL) once a head and
     an analysis error are on disk; the rerun's manifest has every row, no head made before the kill
     is made again, and the error comes from the killed run's parts, not from a pool."""
-    import numpy as np
     import ray
-    from PIL import Image
 
     from portrait3d.engine.manifest import read_parts
 

@@ -34,9 +34,9 @@ from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
 from . import heads
 from .config import EngineConfig
-from .manifest import PartWriter, clear_parts, input_errors, read_parts
+from .manifest import PartWriter, clear_parts, input_errors, manifest_bytes, previous_rows, read_parts
 from .precheck import check_inputs, copy_result, split_duplicates
-from .rows import batch_to_rows, manifest_table, mark_error, new_row
+from .rows import batch_to_rows, mark_error, new_row
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -218,6 +218,10 @@ def run_batch(
     """
     output = storage.check_writable(output)
     uris, skipped = (list(inputs), []) if isinstance(inputs, list) else list_inputs(inputs)
+    # input errors an earlier run with these settings found: in its manifest, or in the parts of a
+    # run that did not complete
+    fingerprint = config.fingerprint()
+    known_errors = input_errors(previous_rows(output, fingerprint) + read_parts(output, fingerprint))
     storage.write_bytes(
         storage.join(output, "batch.json"),
         json.dumps(
@@ -237,9 +241,7 @@ def run_batch(
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
 
-    # an earlier run with these settings that did not complete left its rows in parts
-    known_errors = input_errors(read_parts(output, config.fingerprint()))
-    parts = PartWriter(output, config.fingerprint())
+    parts = PartWriter(output, fingerprint)
 
     def emit(row: dict[str, Any]) -> None:
         finished[row["index"]] = row
@@ -298,9 +300,7 @@ def run_batch(
     if not engine.batch.keep_work:
         storage.delete_tree(storage.join(output, "_work"))
     manifest_uri = storage.join(output, "manifest.parquet")
-    buf = io.BytesIO()
-    pq.write_table(manifest_table(rows), buf)
-    storage.write_bytes(manifest_uri, buf.getvalue())
+    storage.write_bytes(manifest_uri, manifest_bytes(rows, fingerprint))
     if interrupted is not None:
         raise interrupted
     clear_parts(output)

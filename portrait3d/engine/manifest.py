@@ -1,7 +1,8 @@
 """A batch run's rows on disk as they finish: Parquet part files under ``OUTPUT/_manifest/<config>/``,
 so a driver that dies mid-run leaves its finished rows behind; the next run with the same settings
-takes its input errors from them instead of making those heads again, and the final
-``manifest.parquet`` is compacted from the rows when a run completes (then the parts go).
+takes its input errors from them (and from the previous ``manifest.parquet``, which records the
+settings' fingerprint in its metadata) instead of sending those inputs through the pools again. The
+final ``manifest.parquet`` is written when a run completes; then the parts go.
 
 Example:
     >>> import tempfile
@@ -26,6 +27,8 @@ from .. import errors, storage
 from .rows import manifest_table
 
 PARTS = "_manifest"
+#: The manifest's schema metadata key holding the config fingerprint of the run that wrote it.
+FINGERPRINT_KEY = b"portrait3d.config_sha256"
 
 
 def parts_uri(output: str, fingerprint: str) -> str:
@@ -72,6 +75,29 @@ def read_parts(output: str, fingerprint: str) -> list[dict[str, Any]]:
         except Exception:  # a part cut short by a crash: its rows are made again
             continue
     return rows
+
+
+def manifest_bytes(rows: list[dict[str, Any]], fingerprint: str) -> bytes:
+    """``manifest.parquet``: the rows in input order, the settings' fingerprint in its metadata."""
+    table = manifest_table(rows)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def previous_rows(output: str, fingerprint: str) -> list[dict[str, Any]]:
+    """The rows of ``OUTPUT/manifest.parquet`` when a run with these settings wrote it, else []."""
+    uri = storage.join(output, "manifest.parquet")
+    if not storage.exists(uri):
+        return []
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    except Exception:  # an unreadable old manifest: nothing is taken from it
+        return []
+    if (table.schema.metadata or {}).get(FINGERPRINT_KEY) != fingerprint.encode():
+        return []
+    return table.to_pylist()
 
 
 def input_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
