@@ -52,14 +52,9 @@ def run_service(photos: list[Path], args: argparse.Namespace, tmp: Path) -> dict
     url = start_local(
         {"profile": "fast", "data": str(tmp / "serve"), "max_active_per_client": 1000}, "127.0.0.1", args.port
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
+    from portrait3d.testing import wait_ready
+
+    wait_ready(url, timeout=300)
     lock = threading.Lock()
     ids: list[str] = []
     errors: list[str] = []

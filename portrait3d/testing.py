@@ -124,3 +124,20 @@ def portrait_dataset(folder: Path, portraits: int = 8, broken: int = 2) -> list[
         (folder / name).write_bytes(broken_files[name])
         paths.append(folder / name)
     return paths
+
+
+def wait_ready(url: str, timeout: float = 240) -> None:
+    """Until the service at ``url`` answers /readyz with 200 (a TimeoutError after ``timeout`` s)."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {timeout} s")

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from portrait3d.testing import wait_ready  # noqa: F401 (the tests import it from here)
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
@@ -165,23 +167,6 @@ def postgres_url():
 
 def free_port() -> int:
     return _free_port()
-
-
-def wait_ready(url: str, timeout: float = 240) -> None:
-    """Until the service at ``url`` answers /readyz with 200."""
-    import time
-
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout} s")
 
 
 def wait_job(
