@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -149,21 +148,14 @@ def _daemon_timer(seconds: float, fn: Callable[[], None]) -> threading.Timer:
 
 
 class AnalysisWorker(StageWorker):
-    """Stage 1. Reads the input, hashes it, and skips it when its bundle is already complete."""
+    """Stage 1 on an input the precheck (``precheck``) hashed and found no bundle for."""
 
     pool, stages = "analysis", POOL_STAGES["analysis"]
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         uri = row["input_uri"]
         data = storage.read_bytes(uri, max_bytes=int(self.batch.max_input_mb * 2**20))
-        row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
-        bundle = heads.bundle_uri(self.output, digest)
-        record = heads.find_bundle(bundle, self.config.fingerprint())
-        if record is not None:
-            heads.fill_outputs(row, bundle, record)
-            row["reused"] = True
-            return
-        row["work_uri"] = heads.work_uri(self.output, digest)
+        row["work_uri"] = heads.work_uri(self.output, row["content_hash"])
         steps.run_analysis(self.p3d, data, uri, row["work_uri"], ctx)
 
 
