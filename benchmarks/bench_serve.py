@@ -42,6 +42,24 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
+def wait_all(url: str, ids: set[str], every_s: float = 2.0) -> dict[str, dict]:
+    """The final status of each job in ``ids``, read from the job list (one request per page of 100
+    every ``every_s``: the load on the service is the pollers' and the streams', not this loop's)."""
+    import requests
+
+    final: dict[str, dict] = {}
+    while len(final) < len(ids):
+        offset: int | None = 0
+        while offset is not None:
+            page = requests.get(f"{url}/v1/heads", params={"limit": 100, "offset": offset}, timeout=30).json()
+            final.update(
+                {j["id"]: j for j in page["items"] if j["id"] in ids and j["status"] in ("done", "failed", "cancelled")}
+            )
+            offset = page["next_offset"]
+        time.sleep(every_s)
+    return final
+
+
 def run_service(photos: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
     import ray
     import requests
@@ -139,13 +157,7 @@ def run_service(photos: list[Path], args: argparse.Namespace, tmp: Path) -> dict
         t.start()
     for t in threads[: args.clients]:
         t.join()
-    final: dict[str, dict] = {}
-    while len(final) < len(ids):
-        for job in list(set(ids) - set(final)):
-            s = requests.get(f"{url}/v1/heads/{job}", timeout=30).json()
-            if s["status"] in ("done", "failed", "cancelled"):
-                final[job] = s
-        time.sleep(0.5)
+    final = wait_all(url, set(ids))
     t_end = max(s["finished_at"] for s in final.values())
     first = min(s["created_at"] for s in final.values())
     finished.set()

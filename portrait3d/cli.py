@@ -180,7 +180,7 @@ def batch(
     inputs failed (their rows say why), 2 when the run could not start.
     """
     from . import storage
-    from .engine.batch import BatchProgress, list_inputs, run_batch
+    from .engine.batch import BatchProgress, list_input_table, run_batch
     from .engine.cluster import connect
     from .engine.config import build_engine_config
     from .pipelines.config import build_profile_config
@@ -188,14 +188,16 @@ def batch(
     try:
         cfg = build_profile_config(profile, config, seed, models, tuple(allow_pickle or ()))
         engine = build_engine_config(profile, pool, workers)
-        uris, skipped = list_inputs(inputs)
+        listing, skipped = list_input_table(inputs)
         output = storage.check_writable(output)
         err.print(
-            f"{len(uris)} portraits from {inputs}" + (f" ({len(skipped)} other files skipped)" if skipped else "")
+            f"{listing.num_rows} portraits from {inputs}"
+            + (f" ({len(skipped)} other files skipped)" if skipped else "")
         )
         where = connect(engine, address, verbose=verbose)
         err.print(f"ray: {where}")
-        if not where.startswith("1 node") and not (storage.is_s3(output) and all(map(storage.is_s3, uris))):
+        all_s3 = storage.is_s3(output) and all(map(storage.is_s3, listing.column("input_uri").to_pylist()))
+        if not where.startswith("1 node") and not all_s3:
             err.print(
                 "[yellow]note[/]: local paths on a multi-node cluster must be storage every node "
                 "sees (a shared file system); otherwise use s3://"
@@ -209,7 +211,7 @@ def batch(
             console=err,
             disable=quiet,
         ) as bar:
-            task = bar.add_task("heads", total=len(uris), msg="starting workers")
+            task = bar.add_task("heads", total=listing.num_rows, msg="starting workers")
 
             def on_row(row: dict, p: BatchProgress) -> None:
                 bar.update(
@@ -225,7 +227,7 @@ def batch(
                         soft_wrap=True,
                     )
 
-            summary = run_batch(uris, output, cfg, engine, on_row=on_row, show_ray_progress=verbose)
+            summary = run_batch(listing, output, cfg, engine, on_row=on_row, show_ray_progress=verbose)
     except Portrait3DError as e:
         _fail(e)
     p = summary.progress

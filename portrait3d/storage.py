@@ -190,6 +190,12 @@ def delete_tree(uri: str) -> None:
 def list_files(uri: str) -> list[str]:
     """Every file under a folder or prefix (recursively), or matching a glob (``*``, ``?``, ``[``,
     ``**``), as sorted URIs. Hidden files (a part starting with ``.``) are left out."""
+    return [u for u, _, _ in list_file_stats(uri)]
+
+
+def list_file_stats(uri: str) -> list[tuple[str, int, int]]:
+    """:func:`list_files` with each file's size in bytes and modification time (ns since the epoch),
+    from the listing itself (one ``stat`` per local file; on S3 the list calls carry both)."""
     uri = str(uri)
     if not any(c in uri for c in "*?["):
         base = normalize(uri)
@@ -199,15 +205,20 @@ def list_files(uri: str) -> list[str]:
         except OSError as e:
             raise StorageError(f"cannot list {uri}: {e}") from None
         prefix = S3 if is_s3(base) else ""
-        found = [prefix + i.path for i in infos if i.type == pafs.FileType.File]
-        return sorted(u for u in found if not _hidden(u[len(base) :]))
+        found = [(prefix + i.path, i.size, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File]
+        return sorted(f for f in found if not _hidden(f[0][len(base) :]))
     if not is_s3(uri):
         pattern = os.path.abspath(os.path.expanduser(uri))
-        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        out = []
+        for p in sorted(glob.glob(pattern, recursive=True)):
+            st = os.stat(p)
+            if os.path.isfile(p):
+                out.append((p, st.st_size, st.st_mtime_ns))
+        return out
     # s3 glob: list below the part before the first wildcard, then match
     head = uri[: min(uri.index(c) for c in "*?[" if c in uri)]
     base = head.rsplit("/", 1)[0]
-    return [u for u in list_files(base) if fnmatch.fnmatchcase(u, uri)]
+    return [f for f in list_file_stats(base) if fnmatch.fnmatchcase(f[0], uri)]
 
 
 def _hidden(rel: str) -> bool:

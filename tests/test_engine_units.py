@@ -1,6 +1,7 @@
 """Engine pieces that need no Ray: pool config, input listing, the stage-output codec, rows."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -137,3 +138,29 @@ def test_manifest_table_has_one_type_per_column():
     assert t.column("input_uri").to_pylist() == ["a.jpg", "b.jpg"]
     assert t.column("error_type").to_pylist() == ["NoFaceError", ""]
     assert "work_uri" not in t.column_names
+
+
+def test_manifest_is_compacted_from_parts_and_remembered_by_stat(tmp_path):
+    from portrait3d.engine.manifest import FINGERPRINT_KEY, PartWriter, Previous, compact
+
+    fp = "ab" * 32
+    rows = [new_row(i, f"{i}.jpg", size=100 + i, mtime_ns=7) for i in range(4)]
+    rows[0].update(status="ok", content_hash="1" * 64)
+    mark_error(rows[1], "analysis", "NoFaceError", "no face")
+    rows[1]["content_hash"] = "2" * 64
+    mark_error(rows[2], "", "WorkerDiedError", "died")  # not a property of the bytes: made again
+    rows[2]["content_hash"] = "3" * 64
+    mark_error(rows[3], "analysis", "StorageError", "unreadable")  # never read: no hash
+    parts = PartWriter(str(tmp_path), fp, every_rows=2)
+    for row in (rows[3], rows[1], rows[2], rows[0]):
+        parts.add(row)
+    assert len(list(Path(parts.uri).glob("*.parquet"))) == 2  # written as they came
+    compact(parts, fp, str(tmp_path / "manifest.parquet"))
+    table = pq.read_table(tmp_path / "manifest.parquet")
+    assert table.column("index").to_pylist() == [0, 1, 2, 3]
+    assert table.schema.metadata[FINGERPRINT_KEY] == fp.encode()
+    assert table.column("input_size").to_pylist() == [100, 101, 102, 103]
+    prev = Previous.load(str(tmp_path), fp)
+    assert prev.hashes == {("0.jpg", 100, 7): "1" * 64, ("1.jpg", 101, 7): "2" * 64}
+    assert prev.errors == {"2" * 64: ("NoFaceError", "no face", "analysis")}
+    assert Previous.load(str(tmp_path), "cd" * 32).hashes == {}  # other settings: nothing is taken

@@ -2,13 +2,17 @@
 
     inputs -> precheck -> analysis pool -> geometry pool -> texture pool -> export pool -> rows -> manifest
 
-The precheck (``precheck``, CPU tasks) reads, hashes and decodes every input before any pool starts:
+The listing is a compact Arrow table (URI, size, mtime). Inputs an earlier run with these settings
+already judged (same URI, size and mtime; ``manifest.Previous``) are settled without a read: an
+input error is taken as it was, a made head is looked up by its recorded hash. The precheck
+(``precheck``, CPU tasks of many rows) reads, hashes and decodes the rest before any pool starts:
 done inputs (a complete bundle with the same settings) and bad ones become their rows at once, the
-same bytes twice are made once, and when nothing is left to make no pool starts. Finished rows go to
-part files as they come (``manifest``): a driver killed mid-run loses none of them. Each pool is a
+same bytes twice are made once, and when nothing is left to make no pool starts. The heads to make
+stay in Ray's object store (one-row Arrow blocks), not in the driver. Each pool is a
 ``map_batches`` over warm actors (``ActorPoolStrategy``, one head per task, one task in flight per
-actor) with its own resources. Assets go to storage inside the workers; rows carry URIs.
-A rerun reuses every bundle made with the same settings from the same bytes (content hash).
+actor) with its own resources. Finished rows go to part files as they come
+(``manifest``): a driver killed mid-run loses none of them, and ``manifest.parquet`` is compacted from
+them. Assets go to storage inside the workers; rows carry URIs.
 
 Example:
     >>> summary = run_batch("photos/", "s3://bucket/heads/", build_profile_config("fast"),
@@ -26,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -34,9 +40,9 @@ from ..errors import HeadTimeoutError, InputError, WorkerDiedError
 from ..pipelines.config import PipelineConfig
 from . import heads
 from .config import EngineConfig
-from .manifest import PartWriter, clear_parts, input_errors, manifest_bytes, previous_rows, read_parts
-from .precheck import check_inputs, copy_result, split_duplicates
-from .rows import batch_to_rows, mark_error, new_row
+from .manifest import PartWriter, Previous, clear_parts, compact
+from .precheck import check_inputs, copy_result
+from .rows import batch_to_rows, mark_error, new_row, rows_table
 from .workers import AnalysisWorker, ExportWorker, GeometryWorker, StageWorker, TextureWorker
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -87,7 +93,14 @@ class BatchSummary:
     output: str
     skipped_files: list[str]
     elapsed_s: float
-    rows: list[dict[str, Any]]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The manifest's rows, in input order (read from storage)."""
+        return pq.read_table(io.BytesIO(storage.read_bytes(self.manifest_uri))).to_pylist()
+
+
+LISTING_SCHEMA = pa.schema([("input_uri", pa.string()), ("input_size", pa.int64()), ("input_mtime_ns", pa.int64())])
 
 
 def list_inputs(spec: str) -> tuple[list[str], list[str]]:
@@ -97,18 +110,33 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
     skipped. A manifest names its images in a column ``input_uri``, ``uri``, ``path``, ``image`` or
     ``file``; relative paths in it are relative to the manifest's folder.
     """
+    listing, skipped = list_input_table(spec)
+    return listing.column("input_uri").to_pylist(), skipped
+
+
+def list_input_table(spec: str | list[str]) -> tuple[pa.Table, list[str]]:
+    """:func:`list_inputs` as an Arrow table (``LISTING_SCHEMA``) with each file's size and mtime from
+    the listing (-1 for inputs named by a manifest or a list, which the listing does not stat)."""
+    if isinstance(spec, list):
+        return _listing([(str(u), -1, -1) for u in spec]), []
     spec = str(spec)
     if spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in "*?["):
-        return _read_manifest(spec), []
+        return _listing([(u, -1, -1) for u in _read_manifest(spec)]), []
     if any(c in spec for c in "*?[") or storage.is_dir(spec) or (storage.is_s3(spec) and not storage.exists(spec)):
-        files = storage.list_files(spec)
-        images = [u for u in files if u.lower().endswith(IMAGE_SUFFIXES)]
+        files = storage.list_file_stats(spec)
+        images = [f for f in files if f[0].lower().endswith(IMAGE_SUFFIXES)]
         if not images:
             raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {spec}")
-        return images, [u for u in files if u not in set(images)]
+        return _listing(images), [f[0] for f in files if not f[0].lower().endswith(IMAGE_SUFFIXES)]
     if storage.exists(spec):
-        return [storage.normalize(spec)], []
+        return _listing([(storage.normalize(spec), -1, -1)]), []
     raise InputError(f"input {spec} is not a folder, prefix, glob, manifest or file")
+
+
+def _listing(files: list[tuple[str, int, int]]) -> pa.Table:
+    cols = list(zip(*files, strict=True)) if files else [[], [], []]
+    arrays = [pa.array(c, type=f.type) for c, f in zip(cols, LISTING_SCHEMA, strict=True)]
+    return pa.table(arrays, schema=LISTING_SCHEMA)
 
 
 def _read_manifest(uri: str) -> list[str]:
@@ -144,10 +172,9 @@ def _read_manifest(uri: str) -> list[str]:
 PRECHECK_ROWS_PER_TASK = 64
 
 
-def precheck(rows: list[dict[str, Any]], output: str, config: PipelineConfig, engine: EngineConfig):
-    """The precheck (``precheck.check_inputs``) as Ray Data tasks; yields the checked rows."""
-    import math
-
+def precheck(blocks: list[Any], output: str, config: PipelineConfig, engine: EngineConfig):
+    """The precheck (``precheck.check_inputs``) as Ray Data tasks over ``blocks`` (object refs of
+    Arrow tables of rows); yields the checked rows a block at a time."""
     import ray
 
     from ..pipelines.image_io import DEFAULT_MAX_MEGAPIXELS
@@ -158,17 +185,17 @@ def precheck(rows: list[dict[str, Any]], output: str, config: PipelineConfig, en
         "max_bytes": int(engine.batch.max_input_mb * 2**20),
         "max_megapixels": getattr(config.stages["analysis"], "max_megapixels", DEFAULT_MAX_MEGAPIXELS),
     }
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / PRECHECK_ROWS_PER_TASK)))
-    ds = ds.map_batches(check_inputs, fn_kwargs=kwargs, batch_size=None, num_cpus=0.5)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-        yield from batch_to_rows(batch)
+    ds = ray.data.from_arrow_refs(blocks).map_batches(check_inputs, fn_kwargs=kwargs, batch_size=None, num_cpus=0.5)
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        yield table.to_pylist()
 
 
-def build_dataset(rows: list[dict[str, Any]], output: str, config: PipelineConfig, engine: EngineConfig):
-    """The Ray Data plan for the heads to make: one block per row, then one ``map_batches`` per pool."""
+def build_dataset(blocks: list[Any], output: str, config: PipelineConfig, engine: EngineConfig):
+    """The Ray Data plan for the heads to make (``blocks``: object refs of one-row Arrow tables): one
+    ``map_batches`` per pool."""
     import ray
 
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ray.data.from_arrow_refs(blocks)
     for name, worker in POOL_WORKERS.items():
         pool = engine.pools[name]
         with warnings.catch_warnings():
@@ -202,113 +229,168 @@ def configure_data_context(engine: EngineConfig, show_ray_progress: bool = False
     ctx.execution_options.preserve_order = False
 
 
+class RowSink:
+    """Where the driver's finished rows go: the run's part files, the progress, ``on_row``; it
+    remembers which inputs are finished (one bit each) and the heads to make (object refs)."""
+
+    def __init__(self, parts: PartWriter, total: int, on_row: Callable[[dict[str, Any], BatchProgress], None] | None):
+        self.parts, self.on_row = parts, on_row
+        self.progress = BatchProgress(total=total)
+        self.finished = np.zeros(total, dtype=bool)
+        self.seen: set[str] = set()  # content hashes sent to the pools
+        self.twins: dict[str, list[dict[str, Any]]] = {}  # later rows with the same bytes
+        self.to_make: list[Any] = []
+
+    def emit(self, row: dict[str, Any]) -> None:
+        self.finished[row["index"]] = True
+        self.parts.add(row)
+        self.progress.add(row)
+        if self.on_row:
+            self.on_row(row, self.progress)
+
+    def checked(self, rows: list[dict[str, Any]], previous: Previous) -> None:
+        """Rows back from the precheck: final ones are emitted, the rest kept to make (once per hash)."""
+        import ray
+
+        make = []
+        for row in rows:
+            digest = row["content_hash"]
+            if row["status"] == "pending" and digest in previous.errors:  # known bytes, another URI
+                kind, message, stage = previous.errors[digest]
+                mark_error(row, stage, kind, message)
+            if row["status"] != "pending":
+                self.emit(row)
+            elif digest in self.seen:
+                self.twins.setdefault(digest, []).append(row)
+            else:
+                self.seen.add(digest)
+                make.append(row)
+        # one block per head, so that the pools share the heads out one at a time (Ray Data's streaming
+        # repartition to one row per block needs a free CPU, which the warm pools hold)
+        self.to_make.extend(ray.put(rows_table([row])) for row in make)
+
+    def made(self, row: dict[str, Any]) -> None:
+        self.emit(row)
+        for twin in self.twins.pop(row["content_hash"], []):
+            copy_result(row, twin)
+            self.emit(twin)
+
+
+def settle_listed(listing: pa.Table, previous: Previous, sink: RowSink, chunk: int = PRECHECK_ROWS_PER_TASK):
+    """Rows for the listing, ``chunk`` at a time: inputs with a known input error are emitted at once;
+    the others (with a known hash where there is one) go to the precheck as object refs."""
+    import ray
+
+    blocks = []
+    for start in range(0, listing.num_rows, chunk):
+        part = listing.slice(start, chunk)
+        rows = []
+        columns = (part.column(n).to_pylist() for n in LISTING_SCHEMA.names)
+        for i, (uri, size, mtime) in enumerate(zip(*columns, strict=True)):
+            row = new_row(start + i, uri, size, mtime)
+            digest = previous.hashes.get((uri, size, mtime)) if size >= 0 else None
+            if digest and digest in previous.errors:
+                kind, message, stage = previous.errors[digest]
+                row["content_hash"] = digest
+                mark_error(row, stage, kind, message)
+                sink.emit(row)
+                continue
+            row["content_hash"] = digest or ""
+            rows.append(row)
+        if rows:
+            blocks.append(ray.put(rows_table(rows)))
+    return blocks
+
+
 def run_batch(
-    inputs: str | list[str],
+    inputs: str | list[str] | pa.Table,
     output: str,
     config: PipelineConfig,
     engine: EngineConfig,
     on_row: Callable[[dict[str, Any], BatchProgress], None] | None = None,
     show_ray_progress: bool = False,
 ) -> BatchSummary:
-    """Turn every portrait in ``inputs`` (a spec for :func:`list_inputs`, or URIs) into a head bundle
-    under ``output``; write the manifest.
+    """Turn every portrait in ``inputs`` (a spec for :func:`list_inputs`, URIs, or a table from
+    :func:`list_input_table`) into a head bundle under ``output``; write the manifest.
 
     Needs a connected Ray session (see :func:`portrait3d.engine.cluster.connect`). The manifest is
     written even when the run is interrupted: inputs not finished are error rows then.
     """
     output = storage.check_writable(output)
-    uris, skipped = (list(inputs), []) if isinstance(inputs, list) else list_inputs(inputs)
-    # input errors an earlier run with these settings found: in its manifest, or in the parts of a
-    # run that did not complete
+    listing, skipped = (inputs, []) if isinstance(inputs, pa.Table) else list_input_table(inputs)
     fingerprint = config.fingerprint()
-    known_errors = input_errors(previous_rows(output, fingerprint) + read_parts(output, fingerprint))
+    previous = Previous.load(output, fingerprint) if engine.batch.reuse_by_stat else Previous()
     storage.write_bytes(
         storage.join(output, "batch.json"),
         json.dumps(
             {
-                "inputs": inputs if isinstance(inputs, str) else f"{len(uris)} URIs",
-                "count": len(uris),
+                "inputs": inputs if isinstance(inputs, str) else f"{listing.num_rows} URIs",
+                "count": listing.num_rows,
                 "config": config.to_dict(),
-                "config_sha256": config.fingerprint(),
+                "config_sha256": fingerprint,
                 "engine": engine.to_dict(),
             },
             indent=1,
         ).encode(),
     )
     configure_data_context(engine, show_ray_progress)
-    progress = BatchProgress(total=len(uris))
-    finished: dict[int, dict[str, Any]] = {}
+    sink = RowSink(PartWriter(output, fingerprint), listing.num_rows, on_row)
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
-
-    parts = PartWriter(output, fingerprint)
-
-    def emit(row: dict[str, Any]) -> None:
-        finished[row["index"]] = row
-        parts.add(row)
-        progress.add(row)
-        if on_row:
-            on_row(row, progress)
-
     try:
-        pending = []
-        for row in precheck([new_row(i, u) for i, u in enumerate(uris)], output, config, engine):
-            if row["status"] != "pending":
-                emit(row)
-            elif row["content_hash"] in known_errors:
-                copy_result(known_errors[row["content_hash"]], row)
-                emit(row)
-            else:
-                pending.append(row)
-        parts.flush()  # what the precheck decided is on disk before any pool starts
-        to_make, same_bytes = split_duplicates(pending)
-        if to_make:
+        blocks = settle_listed(listing, previous, sink)
+        if blocks:
+            for rows in precheck(blocks, output, config, engine):
+                sink.checked(rows, previous)
+        sink.parts.flush()  # what the precheck decided is on disk before any pool starts
+        if sink.to_make:
             # prefetch_batches=0: with prefetching, each finished row waits for the next one to finish
-            rows_out = build_dataset(to_make, output, config, engine).iter_batches(
+            rows_out = build_dataset(sink.to_make, output, config, engine).iter_batches(
                 batch_size=1, batch_format="numpy", prefetch_batches=0
             )
             for batch in rows_out:
                 for row in batch_to_rows(batch):
-                    emit(row)
-                    for twin in same_bytes.pop(row["content_hash"], []):
-                        copy_result(row, twin)
-                        emit(twin)
+                    sink.made(row)
     except (KeyboardInterrupt, Exception) as e:  # keep what is done: write the manifest, then re-raise
         interrupted = e
-    rows = list(finished.values())
-    # Rows Ray dropped: their worker died on every attempt, or the run stopped before them.
+    write_unfinished(listing, sink, output, engine, interrupted)
+    if not engine.batch.keep_work:
+        storage.delete_tree(storage.join(output, "_work"))
+    manifest_uri = storage.join(output, "manifest.parquet")
+    compact(sink.parts, fingerprint, manifest_uri)
+    if interrupted is not None:
+        raise interrupted
+    clear_parts(output, fingerprint)
+    return BatchSummary(
+        progress=sink.progress,
+        manifest_uri=manifest_uri,
+        output=output,
+        skipped_files=skipped,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def write_unfinished(
+    listing: pa.Table, sink: RowSink, output: str, engine: EngineConfig, interrupted: BaseException | None
+) -> None:
+    """An error row for each input without one: Ray dropped it (its worker died on every attempt, or
+    it ran past its time limit), or the run stopped before it."""
     why = (
         f"not finished: the run stopped ({type(interrupted).__name__})"
         if interrupted is not None
         else f"a worker process died on this input on each of its {engine.batch.max_task_retries + 1} "
         "attempt(s) (out of memory? a crash?)"
     )
-    for i, uri in enumerate(uris):
-        if i not in finished:
-            row = new_row(i, uri)
-            timed_out = heads.find_timeout(output, uri) if engine.batch.head_timeout_s else None
-            if timed_out:  # the worker ended itself, with no retry left
-                mark_error(row, timed_out["pool"], HeadTimeoutError.__name__, timed_out["message"])
-            else:
-                mark_error(row, "", WorkerDiedError.__name__, why)
-            rows.append(row)
-            if interrupted is None:
-                progress.add(row)
-                if on_row:
-                    on_row(row, progress)
-    parts.flush()
-    if not engine.batch.keep_work:
-        storage.delete_tree(storage.join(output, "_work"))
-    manifest_uri = storage.join(output, "manifest.parquet")
-    storage.write_bytes(manifest_uri, manifest_bytes(rows, fingerprint))
-    if interrupted is not None:
-        raise interrupted
-    clear_parts(output)
-    return BatchSummary(
-        progress=progress,
-        manifest_uri=manifest_uri,
-        output=output,
-        skipped_files=skipped,
-        elapsed_s=time.perf_counter() - t0,
-        rows=sorted(rows, key=lambda r: r["index"]),
-    )
+    uris, sizes, mtimes = (listing.column(n) for n in LISTING_SCHEMA.names)
+    for i in map(int, np.flatnonzero(~sink.finished)):
+        uri = uris[i].as_py()
+        row = new_row(i, uri, sizes[i].as_py(), mtimes[i].as_py())
+        timed_out = heads.find_timeout(output, uri) if engine.batch.head_timeout_s else None
+        if timed_out:  # the worker ended itself, with no retry left
+            mark_error(row, timed_out["pool"], HeadTimeoutError.__name__, timed_out["message"])
+        else:
+            mark_error(row, "", WorkerDiedError.__name__, why)
+        if interrupted is None:
+            sink.emit(row)
+        else:
+            sink.parts.add(row)

@@ -104,6 +104,12 @@ class BatchSettings:
         ge=0,
     )
     keep_work: bool = setting(False, "keep the per-stage intermediates under OUTPUT/_work after a head is done")
+    reuse_by_stat: bool = setting(
+        True,
+        "take an input listed with the URI, size and modification time an earlier run with these settings "
+        "recorded to have the same bytes, and reuse that run's result without reading it (off: read and "
+        "hash every input)",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""A batch run's rows on disk as they finish: Parquet part files under ``OUTPUT/_manifest/<config>/``,
-so a driver that dies mid-run leaves its finished rows behind; the next run with the same settings
-takes its input errors from them (and from the previous ``manifest.parquet``, which records the
-settings' fingerprint in its metadata) instead of sending those inputs through the pools again. The
-final ``manifest.parquet`` is written when a run completes; then the parts go.
+"""A batch run's rows on disk as they finish: Parquet part files under
+``OUTPUT/_manifest/<config>/<run>/``, so a driver that dies mid-run leaves its finished rows behind.
+The final ``manifest.parquet`` is compacted from the run's parts (it records the settings'
+fingerprint in its metadata); then the parts go.
+
+The next run with the same settings learns from the previous manifest and from the parts of runs that
+did not complete (:class:`Previous`): an input listed with the same URI, size and modification time
+has the same bytes (as ``make`` and ``rsync`` assume), so its input error is taken as it was and its
+bundle is looked up by the recorded hash without reading the input again.
 
 Example:
     >>> import tempfile
@@ -19,12 +23,14 @@ from __future__ import annotations
 import io
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import errors, storage
-from .rows import manifest_table
+from .rows import MANIFEST_SCHEMA, manifest_table
 
 PARTS = "_manifest"
 #: The manifest's schema metadata key holding the config fingerprint of the run that wrote it.
@@ -36,11 +42,11 @@ def parts_uri(output: str, fingerprint: str) -> str:
 
 
 class PartWriter:
-    """Finished rows into part files: one part per ``every_rows`` rows, or sooner once ``every_s``
-    seconds have passed since the last part (each write is atomic)."""
+    """Finished rows into part files of one run (``uri``): one part per ``every_rows`` rows, or sooner
+    once ``every_s`` seconds have passed since the last part (each write is atomic)."""
 
     def __init__(self, output: str, fingerprint: str, every_rows: int = 1000, every_s: float = 1.0) -> None:
-        self.uri = parts_uri(output, fingerprint)
+        self.uri = storage.join(parts_uri(output, fingerprint), f"run-{time.time_ns()}-{os.getpid()}")
         self.every_rows, self.every_s = every_rows, every_s
         self.rows: list[dict[str, Any]] = []
         self.last = time.monotonic()
@@ -64,53 +70,90 @@ class PartWriter:
 
 
 def read_parts(output: str, fingerprint: str) -> list[dict[str, Any]]:
-    """Every row in the parts an earlier run with these settings left (oldest first)."""
-    uri = parts_uri(output, fingerprint)
+    """Every row in the parts earlier runs with these settings left (oldest first)."""
+    return [row for table in _part_tables(parts_uri(output, fingerprint)) for row in table.to_pylist()]
+
+
+def _part_tables(uri: str) -> list[pa.Table]:
     if not storage.is_dir(uri):
         return []
-    rows = []
+    tables = []
     for part in sorted(u for u in storage.list_files(uri) if u.endswith(".parquet")):
         try:
-            rows += pq.read_table(io.BytesIO(storage.read_bytes(part))).to_pylist()
+            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(part))))
         except Exception:  # a part cut short by a crash: its rows are made again
             continue
-    return rows
+    return tables
 
 
-def manifest_bytes(rows: list[dict[str, Any]], fingerprint: str) -> bytes:
-    """``manifest.parquet``: the rows in input order, the settings' fingerprint in its metadata."""
-    table = manifest_table(rows)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
+def compact(parts: PartWriter, fingerprint: str, manifest_uri: str) -> None:
+    """Write ``manifest.parquet`` from the run's part files: every row in input order."""
+    parts.flush()
+    tables = [t.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA) for t in _part_tables(parts.uri)]
+    table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+    table = table.sort_by("index").replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    return buf.getvalue()
+    storage.write_bytes(manifest_uri, buf.getvalue())
 
 
-def previous_rows(output: str, fingerprint: str) -> list[dict[str, Any]]:
-    """The rows of ``OUTPUT/manifest.parquet`` when a run with these settings wrote it, else []."""
+def previous_table(output: str, fingerprint: str) -> pa.Table | None:
+    """``OUTPUT/manifest.parquet`` when a run with these settings wrote it, else None."""
     uri = storage.join(output, "manifest.parquet")
     if not storage.exists(uri):
-        return []
+        return None
     try:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
     except Exception:  # an unreadable old manifest: nothing is taken from it
-        return []
-    if (table.schema.metadata or {}).get(FINGERPRINT_KEY) != fingerprint.encode():
-        return []
-    return table.to_pylist()
+        return None
+    return table if (table.schema.metadata or {}).get(FINGERPRINT_KEY) == fingerprint.encode() else None
 
 
-def input_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{content hash: error row}`` of the rows whose error follows from the bytes and the settings
-    alone (an ``InputError`` such as ``NoFaceError``), so a rerun would find it again."""
-    out = {}
-    for row in rows:
-        kind = getattr(errors, row.get("error_type") or "", None)
-        if row.get("status") == "error" and row.get("content_hash") and isinstance(kind, type):
-            if issubclass(kind, errors.InputError):
-                out[row["content_hash"]] = row
-    return out
+def is_input_error(error_type: str | None) -> bool:
+    """Whether an error follows from the bytes and the settings alone (an ``InputError`` such as
+    ``NoFaceError``), so that a rerun would find it again."""
+    kind = getattr(errors, error_type or "", None)
+    return isinstance(kind, type) and issubclass(kind, errors.InputError)
 
 
-def clear_parts(output: str) -> None:
-    storage.delete_tree(storage.join(output, PARTS))
+#: ``(URI, size, mtime_ns)`` of a listed input.
+Stat = tuple[str, int, int]
+
+
+@dataclass
+class Previous:
+    """What earlier runs with these settings found, kept small: ``hashes`` maps an input's
+    ``(URI, size, mtime_ns)`` to its content hash (for inputs that were made, or failed with an input
+    error); ``errors`` maps a content hash to its input error ``(type, message, stage)``."""
+
+    hashes: dict[Stat, str] = field(default_factory=dict)
+    errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, output: str, fingerprint: str) -> Previous:
+        prev = cls()
+        manifest = previous_table(output, fingerprint)
+        for table in [*([manifest] if manifest is not None else []), *_part_tables(parts_uri(output, fingerprint))]:
+            prev.add(table)
+        return prev
+
+    def add(self, table: pa.Table) -> None:
+        names = ("input_uri", "input_size", "input_mtime_ns", "content_hash", "status", "error_type")
+        names += ("error_message", "error_stage")
+        if not set(names) <= set(table.column_names):  # a manifest from before these columns
+            return
+        cols = [table.column(n).to_pylist() for n in names]
+        for uri, size, mtime, digest, status, kind, message, stage in zip(*cols, strict=True):
+            if not digest:
+                continue
+            if status == "error" and is_input_error(kind):
+                self.errors[digest] = (kind, message, stage)
+            elif status != "ok":
+                continue
+            if size is not None and size >= 0:
+                self.hashes[(uri, size, mtime)] = digest
+
+
+def clear_parts(output: str, fingerprint: str) -> None:
+    """Remove the parts of every run with these settings (the manifest has their rows now)."""
+    storage.delete_tree(parts_uri(output, fingerprint))

@@ -8,7 +8,7 @@ Example:
     >>> from portrait3d.engine.rows import new_row, rows_to_batch
     >>> batch = rows_to_batch([new_row(0, "/nonexistent/a.jpg")])
     >>> out = check_inputs(batch, output="/tmp/out", fingerprint="f", max_bytes=2**20, max_megapixels=50.0)
-    >>> out["status"], out["error_type"]
+    >>> out.column("status").to_pylist(), out.column("error_type").to_pylist()
     (['error'], ['StorageError'])
 """
 
@@ -18,19 +18,29 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .. import storage
 from ..errors import Portrait3DError
 from ..pipelines.image_io import load_image
 from . import heads
-from .rows import batch_to_rows, mark_error, rows_to_batch
+from .rows import batch_to_rows, mark_error, rows_table
 
 
 def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int, max_megapixels: float) -> None:
     """One input: an error row when it cannot be read or decoded, an ok row (``reused``) when its
-    bundle is complete with these settings, else left ``pending`` with its ``content_hash``."""
+    bundle is complete with these settings, else left ``pending`` with its ``content_hash``. A row
+    that comes with its ``content_hash`` (an earlier run's, for the same URI, size and mtime) is looked
+    up by it before its input is read."""
     uri = row["input_uri"]
     try:
+        if row["content_hash"]:
+            bundle = heads.bundle_uri(output, row["content_hash"])
+            record = heads.find_bundle(bundle, fingerprint)
+            if record is not None:
+                heads.fill_outputs(row, bundle, record)
+                row["reused"] = True
+                return
         data = storage.read_bytes(uri, max_bytes=max_bytes)
         row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
         bundle = heads.bundle_uri(output, digest)
@@ -44,25 +54,12 @@ def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int
         mark_error(row, "analysis", e.kind, str(e))
 
 
-def check_inputs(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, list[Any]]:
+def check_inputs(batch: dict[str, np.ndarray], **kwargs: Any) -> pa.Table:
     """``check_row`` over a Ray Data batch (keyword arguments as ``check_row``'s)."""
     rows = batch_to_rows(batch)
     for row in rows:
         check_row(row, **kwargs)
-    return rows_to_batch(rows)
-
-
-def split_duplicates(pending: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """``(rows to make, {content hash: later rows with the same bytes})``: each head is made once."""
-    first: dict[str, dict[str, Any]] = {}
-    later: dict[str, list[dict[str, Any]]] = {}
-    for row in pending:
-        digest = row["content_hash"]
-        if digest in first:
-            later.setdefault(digest, []).append(row)
-        else:
-            first[digest] = row
-    return list(first.values()), later
+    return rows_table(rows)
 
 
 #: What a row made from the same bytes takes from the row that made the head.

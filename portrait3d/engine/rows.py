@@ -17,6 +17,8 @@ NAN = float("nan")
 COLUMNS: tuple[tuple[str, pa.DataType, Any, str], ...] = (
     ("index", pa.int64(), 0, "position of the input in the listing"),
     ("input_uri", pa.string(), "", "the portrait"),
+    ("input_size", pa.int64(), -1, "its size in bytes, from the listing (-1: not listed with one)"),
+    ("input_mtime_ns", pa.int64(), -1, "its modification time, ns since the epoch, from the listing (-1: none)"),
     ("content_hash", pa.string(), "", "SHA-256 of the input's bytes (empty when it could not be read)"),
     ("status", pa.string(), "pending", "ok or error"),
     ("reused", pa.bool_(), False, "the bundle existed from an earlier run with the same settings"),
@@ -38,6 +40,8 @@ COLUMNS: tuple[tuple[str, pa.DataType, Any, str], ...] = (
 #: Columns that only travel between pools.
 INTERNAL: tuple[tuple[str, pa.DataType, Any], ...] = (("work_uri", pa.string(), ""),)
 MANIFEST_SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS])
+#: A row as it travels: the manifest's columns and the internal ones.
+ROW_SCHEMA = pa.schema([*MANIFEST_SCHEMA, *(pa.field(n, t) for n, t, _ in INTERNAL)])
 TIMING_COLUMNS = {
     "analysis": "t_analysis_s",
     "init": "t_init_s",
@@ -47,10 +51,10 @@ TIMING_COLUMNS = {
 }
 
 
-def new_row(index: int, input_uri: str) -> dict[str, Any]:
+def new_row(index: int, input_uri: str, size: int = -1, mtime_ns: int = -1) -> dict[str, Any]:
     row = {n: d for n, _, d, _ in COLUMNS}
     row.update({n: d for n, _, d in INTERNAL})
-    row.update(index=int(index), input_uri=str(input_uri))
+    row.update(index=int(index), input_uri=str(input_uri), input_size=int(size), input_mtime_ns=int(mtime_ns))
     return row
 
 
@@ -70,6 +74,12 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Travelling rows as one Arrow table (a Ray Data block), every column typed."""
+    columns = {f.name: pa.array([_py(r[f.name]) for r in rows], type=f.type) for f in ROW_SCHEMA}
+    return pa.table(columns, schema=ROW_SCHEMA)
 
 
 def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
