@@ -65,9 +65,17 @@ def test_no_face(analysis_stage):
 
 
 def test_face_too_small(analysis_stage):
-    small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.LANCZOS))
+    tiny = np.asarray(Image.fromarray(astronaut()).resize((128, 128), Image.LANCZOS))  # a 26 px face
     with pytest.raises(FaceTooSmallError, match="px across"):
-        analyze(analysis_stage, png_bytes(small))
+        analyze(analysis_stage, png_bytes(tiny))
+
+
+def test_small_face_is_accepted_with_a_note(analysis_stage):
+    small = np.asarray(Image.fromarray(astronaut()).resize((200, 200), Image.LANCZOS))  # a 41 px face
+    a = analyze(analysis_stage, png_bytes(small))
+    (note,) = [n for n in a.notes if n.startswith("small face")]
+    assert 32 <= float(note.split()[2]) < 64
+    assert a.crop.shape == (512, 512, 3) and a.identity is not None
 
 
 def test_largest_of_several_faces_is_used(analysis_stage):

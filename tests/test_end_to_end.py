@@ -114,7 +114,7 @@ BAD_INPUTS = {
     "truncated": (None, "TruncatedImageError"),
     "bomb": (_bomb(), "ImageTooLargeError"),
     "no_face": (png_bytes(np.full((256, 256, 3), 90, np.uint8)), "NoFaceError"),
-    "small_face": (png_bytes(np.asarray(Image.fromarray(astronaut()).resize((240, 240)))), "FaceTooSmallError"),
+    "small_face": (png_bytes(np.asarray(Image.fromarray(astronaut()).resize((128, 128)))), "FaceTooSmallError"),
 }
 
 

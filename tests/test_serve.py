@@ -155,7 +155,7 @@ BAD_UPLOADS = {
     "too_large": (b"\x89PNG\r\n\x1a\n" + bytes(21 * 2**20), {}, 413, "ImageTooLargeError"),
     "no_face": (png_bytes(np.full((256, 256, 3), 90, np.uint8)), {}, 422, "NoFaceError"),
     "small_face": (
-        png_bytes(np.asarray(Image.fromarray(astronaut()).resize((240, 240)))),
+        png_bytes(np.asarray(Image.fromarray(astronaut()).resize((128, 128)))),
         {},
         422,
         "FaceTooSmallError",

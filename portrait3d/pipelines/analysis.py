@@ -34,7 +34,10 @@ class MediapipeAnalysis:
         crop_scale: float = setting(2.6, "crop side in face-box sides", ge=1.2, le=6)
         crop_shift: float = setting(0.12, "upward shift of the crop centre, in face-box heights", ge=-1, le=1)
         max_megapixels: float = setting(50.0, "largest input accepted (decompression-bomb guard)", gt=0, le=1000)
-        min_face_px: int = setting(64, "smallest face (box side, input pixels) accepted", ge=8, le=4096)
+        min_face_px: int = setting(32, "smallest face (box side, input pixels) accepted", ge=8, le=4096)
+        small_face_px: int = setting(
+            64, "faces smaller than this are accepted with a note that the head has little detail", ge=8, le=4096
+        )
         detection_confidence: float = setting(0.5, "face detector threshold", ge=0, le=1)
         fovy_deg: float = setting(20.0, "vertical field of view of the reference camera over the crop", ge=5, le=90)
         eye_width_m: float = setting(
@@ -128,6 +131,11 @@ class MediapipeAnalysis:
 
         S = cfg.crop_size
         crop_side = cfg.crop_scale * side
+        if side < cfg.small_face_px:
+            notes.append(
+                f"small face: {side:.0f} px across in the photo, upscaled x{S / crop_side:.1f} into the "
+                f"{S} px crop; the head has no more detail than the photo"
+            )
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - cfg.crop_shift * (y1 - y0)
         box = (cx - crop_side / 2, cy - crop_side / 2, cx + crop_side / 2, cy + crop_side / 2)
         scale = S / crop_side
