@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {"head.glb": "model/gltf-binary", "head.json": "application/json", "views.png": "image/png"}
 #: How often an event stream looks for a change of its job, seconds.
-EVENTS_POLL_S = 1.0
+EVENTS_POLL_S = 0.5
 # Settings a request may not change: they name files (model roots, encoders) or choose hardware.
 SERVER_SETTINGS = ("models", "allow_pickle", "device", "half", "rasterizer", "identity")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")

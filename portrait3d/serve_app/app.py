@@ -28,8 +28,6 @@ from .stages import StageDeployment
 #: Serve's logging for this app: no access-log line per request (each costs the proxy and the replica CPU
 #: that heads need; the job store records every job).
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
-#: Serve settings of a local Ray instance the service starts itself (see ``_local_ray``).
-LOCAL_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
 
 def deployment_options(pool: PoolConfig) -> dict[str, Any]:
@@ -92,11 +90,6 @@ def _local_ray(profile: str, pools: dict[str, Any], address: str | None) -> None
         overrides = [f"{p}.{k}={v}" for p, values in pools.items() for k, v in values.items()]
         needed = build_engine_config(profile, overrides).required_cpus() + 0.25  # and the ingress
         init = {"num_cpus": max(os.cpu_count() or 1, math.ceil(needed)), "include_dashboard": False}
-        # Serve's controller loop runs every 0.1 s by default (5% of a core when idle, measured); heads
-        # take tens of seconds, so a half-second loop loses nothing and leaves the cores to them. The
-        # processes of the local instance inherit this process's environment.
-        for key, value in LOCAL_SERVE_ENV.items():
-            os.environ.setdefault(key, value)
     ray.init(**init, runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=False)
 
 
