@@ -62,8 +62,6 @@ from .settings import ServeSettings, serve_settings
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {"head.glb": "model/gltf-binary", "head.json": "application/json", "views.png": "image/png"}
-#: How often an event stream looks for a change of its job, seconds.
-EVENTS_POLL_S = 0.5
 # Settings a request may not change: they name files (model roots, encoders) or choose hardware.
 SERVER_SETTINGS = ("models", "allow_pickle", "device", "half", "rasterizer", "identity")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -431,27 +429,27 @@ class Ingress:
         )
 
     async def _stream(self, request: Request, job: Job) -> AsyncIterator[bytes]:
-        """An event whenever the job's record (or, while queued, its queue position) changes. A round
-        is one small read (two while queued); the whole record is read only when something changed."""
-        beat = time.monotonic()
+        """An event whenever the job's record (or, while queued, its queue position) changes; each round
+        is one small read unless something changed."""
+        last, beat, version = None, time.monotonic(), None
         while True:
             snapshot = await asyncio.to_thread(self.status, job)
-            yield f"event: status\ndata: {json.dumps(snapshot)}\n\n".encode()
+            key = (job.updated_at, snapshot["queue_position"])
+            if key != last:
+                last, beat = key, time.monotonic()
+                yield f"event: status\ndata: {json.dumps(snapshot)}\n\n".encode()
             if job.terminal or await request.is_disconnected():
                 return
-            seen = (job.updated_at, snapshot["queue_position"])
             while True:
-                await asyncio.sleep(EVENTS_POLL_S)
+                await asyncio.sleep(0.5)
                 if time.monotonic() - beat > 15:
                     beat = time.monotonic()
                     yield b": keep-alive\n\n"
-                    if await request.is_disconnected():
-                        return
                 version = await asyncio.to_thread(self.store.version, job.id)
-                if version is None or version[0] != seen[0]:
+                if version is None or version[0] != job.updated_at or version[1] == QUEUED:
                     break
-                if version[1] == QUEUED and await asyncio.to_thread(self.store.queue_position, job) != seen[1]:
-                    break
+                if await request.is_disconnected():
+                    return
             job = await asyncio.to_thread(self.store.get, job.id)
 
     @api.get("/v1/heads/{job_id}/{name}", summary="A file of a finished job")
