@@ -255,9 +255,8 @@ class RowSink:
         make = []
         for row in rows:
             digest = row["content_hash"]
-            if row["status"] == "pending" and digest in previous.errors:  # known bytes, another URI
-                kind, message, stage = previous.errors[digest]
-                mark_error(row, stage, kind, message)
+            if row["status"] == "pending":
+                previous.mark_known_error(row)  # known bytes under another URI
             if row["status"] != "pending":
                 self.emit(row)
             elif digest in self.seen:
@@ -288,15 +287,11 @@ def settle_listed(listing: pa.Table, previous: Previous, sink: RowSink, chunk: i
         columns = (part.column(n).to_pylist() for n in LISTING_SCHEMA.names)
         for i, (uri, size, mtime) in enumerate(zip(*columns, strict=True)):
             row = new_row(start + i, uri, size, mtime)
-            digest = previous.hashes.get((uri, size, mtime)) if size >= 0 else None
-            if digest and digest in previous.errors:
-                kind, message, stage = previous.errors[digest]
-                row["content_hash"] = digest
-                mark_error(row, stage, kind, message)
+            row["content_hash"] = previous.hashes.get((uri, size, mtime), "") if size >= 0 else ""
+            if row["content_hash"] and previous.mark_known_error(row):
                 sink.emit(row)
-                continue
-            row["content_hash"] = digest or ""
-            rows.append(row)
+            else:
+                rows.append(row)
         if rows:
             blocks.append(ray.put(rows_table(rows)))
     return blocks

@@ -153,6 +153,15 @@ class Previous:
             if size is not None and size >= 0:
                 self.hashes[(uri, size, mtime)] = digest
 
+    def mark_known_error(self, row: dict[str, Any]) -> bool:
+        """Give ``row`` the input error recorded for its content hash; returns whether there was one."""
+        known = self.errors.get(row["content_hash"])
+        if known is None:
+            return False
+        kind, message, stage = known
+        row.update(status="error", error_type=kind, error_message=message, error_stage=stage)
+        return True
+
 
 def clear_parts(output: str, fingerprint: str) -> None:
     """Remove the parts of every run with these settings (the manifest has their rows now)."""

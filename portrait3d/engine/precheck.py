@@ -34,24 +34,26 @@ def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int
     up by it before its input is read."""
     uri = row["input_uri"]
     try:
-        if row["content_hash"]:
-            bundle = heads.bundle_uri(output, row["content_hash"])
-            record = heads.find_bundle(bundle, fingerprint)
-            if record is not None:
-                heads.fill_outputs(row, bundle, record)
-                row["reused"] = True
-                return
+        if row["content_hash"] and _reuse(row, output, fingerprint):
+            return
         data = storage.read_bytes(uri, max_bytes=max_bytes)
-        row["content_hash"] = digest = hashlib.sha256(data).hexdigest()
-        bundle = heads.bundle_uri(output, digest)
-        record = heads.find_bundle(bundle, fingerprint)
-        if record is not None:
-            heads.fill_outputs(row, bundle, record)
-            row["reused"] = True
+        row["content_hash"] = hashlib.sha256(data).hexdigest()
+        if _reuse(row, output, fingerprint):
             return
         load_image(data, max_megapixels=max_megapixels, name=uri)
     except Portrait3DError as e:
         mark_error(row, "analysis", e.kind, str(e))
+
+
+def _reuse(row: dict[str, Any], output: str, fingerprint: str) -> bool:
+    """Point ``row`` at the complete bundle of its content hash made with these settings, if any."""
+    bundle = heads.bundle_uri(output, row["content_hash"])
+    record = heads.find_bundle(bundle, fingerprint)
+    if record is None:
+        return False
+    heads.fill_outputs(row, bundle, record)
+    row["reused"] = True
+    return True
 
 
 def check_inputs(batch: dict[str, np.ndarray], **kwargs: Any) -> pa.Table:
