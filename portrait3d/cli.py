@@ -348,11 +348,13 @@ def serve(
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: a local instance)"),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
-    """The HTTP service: upload a photo, get a job id, watch it, download the head (Ctrl-C stops it)."""
+    """The HTTP service: upload a photo, get a job id, watch it, download the head (Ctrl-C or SIGTERM
+    stops it)."""
     import logging
     import time
     import urllib.request
 
+    _stop_on_signals()
     if not verbose:
         for name in ("ray", "ray.serve", "ray.data"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -402,6 +404,18 @@ def serve(
 
             ray_serve.shutdown()
             err.print("stopped")
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM (what Kubernetes and systemd send) end the process through KeyboardInterrupt,
+    so that it shuts Serve down; also when it was started with SIGINT ignored (a shell's background job)."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def _config_error(message: str) -> Portrait3DError:
