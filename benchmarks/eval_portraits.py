@@ -1,67 +1,204 @@
-"""Generate and evaluate heads for real portraits and harder variants of them; print one row each.
+"""Make ``fast`` heads for a development set of real portraits and score them with the independent
+harness (``../shared/eval/score_head.py``: its own renderer, dlib and mediapipe), as heads are judged.
 
-    python benchmarks/eval_portraits.py [PHOTO ...]
+    python benchmarks/eval_portraits.py [--harness-python /tmp/p3eval/bin/python] [--out DIR]
+        [--sheet benchmarks/results/dev_set_after.png] [-c key=value ...] [PHOTO ...]
 
-Without arguments: the portraits shipped in scikit-image (astronaut, camera) and matplotlib
-(grace_hopper), plus variants of the first two: mirrored, low resolution, grayscale, rolled 20 deg,
-painting-like (OpenCV stylization), strong side light, JPEG quality 10. A failed generation
-(a typed error) is a row too.
+Without photos: :func:`portrait3d.testing.evaluation_set` (the portraits shipped in scikit-image and
+matplotlib, variants of them: mirrored, low resolution, grayscale, rolled, painting-like, side light,
+JPEG 10, a face of about 47 px, and a group photo). Set up the harness first with
+``bash ../shared/eval/setup.sh``. Prints one row per photo, then the issue's table over the heads and
+whether each target holds; ``--sheet`` writes a contact sheet (views 0, +30, -30, +90, -90, 180).
+A failed generation (a typed error) is a row too.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
-import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("GLOG_minloglevel", "2")
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = REPO.parent / "shared" / "eval" / "score_head.py"
+SHEET_VIEWS = ("0", "30", "-30", "90", "-90", "180")
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("photos", nargs="*", type=Path)
+    ap.add_argument("--harness-python", default=os.environ.get("P3EVAL_PYTHON", "/tmp/p3eval/bin/python"))
+    ap.add_argument("--harness", type=Path, default=HARNESS)
+    ap.add_argument("--out", type=Path, help="folder for bundles and reports (default: a new temporary one)")
+    ap.add_argument("--sheet", type=Path, help="write a contact sheet of the heads' views here")
+    ap.add_argument("--table-only", action="store_true", help="only print the table of --out's summary.json")
+    ap.add_argument("-c", dest="overrides", action="append", default=[], help="settings override key=value")
+    return ap.parse_args()
+
+
+def score(args: argparse.Namespace, photo: Path, bundle: Path) -> dict:
+    """The harness's full report for ``bundle/head.glb`` against ``photo``; its views in ``bundle/eval_views.png``."""
+    cmd = [args.harness_python, str(args.harness), "--portrait", str(photo), "--mesh", str(bundle / "head.glb")]
+    cmd += ["--out", str(bundle / "report.json"), "--views-png", str(bundle / "eval_views.png")]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads((bundle / "report.json").read_text())
+
+
+def view_map(report: dict) -> dict[str, dict]:
+    return {f"{v['yaw']:g}" + (f"@{v['elev']:g}" if v["elev"] else ""): v for v in report["views"]}
+
+
+def photo_yaw(bundle: Path) -> float:
+    """Azimuth of the reference camera in the head frame (the harness's yaw: + toward +X)."""
+    rec = json.loads((bundle / "head.json").read_text())
+    cam = _find(rec, "reference_camera")
+    c = np.asarray(cam["camera_to_world_gl"])[:3, 3]
+    return math.degrees(math.atan2(c[0], c[2]))
+
+
+def _find(rec: dict, key: str):
+    if key in rec:
+        return rec[key]
+    for v in rec.values():
+        if isinstance(v, dict) and (hit := _find(v, key)) is not None:
+            return hit
+    return None
+
+
+def row_metrics(report: dict, yaw: float) -> dict:
+    """The issue's per-head figures from one harness report."""
+    v, s = view_map(report), report["summary"]
+    has_ref = report["portrait"]["dlib_face"] is not None
+    at_pose = min((k for k in v if "@" not in k), key=lambda k: abs(float(k) - yaw))
+    side = [v[k]["id_distance"] for k in ("30", "-30")]
+    return {
+        "d0": v["0"]["id_distance"],
+        "d30": side[0],
+        "d-30": side[1],
+        "d_pose": v[at_pose]["id_distance"],
+        "pose_view": at_pose,
+        "same_person": all(d is not None and d < 0.6 for d in [v["0"]["id_distance"], *side]) if has_ref else None,
+        "mp60": [bool(v[k]["mediapipe"]["detected"]) for k in ("60", "-60")],
+        "back_face": bool(s["janus_fail"]),
+        "side_front": s["side_front_area_ratio"],
+        "depth": s["depth_ratio"],
+        "id_score": s["id_score"],
+    }
+
+
+def table(rows: list[dict]) -> list[tuple[str, str, bool]]:
+    """(figure, value, target met) over the heads made."""
+    ok = [r for r in rows if "error" not in r]
+    ided = [r for r in ok if r["same_person"] is not None]  # dlib found a face in the portrait itself
+    d30 = [d for r in ok for d in (r["d30"], r["d-30"]) if d is not None]
+    dpose = [r["d_pose"] for r in ok if r["d_pose"] is not None]
+    sides = [m for r in ok for m in r["mp60"]]
+    shape = [0.8 <= r["side_front"] <= 1.3 and 0.8 <= r["depth"] <= 1.3 for r in ok]
+    mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
+    return [
+        ("heads made", f"{len(ok)}/{len(rows)}", len(ok) == len(rows)),
+        ("same person at yaw 0 and +-30 (all heads)", _count(ided, "same_person"), all(r["same_person"] for r in ided)),
+        ("mean identity distance at yaw +-30", f"{mean(d30):.3f}", mean(d30) <= 0.32),
+        ("identity distance at the photo's pose (mean)", f"{mean(dpose):.3f}", mean(dpose) <= 0.20),
+        ("heads with a face in the back view", _count(ok, "back_face"), not any(r["back_face"] for r in ok)),
+        ("mediapipe face at yaw +-60 (sides)", f"{mean(sides):.2f}", mean(sides) >= 0.95),
+        ("side/front area and depth ratio in 0.8-1.3", f"{sum(shape)}/{len(ok)}", all(shape)),
+        ("mean seconds per head", f"{mean([r['secs'] for r in ok]):.1f}", mean([r["secs"] for r in ok]) <= 30),
+    ]
+
+
+def _count(rows: list[dict], key: str) -> str:
+    return f"{sum(bool(r[key]) for r in rows)}/{len(rows)}"
+
+
+def contact_sheet(rows: list[dict], out: Path, cell: int = 128) -> None:
+    """One row per head: the photo, then the harness's views ``SHEET_VIEWS``."""
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("RGB", (cell * (1 + len(SHEET_VIEWS)), cell * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, r in enumerate(rows):
+        sheet.paste(Image.open(r["photo"]).convert("RGB").resize((cell, cell)), (0, i * cell))
+        draw.text((2, i * cell + 2), r["name"][:20], fill=(255, 0, 0))
+        if "error" in r:
+            draw.text((cell + 4, i * cell + cell // 2), r["error"][:100], fill=(200, 0, 0))
+            continue
+        views = _split_views(r["bundle"])
+        for j, yaw in enumerate(SHEET_VIEWS):
+            sheet.paste(views[yaw].resize((cell, cell)), ((j + 1) * cell, i * cell))
+            draw.text(((j + 1) * cell + 2, i * cell + 2), yaw, fill=(0, 0, 160))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def _split_views(bundle: Path, cols: int = 5) -> dict:
+    """The harness's views.png cut into its views, keyed by yaw: ``cols`` square tiles a row, the
+    portrait first, then the views in the report's order (its labels stay on the tiles)."""
+    from PIL import Image
+
+    keys = list(view_map(json.loads((bundle / "report.json").read_text())))
+    img = Image.open(bundle / "eval_views.png").convert("RGB")
+    c = img.width // cols
+    boxes = [
+        ((n % cols) * c, (n // cols) * c, (n % cols + 1) * c, (n // cols + 1) * c) for n in range(1, len(keys) + 1)
+    ]
+    return {k: img.crop(box) for k, box in zip(keys, boxes, strict=True)}
 
 
 def main() -> None:
     from portrait3d.errors import Portrait3DError
     from portrait3d.pipelines.config import build_profile_config
-    from portrait3d.pipelines.evaluate import evaluate
     from portrait3d.pipelines.pipeline import Portrait3D
     from portrait3d.testing import evaluation_set
 
-    tmp = Path(tempfile.mkdtemp(prefix="p3d-eval-"))
-    photos = [Path(p) for p in sys.argv[1:]] or evaluation_set(tmp)
-    p3d = Portrait3D(build_profile_config("fast"))
-    hdr = ["photo", "secs", "id0", "id+30", "id-30", "f+60", "f-60", "back", "IoU", "PSNR", "pass"]
-    print("".join(f"{h:>10}" if i else f"{h:<22}" for i, h in enumerate(hdr)))
-    n_pass = n = 0
+    args = parse()
+    out = args.out or Path(tempfile.mkdtemp(prefix="p3d-eval-"))
+    if args.table_only:
+        rows = [{**r, "bundle": out / r["name"]} for r in json.loads((out / "summary.json").read_text())]
+        return finish(args, rows, out)
+    photos = args.photos or evaluation_set(out / "photos")
+    p3d = Portrait3D(build_profile_config("fast", overrides=args.overrides))
+    cols = ["secs", "d0", "d+30", "d-30", "d@pose", "mp+-60", "back", "side/fr", "depth"]
+    print(f"{'photo':<26}" + "".join(f"{c:>9}" for c in cols), flush=True)
+    rows = []
     for photo in photos:
-        n += 1
-        t0 = time.perf_counter()
+        bundle, t0 = out / photo.stem, time.perf_counter()
+        row = {"name": photo.stem, "photo": str(photo), "bundle": bundle}
         try:
-            p3d.run(photo).bundle.write(tmp / photo.stem)
+            p3d.run(photo).bundle.write(bundle)
         except Portrait3DError as e:
-            print(f"{photo.stem[:21]:<22}{time.perf_counter() - t0:>10.1f}  {e.kind}: {e}")
+            rows.append({**row, "error": f"{e.kind}: {e}"})
+            print(f"{photo.stem[:25]:<26}{time.perf_counter() - t0:>9.1f}  {e.kind}: {e}", flush=True)
             continue
-        secs = time.perf_counter() - t0
-        m = evaluate(tmp / photo.stem, photo)
-        v = m["views"]
-        fmt = lambda d: "none" if d is None else f"{d:.3f}"  # noqa: E731
-        row = [
-            secs,
-            fmt(v["0"]["identity_distance"]),
-            fmt(v["30"]["identity_distance"]),
-            fmt(v["-30"]["identity_distance"]),
-            v["60"]["mediapipe_faces"],
-            v["-60"]["mediapipe_faces"],
-            v["180"]["mediapipe_faces"] + v["180"]["dlib_hog_faces"],
-            f"{m['silhouette_iou']:.3f}",
-            f"{m['masked_psnr_db']:.1f}",
-            "yes" if m["passed"] else "no",
-        ]
-        n_pass += m["passed"]
-        print(
-            f"{photo.stem[:21]:<22}" + "".join(f"{x:>10.1f}" if isinstance(x, float) else f"{x!s:>10}" for x in row),
-            flush=True,
-        )
-    print(f"{n_pass}/{n} heads meet every target")
+        row["secs"] = time.perf_counter() - t0
+        row.update(row_metrics(score(args, photo, bundle), photo_yaw(bundle)))
+        rows.append(row)
+        f = lambda d: "-" if d is None else f"{d:.3f}"  # noqa: E731
+        cells = [f"{row['secs']:.1f}", f(row["d0"]), f(row["d30"]), f(row["d-30"]), f(row["d_pose"])]
+        cells += [f"{sum(row['mp60'])}/2", "FACE" if row["back_face"] else "ok", f(row["side_front"]), f(row["depth"])]
+        print(f"{photo.stem[:25]:<26}" + "".join(f"{c:>9}" for c in cells), flush=True)
+    finish(args, rows, out)
+
+
+def finish(args: argparse.Namespace, rows: list[dict], out: Path) -> None:
+    """Print the table, keep the rows in ``out/summary.json``, and draw the contact sheet."""
+    print()
+    for name, value, met in table(rows):
+        print(f"{name:<48}{value:>10}   {'met' if met else 'NOT met'}")
+    (out / "summary.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "bundle"} for r in rows], indent=1)
+    )
+    if args.sheet:
+        contact_sheet(rows, args.sheet)
+        print(f"contact sheet: {args.sheet}")
+    print(f"bundles and reports: {out}")
 
 
 if __name__ == "__main__":
