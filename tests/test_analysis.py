@@ -87,3 +87,27 @@ def test_largest_of_several_faces_is_used(analysis_stage):
     a = analyze(analysis_stage, png_bytes(canvas))
     assert any("2 faces" in n for n in a.notes)
     assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one
+
+
+def _relief(lm3d: np.ndarray, point: int) -> float:
+    """Depth of a landmark in front of the outer eye corners, in eye-corner distances."""
+    eyes = lm3d[[33, 263]]
+    return float((lm3d[point, 2] - eyes[:, 2].mean()) / np.linalg.norm(eyes[1] - eyes[0]))
+
+
+# mediapipe's metric canonical face (modules/face_geometry/data/canonical_face_model.obj, cm): outer eye
+# corners 33/263 at z 3.173, 8.892 apart; nose tip 4 at z 7.587, chin 152 at z 4.264.
+CANONICAL_RELIEF = {4: (7.587 - 3.173) / 8.892, 152: (4.264 - 3.173) / 8.892}
+
+
+def test_lifted_relief_is_close_to_mediapipes_metric_face(astronaut_analysis):
+    lm3d = astronaut_analysis.landmarks_3d
+    for point, ref in CANONICAL_RELIEF.items():
+        assert _relief(lm3d, point) == pytest.approx(ref, rel=0.15), point
+
+
+def test_depth_scale_scales_the_relief(astronaut_analysis):
+    lm = astronaut_analysis.landmarks_px
+    _, _, _, flat = lift_landmarks(lm, 512, 20, 0.09, 0.1, depth_scale=0.5)
+    _, _, _, full = lift_landmarks(lm, 512, 20, 0.09, 0.1, depth_scale=1.0)
+    assert _relief(flat, 4) == pytest.approx(0.5 * _relief(full, 4), rel=0.03)

@@ -43,6 +43,13 @@ class MediapipeAnalysis:
         eye_width_m: float = setting(
             0.09, "prior on the outer eye-corner distance, metres (sets the scale)", gt=0, le=0.5
         )
+        depth_scale: float = setting(
+            0.85,
+            "mediapipe's relative landmark depth is multiplied by this (at 1.0 faces came out 1.1-1.3x deeper "
+            "than mediapipe's own metric canonical face: nose, chin and forehead against the eye corners)",
+            gt=0,
+            le=2,
+        )
         head_center_depth: float = setting(0.1, "head centre behind the face's sides, in face widths", ge=0, le=3)
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
@@ -154,7 +161,9 @@ class MediapipeAnalysis:
         lm = np.array([[p.x * S, p.y * S, p.z * S] for p in res.multi_face_landmarks[0].landmark])
 
         report(0.4, "landmarks")
-        rot, ypr, cam, lm3d = lift_landmarks(lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth)
+        rot, ypr, cam, lm3d = lift_landmarks(
+            lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
+        )
         person = self._segmenter.process(crop).segmentation_mask > 0.5
         mask = head_mask(person, lm, cfg.neck_length, cfg.neck_width)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)

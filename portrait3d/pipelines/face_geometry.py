@@ -79,13 +79,16 @@ def head_rotation(lm_px: np.ndarray) -> np.ndarray:
 
 
 def lift_landmarks(
-    lm_px: np.ndarray, size: int, fovy_deg: float, eye_width_m: float, center_depth: float
+    lm_px: np.ndarray, size: int, fovy_deg: float, eye_width_m: float, center_depth: float, depth_scale: float = 1.0
 ) -> tuple[np.ndarray, tuple[float, float, float], Camera, np.ndarray]:
     """Landmarks in an ``size x size`` crop -> (rotation, yaw/pitch/roll, reference camera, 3D landmarks).
 
     ``center_depth``: how far behind the face's side points (234/454) the head centre lies, in face
-    widths. The 3D landmarks ``(478, 3)`` are in metres in the head frame.
+    widths. ``depth_scale`` multiplies mediapipe's relative depth ``z`` before anything else (the pose
+    too, which the depth of the mirror pairs sets). The 3D landmarks ``(478, 3)`` are in metres in the
+    head frame.
     """
+    lm_px = lm_px * np.array([1.0, 1.0, depth_scale])
     R = head_rotation(lm_px)
     P = lm_px * np.array([1.0, -1.0, -1.0])
     s = eye_width_m / np.linalg.norm(P[EYE_OUTER[1]] - P[EYE_OUTER[0]])  # metres per pixel
