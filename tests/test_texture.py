@@ -9,7 +9,7 @@ from portrait3d.pipelines.init import HeadPriorInit
 from portrait3d.pipelines.mesh import symmetric_sphere
 from portrait3d.pipelines.stage import CancelToken, Reporter
 from portrait3d.pipelines.texture import ClassicalTexture
-from portrait3d.pipelines.texturing import push_pull
+from portrait3d.pipelines.texturing import push_pull, ring_prior, skin_like
 from portrait3d.pipelines.types import InitInput, TextureInput
 from portrait3d.pipelines.uv_unwrap import UVUnwrapper, xatlas_unwrap
 
@@ -84,3 +84,31 @@ def test_coverage_counts_texels_coloured_before_the_fill(astronaut_analysis):
     # Views that colour only texels facing them squarely leave much of the head to the fill: coverage says so.
     narrow = _texture(astronaut_analysis, "texture.view_min_facing=0.97", "texture.mirror=false").stats
     assert narrow["coverage"] < 0.9 and narrow["from_uv_fill"] > 0.1
+
+
+SKIN, HAIR = (200.0, 150.0, 130.0), (40.0, 30.0, 20.0)
+
+
+def test_skin_like_separates_skin_from_hair_and_headwear_colours():
+    rng = np.random.default_rng(0)
+    face = np.clip(rng.normal(SKIN, 8.0, (500, 3)), 0, 255)
+    tests = np.array([(205, 155, 135), (185, 138, 120), HAIR, (180, 180, 180), (20, 30, 70), (235, 225, 215)])
+    assert skin_like(tests, face).tolist() == [True, True, False, False, False, False]
+
+
+def test_the_back_of_the_head_continues_the_hair_not_the_cheeks():
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    seen = (az > 50) & (az < 90)  # the photo sees the sides of the head: hair above, cheeks and ears below
+    colors = np.where((dirs[:, 1] > 0.3)[:, None], HAIR, SKIN).astype(np.float32)
+    hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
+    prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100)
+    back = (az > 100) & (dirs[:, 1] > -0.2)
+    np.testing.assert_array_equal(prior[back], np.tile(HAIR, (back.sum(), 1)))
+    assert (hold[back] == 1).all() and (hold[az < 70] == 0).all()
+    # Below the nape the ring continues as it is seen.
+    low_side = (az > 50) & (dirs[:, 1] < -0.2)
+    np.testing.assert_array_equal(prior[low_side], np.tile(SKIN, (low_side.sum(), 1)))
+    # Without a hair model the cheeks wrap around the back.
+    old, old_hold = ring_prior(dirs, colors, seen, 50)
+    assert (old[back & (dirs[:, 1] < 0.2)] == SKIN).all() and (old_hold == 0).all()

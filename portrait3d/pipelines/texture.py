@@ -39,14 +39,17 @@ from .texturing import (
     project_photo,
     ring_prior,
     sample_bilinear,
+    skin_like,
     splat_known,
     trajectory_cameras,
     visible_texels,
 )
-from .types import TexturedHead, TextureInput
+from .types import PortraitAnalysis, TexturedHead, TextureInput
 from .uv_unwrap import UVUnwrapper
 
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
+MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
+NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
 PHOTO_KEEP_GAIN = 1.5  # how fast the photo's own texels win over the blur away from a seam
 PHOTO_KEEP_MIN = 0.85  # a texel from the photo keeps at least this much of itself
 
@@ -58,7 +61,13 @@ class ClassicalTexture:
         texture_size: int = setting(1024, "UV map side, texels", ge=64, le=8192)
         atlas_padding: int = setting(4, "texels between UV charts", ge=0, le=64)
         view_size: int = setting(320, "render side of each inpainting view", ge=32, le=4096)
-        min_facing: float = setting(0.4, "cos(normal, view) below which the photo is not projected", ge=-1, le=1)
+        min_facing: float = setting(
+            0.1,
+            "cos(normal, view) below which the photo is not projected (a texel the photo sees at a grazing "
+            "angle still holds the photo's own pixel at the reference view)",
+            ge=-1,
+            le=1,
+        )
         view_min_facing: float = setting(0.2, "the same for inpainting views", ge=-1, le=1)
         mirror: bool = setting(True, "fill the unseen side from the mirrored seen side")
         mirror_margin: float = setting(
@@ -66,6 +75,12 @@ class ClassicalTexture:
         )
         ring_prior: bool = setting(True, "continue the outermost seen hair/headwear ring around the unseen head")
         ring_min_azimuth: float = setting(50.0, "seen texels beyond this azimuth (deg) form the ring", ge=0, le=180)
+        back_azimuth: float = setting(
+            100.0,
+            "beyond this azimuth (deg) and above the nape the ring continues only its non-skin (hair) texels",
+            ge=0,
+            le=180,
+        )
         prior_distance: float = setting(
             12.0, "view pixels from known colour over which inpainting hands over to the ring prior", gt=0, le=1000
         )
@@ -80,6 +95,18 @@ class ClassicalTexture:
 
     def close(self) -> None:
         self.unwrapper.close()
+
+    def ring_prior(
+        self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`ring_prior` over the photo's non-face texels, with the ones unlike the face's skin as
+        hair for the back of the head, down to the nape (the height of the nose's base)."""
+        photo = source == PHOTO
+        face = photo & (fw >= FACE_TEXEL)
+        ring = photo & (fw < FACE_TEXEL)
+        hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
+        nape = float(a.landmarks_3d[NOSE_BASE, 1])
+        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -113,11 +140,7 @@ class ClassicalTexture:
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head.
         fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
-        prior = (
-            ring_prior(pts, colors, (source == PHOTO) & (fw < FACE_TEXEL), cfg.ring_min_azimuth)
-            if cfg.ring_prior
-            else None
-        )
+        prior, hold = self.ring_prior(a, pts, colors, source, fw) if cfg.ring_prior else (None, None)
 
         # 4. Progressive inpainting along the trajectory.
         views = trajectory_cameras(cam, cfg.view_size)
@@ -138,6 +161,7 @@ class ClassicalTexture:
                 # Near known colour the inpainting continues it; farther away the prior takes over.
                 far = cv2.distanceTransform(holes, cv2.DIST_L2, 3)
                 alpha = np.clip(sample_bilinear(far[..., None], vpix[todo])[:, 0] / cfg.prior_distance - 0.5, 0, 1)
+                alpha = np.maximum(alpha, hold[todo])
                 p = prior[todo]
                 ok = ~np.isnan(p[:, 0])
                 new[ok] = new[ok] * (1 - alpha[ok, None]) + p[ok] * alpha[ok, None]

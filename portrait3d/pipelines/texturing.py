@@ -233,12 +233,36 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.where(known[..., None], img, filled)
 
 
-def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimuth_deg: float) -> np.ndarray:
-    """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head.
+def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
+    """Which colours ``(P, 3)`` (float, 0-255) look like the skin samples ``skin (S, 3)``: within ``sigmas``
+    robust standard deviations (median, 1.4826 x MAD) of them in YCrCb. ``(P,)`` bool."""
+    ycc = cv2.cvtColor(np.clip(colors, 0, 255).astype(np.uint8)[:, None], cv2.COLOR_RGB2YCrCb)[:, 0].astype(np.float32)
+    ref = cv2.cvtColor(np.clip(skin, 0, 255).astype(np.uint8)[:, None], cv2.COLOR_RGB2YCrCb)[:, 0].astype(np.float32)
+    med = np.median(ref, 0)
+    # A floor on the spread: a face of one flat colour must not make every other colour "not skin".
+    spread = np.maximum(1.4826 * np.median(np.abs(ref - med), 0), (6.0, 3.0, 3.0))
+    return (((ycc - med) / spread) ** 2).sum(1) < sigmas**2
+
+
+def ring_prior(
+    pts: np.ndarray,
+    colors: np.ndarray,
+    seen: np.ndarray,
+    min_azimuth_deg: float,
+    hair: np.ndarray | None = None,
+    hair_min_y: float = 0.0,
+    back_azimuth_deg: float = 100.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head, and
+    ``(P,)`` how firmly they hold (1: over any colour inpainted from the seen side).
 
     Heads are close to rotationally alike in what covers them at a given height (hair, headwear,
     ears, neck): each texel takes the colour of a seen, non-face texel at its elevation from the
     side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
+    At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
+    is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
+    the nearest height that has them, when a side has enough of them; these hold firmly, from 0 at
+    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
     # between runs on the same input (measured), which changed nearest neighbours below.
@@ -248,24 +272,40 @@ def ring_prior(pts: np.ndarray, colors: np.ndarray, seen: np.ndarray, min_azimut
     az = np.abs(np.arctan2(x, z))
     side = x >= 0
     out = np.full_like(colors, np.nan)
+    hold = np.zeros(len(colors), np.float32)
+    ramp = np.clip((az - np.radians(back_azimuth_deg - BACK_RAMP_DEG)) / np.radians(BACK_RAMP_DEG), 0, 1)
     for sd in (True, False):
         ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
-        if ring.sum() < 50:
+        if ring.sum() < RING_MIN_TEXELS:
             continue
-        lo, hi = np.quantile(az[ring], [0.05, 1.0])
-        width = max(hi - lo, 1e-3)
         q = side == sd
-        a = az[q]
-        beyond = a > hi
-        a = np.where(beyond, hi - np.mod(a - hi, width), a)  # reflect back into the ring
-        tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
-        _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1))
-        c = colors[ring][nn]
-        # Only where the ring has something at that height.
-        dz = np.abs(elev[ring][nn] - elev[q])
-        c[dz > np.radians(8)] = np.nan
-        out[q] = c
-    return out
+        if hair is not None and (ring & hair).sum() >= RING_MIN_TEXELS:
+            q_back = q & (y > hair_min_y) & (ramp > 0)
+            out[q_back] = _continue_ring(elev, az, colors, ring & hair, q_back, max_gap_deg=90)
+            hold[q_back] = ramp[q_back]
+            q = q & ~q_back
+        out[q] = _continue_ring(elev, az, colors, ring, q, max_gap_deg=8)
+    return out, hold
+
+
+RING_MIN_TEXELS = 50
+BACK_RAMP_DEG = 30.0
+
+
+def _continue_ring(
+    elev: np.ndarray, az: np.ndarray, colors: np.ndarray, ring: np.ndarray, q: np.ndarray, max_gap_deg: float
+) -> np.ndarray:
+    """Colours for the texels ``q`` from the ``ring`` texels (both ``(P,)`` bool), as in :func:`ring_prior`;
+    NaN where the ring has nothing within ``max_gap_deg`` of elevation."""
+    lo, hi = np.quantile(az[ring], [0.05, 1.0])
+    width = max(hi - lo, 1e-3)
+    a = az[q]
+    a = np.where(a > hi, hi - np.mod(a - hi, width), a)  # reflect back into the ring
+    tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
+    _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1))
+    c = colors[ring][nn]
+    c[np.abs(elev[ring][nn] - elev[q]) > np.radians(max_gap_deg)] = np.nan
+    return c
 
 
 def coverage_stats(source: np.ndarray, known: np.ndarray) -> dict[str, float]:
