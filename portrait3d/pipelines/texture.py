@@ -63,8 +63,14 @@ class ClassicalTexture:
         view_size: int = setting(320, "render side of each inpainting view", ge=32, le=4096)
         min_facing: float = setting(
             0.1,
-            "cos(normal, view) below which the photo is not projected (a texel the photo sees at a grazing "
-            "angle still holds the photo's own pixel at the reference view)",
+            "cos(normal, view) below which the photo is not projected on the face (a face texel the photo sees "
+            "at a grazing angle still holds the photo's own pixel at the reference view)",
+            ge=-1,
+            le=1,
+        )
+        prior_min_facing: float = setting(
+            0.4,
+            "the same off the face, where the surface is the head prior's guess and a grazing projection smears",
             ge=-1,
             le=1,
         )
@@ -122,7 +128,9 @@ class ClassicalTexture:
 
         # 2. The photo, from the reference view.
         cam = a.camera
-        vis, cos, mask, ref_depth = project_photo(self.raster, a, mesh, at, colors, cfg.min_facing, cfg.mask_erode)
+        fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
+        facing = cfg.prior_min_facing + (cfg.min_facing - cfg.prior_min_facing) * np.clip(fw, 0, 1)
+        vis, cos, mask, ref_depth = project_photo(self.raster, a, mesh, at, colors, facing, cfg.mask_erode)
         known |= vis
         source[vis] = PHOTO
         report(0.2, "mirror")
@@ -130,7 +138,7 @@ class ClassicalTexture:
         # 3. Mirror the seen side onto the unseen one.
         if cfg.mirror:
             mp = mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
-            mpix, mvis, mcos = visible_texels(mp, nrm * [-1, 1, 1], cam, ref_depth, cfg.min_facing)
+            mpix, mvis, mcos = visible_texels(mp, nrm * [-1, 1, 1], cam, ref_depth, facing)
             # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera.
             take = mvis & mask[pixel_index(mpix, cam.width, cam.height)] & (~known | (mcos > cos + cfg.mirror_margin))
             colors[take] = sample_bilinear(a.crop, mpix[take])
@@ -139,7 +147,6 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head.
-        fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
         prior, hold = self.ring_prior(a, pts, colors, source, fw) if cfg.ring_prior else (None, None)
 
         # 4. Progressive inpainting along the trajectory.

@@ -129,10 +129,11 @@ def pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, n
 
 
 def visible_texels(
-    pts: np.ndarray, nrm: np.ndarray, cam: Camera, depth: np.ndarray, min_facing: float
+    pts: np.ndarray, nrm: np.ndarray, cam: Camera, depth: np.ndarray, min_facing: float | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texels ``(P, 3)`` -> (pixel ``(P, 2)``, visible ``(P,)``, facing cos ``(P,)``): in the image,
-    facing the camera by at least ``min_facing`` and not behind the depth map ``(H, W)``."""
+    facing the camera by at least ``min_facing`` (one value, or one per texel) and not behind the depth
+    map ``(H, W)``."""
     uv, z = cam.project(pts)
     to_cam = cam.center[None] - pts
     cos = (nrm * to_cam).sum(1) / np.linalg.norm(to_cam, axis=1)
@@ -163,7 +164,7 @@ def project_photo(
     mesh: HeadMesh,
     atlas: Atlas,
     colors: np.ndarray,
-    min_facing: float,
+    min_facing: float | np.ndarray,
     mask_erode: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The photo's colours into ``colors (P, 3)`` at the texels seen from the reference view inside the
