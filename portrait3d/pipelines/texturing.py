@@ -262,7 +262,8 @@ def ring_prior(
     side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
     At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
-    the nearest height that has them, when a side has enough of them; these hold firmly, from 0 at
+    the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them,
+    the two sides blended across the midline; these hold firmly, from 0 at
     ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
@@ -275,37 +276,53 @@ def ring_prior(
     out = np.full_like(colors, np.nan)
     hold = np.zeros(len(colors), np.float32)
     ramp = np.clip((az - np.radians(back_azimuth_deg - BACK_RAMP_DEG)) / np.radians(BACK_RAMP_DEG), 0, 1)
+    back = (y > hair_min_y) & (ramp > 0) if hair is not None else np.zeros(len(x), bool)
+    preds, weights = [], []
     for sd in (True, False):
         ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
         if ring.sum() < RING_MIN_TEXELS:
             continue
         q = side == sd
-        if hair is not None and (ring & hair).sum() >= RING_MIN_TEXELS:
-            q_back = q & (y > hair_min_y) & (ramp > 0)
-            out[q_back] = _continue_ring(elev, az, colors, ring & hair, q_back, max_gap_deg=90)
-            hold[q_back] = ramp[q_back]
-            q = q & ~q_back
+        if back.any() and (ring & hair).sum() >= RING_MIN_TEXELS:
+            preds.append(_continue_ring(elev, az, colors, ring & hair, back, max_gap_deg=90, k=BACK_NEIGHBOURS))
+            # Each side's hair fades into the other's across the back's midline.
+            weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
+            q = q & ~back
         out[q] = _continue_ring(elev, az, colors, ring, q, max_gap_deg=8)
+    if preds:
+        w = np.stack(weights)[..., None]
+        out[back] = (np.stack(preds) * w).sum(0) / w.sum(0)
+        hold[back] = ramp[back]
     return out, hold
 
 
 RING_MIN_TEXELS = 50
 BACK_RAMP_DEG = 30.0
+BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
+BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
 
 
 def _continue_ring(
-    elev: np.ndarray, az: np.ndarray, colors: np.ndarray, ring: np.ndarray, q: np.ndarray, max_gap_deg: float
+    elev: np.ndarray,
+    az: np.ndarray,
+    colors: np.ndarray,
+    ring: np.ndarray,
+    q: np.ndarray,
+    max_gap_deg: float,
+    k: int = 1,
 ) -> np.ndarray:
-    """Colours for the texels ``q`` from the ``ring`` texels (both ``(P,)`` bool), as in :func:`ring_prior`;
-    NaN where the ring has nothing within ``max_gap_deg`` of elevation."""
+    """Colours for the texels ``q`` from the ``ring`` texels (both ``(P,)`` bool), as in :func:`ring_prior`:
+    the mean of the ``k`` nearest; NaN where the nearest is more than ``max_gap_deg`` of elevation away."""
     lo, hi = np.quantile(az[ring], [0.05, 1.0])
     width = max(hi - lo, 1e-3)
     a = az[q]
     a = np.where(a > hi, hi - np.mod(a - hi, width), a)  # reflect back into the ring
     tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
-    _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1))
-    c = colors[ring][nn]
-    c[np.abs(elev[ring][nn] - elev[q]) > np.radians(max_gap_deg)] = np.nan
+    k = min(k, int(ring.sum()))
+    _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1), k=k)
+    nn = nn.reshape(len(a), k)
+    c = colors[ring][nn].mean(1)
+    c[np.abs(elev[ring][nn[:, 0]] - elev[q]) > np.radians(max_gap_deg)] = np.nan
     return c
 
 
