@@ -57,19 +57,9 @@ def view_map(report: dict) -> dict[str, dict]:
 
 def photo_yaw(bundle: Path) -> float:
     """Azimuth of the reference camera in the head frame (the harness's yaw: + toward +X)."""
-    rec = json.loads((bundle / "head.json").read_text())
-    cam = _find(rec, "reference_camera")
+    cam = json.loads((bundle / "head.json").read_text())["reference_camera"]
     c = np.asarray(cam["camera_to_world_gl"])[:3, 3]
     return math.degrees(math.atan2(c[0], c[2]))
-
-
-def _find(rec: dict, key: str):
-    if key in rec:
-        return rec[key]
-    for v in rec.values():
-        if isinstance(v, dict) and (hit := _find(v, key)) is not None:
-            return hit
-    return None
 
 
 def row_metrics(report: dict, yaw: float) -> dict:

@@ -64,20 +64,15 @@ def save(folder: Path, name: str, data: np.ndarray | bytes) -> Path:
 
 def group_photo(left: np.ndarray, right: np.ndarray, height: int = 512) -> np.ndarray:
     """Two portraits side by side at one ``height``, as in a group photo: ``(height, W, 3) uint8``."""
-    import cv2
-
-    def fit(img: np.ndarray) -> np.ndarray:
-        return cv2.resize(img, (round(img.shape[1] * height / img.shape[0]), height), interpolation=cv2.INTER_AREA)
-
-    return np.concatenate([fit(left), fit(right)], 1)
+    return np.concatenate([rescaled(img, height / img.shape[0]) for img in (left, right)], 1)
 
 
 #: Downscales that leave a face of about 47 px (mediapipe's box: astronaut 104 px, grace_hopper 200 px).
 SMALL_FACE_SCALE = {"astronaut": 0.45, "grace_hopper": 0.24}
 
 
-def small_face(img: np.ndarray, scale: float) -> np.ndarray:
-    """``img`` downscaled by ``scale``."""
+def rescaled(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` resized by ``scale`` (area interpolation)."""
     import cv2
 
     h, w = img.shape[:2]
@@ -91,7 +86,7 @@ def evaluation_set(folder: Path) -> list[Path]:
     paths = [save(folder, n, img) for n, img in shipped.items()]
     for name in ("astronaut", "grace_hopper"):
         paths += [save(folder, f"{name}_{v}", d) for v, d in variants(shipped[name]).items()]
-        paths.append(save(folder, f"{name}_smallface", small_face(shipped[name], SMALL_FACE_SCALE[name])))
+        paths.append(save(folder, f"{name}_smallface", rescaled(shipped[name], SMALL_FACE_SCALE[name])))
     paths.append(save(folder, "group_two", group_photo(shipped["grace_hopper"], shipped["astronaut"])))
     return paths
 

@@ -237,12 +237,16 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
 def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
     """Which colours ``(P, 3)`` (float, 0-255) look like the skin samples ``skin (S, 3)``: within ``sigmas``
     robust standard deviations (median, 1.4826 x MAD) of them in YCrCb. ``(P,)`` bool."""
-    ycc = cv2.cvtColor(np.clip(colors, 0, 255).astype(np.uint8)[:, None], cv2.COLOR_RGB2YCrCb)[:, 0].astype(np.float32)
-    ref = cv2.cvtColor(np.clip(skin, 0, 255).astype(np.uint8)[:, None], cv2.COLOR_RGB2YCrCb)[:, 0].astype(np.float32)
+    ycc, ref = _ycrcb(colors), _ycrcb(skin)
     med = np.median(ref, 0)
     # A floor on the spread: a face of one flat colour must not make every other colour "not skin".
     spread = np.maximum(1.4826 * np.median(np.abs(ref - med), 0), (6.0, 3.0, 3.0))
     return (((ycc - med) / spread) ** 2).sum(1) < sigmas**2
+
+
+def _ycrcb(colors: np.ndarray) -> np.ndarray:
+    """RGB ``(P, 3)`` float 0-255 -> YCrCb ``(P, 3)`` float32 (OpenCV's 8-bit conversion)."""
+    return cv2.cvtColor(np.clip(colors, 0, 255).astype(np.uint8)[:, None], cv2.COLOR_RGB2YCrCb)[:, 0].astype(np.float32)
 
 
 def ring_prior(
