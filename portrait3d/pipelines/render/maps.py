@@ -50,6 +50,17 @@ def render_geometry(raster: Rasterizer, cam: Camera, v: torch.Tensor, f: torch.T
     }
 
 
+def bae_normal_image(normal: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """The normal ControlNet's input (``control_v11p_sd15_normalbae``, trained on BAE normal maps):
+    OpenGL camera-frame ``normal (H, W, 3)`` with x flipped, so red points to the viewer's left, as
+    ``n / 2 + 1 / 2`` over a background of a normal facing the viewer, (0.5, 0.5, 1), blended by the
+    antialiased coverage ``cover (H, W, 1)``. Returns ``(3, H, W)`` in [0, 1]."""
+    bae = normal * torch.tensor([-1.0, 1.0, 1.0], device=normal.device)
+    background = torch.tensor([0.5, 0.5, 1.0], device=normal.device)
+    img = torch.lerp(background.expand_as(bae), bae * 0.5 + 0.5, cover)
+    return img.permute(2, 0, 1)
+
+
 def normal_from_image(img: np.ndarray) -> np.ndarray:
     """Inverse of the normal map image of :func:`render_geometry`: ``(H, W, 3)`` uint8 -> unit
     normals ``(H, W, 3)`` float32."""
