@@ -104,7 +104,8 @@ def main() -> None:
     from portrait3d.pipelines.losses import mesh_regularizers
     from portrait3d.pipelines.models.tiny import build_tiny_root
     from portrait3d.pipelines.render.maps import render_geometry
-    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt, random_camera
+    from portrait3d.pipelines.random_views import random_view, release_frame
+    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt, view_ranges
     from portrait3d.pipelines.stage import Reporter
     from portrait3d.pipelines.texture_diffusion import DiffusionTexture
     from portrait3d.pipelines.texturing import PAPER_TRAJECTORY, build_atlas, trajectory_cameras
@@ -141,11 +142,13 @@ def main() -> None:
     init_v, init_f = torch.tensor(head.vertices, device=dev), torch.tensor(head.faces, device=dev)
     mask = torch.ones(S, S, 1, device=dev) * 0.5
     control = torch.rand(1, 3, S, S)
+    frame, ranges = release_frame(head.vertices, sc.shape_extent), view_ranges(sc)
+    centre = torch.tensor(frame.centre, dtype=torch.float32, device=dev)
 
     def step(kind: str) -> None:
         v, f = surf.extract()
         if kind == "fit":
-            cam = random_camera(ref_cam, rng, sc, S)
+            cam = random_view(rng, ranges, frame, S)
             out = render_geometry(sculpt.raster, cam, v, f)
             with torch.no_grad():
                 want = render_geometry(sculpt.raster, cam, init_v, init_f)["image"]
@@ -154,11 +157,11 @@ def main() -> None:
             out = render_geometry(sculpt.raster, ref_cam, v, f)
             loss = torch.nn.functional.mse_loss(out["silhouette"], mask) + out["depth"].mean() * 0
         else:
-            cam = random_camera(ref_cam, rng, sc, S)
+            cam = random_view(rng, ranges, frame, S)
             out = render_geometry(sculpt.raster, cam, v, f)
             cond = sculpt.isd.condition_with(sc.prompt, a.identity, control)
             loss, _ = sculpt.isd(out["image"][None], cond, 0, gen)
-        c, lap = mesh_regularizers(surf.to_unit(v), f)
+        c, lap = mesh_regularizers((v - centre) / frame.metres_per_unit, f)
         opt.zero_grad()
         (loss + c + lap).backward()
         opt.step()
@@ -189,7 +192,7 @@ def main() -> None:
     n_ref, refine_steps = 4, tc.refine_steps
     texture.cfg = dataclasses.replace(tc, refine_steps=n_ref)
     t["refine_step"] = (
-        timed(lambda: texture.refine(a, vt, ft, at, tex, views, normals, "a photo", gen, Reporter("texture")), 1)
+        timed(lambda: texture.refine(a, mesh, at, tex, "a photo", gen, Reporter("texture")), 1)
         / n_ref
     )
 

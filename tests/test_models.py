@@ -134,14 +134,11 @@ def test_isd_gradient_is_finite_and_reaches_the_render_and_the_identity_matters(
 
 
 def test_landmark_image_follows_the_camera(astronaut_analysis):
-    from portrait3d.pipelines.landmark_image import COLOURS, landmark_image
+    from portrait3d.pipelines.landmark_image import landmark_image
 
     lm = astronaut_analysis.landmarks_3d
-    front, side, back = (landmark_image(lm, Camera.orbit(y, 0, 0.6, 28, 256)) for y in (0, 50, 180))
-    assert not np.array_equal(front, side)
-    colours = lambda img: {tuple(c) for c in img.reshape(-1, 3)} - {(0, 0, 0)}  # noqa: E731
-    assert set(map(tuple, COLOURS.values())) <= colours(front)
-    assert colours(back) == {COLOURS["oval"]}
+    front, side = (landmark_image(lm, Camera.orbit(y, 0, 0.6, 28, 256)) for y in (0, 50))
+    assert not np.array_equal(front, side)  # (colours and the back view: test_conventions)
     # Lines pass through the projected landmarks: nose tip and both mouth corners are drawn on.
     cam = Camera.orbit(0, 0, 0.6, 28, 256)
     uv, _ = cam.project(lm)

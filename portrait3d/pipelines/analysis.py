@@ -63,6 +63,18 @@ class MediapipeAnalysis:
             "text describing the portrait (--caption); '' is the template 'a person'; "
             "'model': the root's caption role; 'auto': that role when the root has it",
         )
+        face_parsing: str = setting(
+            "auto",
+            "face and head masks from the root's face_parsing role: 'auto' (when the root has one), 'model' "
+            "(required), 'none' (the landmark hull and person segmentation)",
+            choices=("auto", "model", "none"),
+        )
+        parsing_agreement: float = setting(
+            0.6,
+            "a parsed face mask must cover this share of the landmarks' face hull, else the landmark masks are used",
+            ge=0,
+            le=1,
+        )
 
         def validate(self) -> None:
             if self.canny_low > self.canny_high:
@@ -71,10 +83,12 @@ class MediapipeAnalysis:
                 raise ConfigError(
                     f"analysis.identity = {self.identity!r}: use dlib, arcface, or the path of an ArcFace .onnx file"
                 )
-            if (self.identity == "arcface" or self.caption == "model") and not self.models:
+            if (
+                self.identity == "arcface" or self.caption == "model" or self.face_parsing == "model"
+            ) and not self.models:
                 raise ConfigError(
-                    f"analysis.identity={self.identity} / analysis.caption={self.caption} need a model "
-                    f"root: --models ROOT"
+                    f"analysis.identity={self.identity} / analysis.caption={self.caption} / "
+                    f"analysis.face_parsing={self.face_parsing} need a model root: --models ROOT"
                 )
 
     def __init__(self, cfg: MediapipeAnalysis.Config) -> None:
@@ -90,7 +104,8 @@ class MediapipeAnalysis:
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         spec = cfg.identity
         root = None
-        if spec == "arcface" or cfg.caption == "model" or (cfg.caption == "auto" and cfg.models):
+        wants_root = spec == "arcface" or "model" in (cfg.caption, cfg.face_parsing)
+        if wants_root or (cfg.models and "auto" in (cfg.caption, cfg.face_parsing)):
             from .models import ModelRoot
 
             root = ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle)
@@ -102,6 +117,13 @@ class MediapipeAnalysis:
             from .caption import Captioner
 
             self.captioner = Captioner(root.folder("caption"))
+        self.parser = None
+        if cfg.face_parsing == "model" or (
+            cfg.face_parsing == "auto" and root is not None and root.has("face_parsing")
+        ):
+            from .face_parsing import FaceParser
+
+            self.parser = FaceParser(root.folder("face_parsing"))
 
     def close(self) -> None:
         for m in (self._detector, self._mesh, self._segmenter):
@@ -165,6 +187,13 @@ class MediapipeAnalysis:
             lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
         )
         person = self._segmenter.process(crop).segmentation_mask > 0.5
+        face = landmark_face_mask(lm, S)
+        if self.parser is not None:
+            parsed_face, parsed_head = self.parse(crop)
+            if (parsed_face & face).sum() >= cfg.parsing_agreement * face.sum():
+                face, person = parsed_face, parsed_head
+            else:
+                notes.append("face parsing disagreed with the landmarks; the masks come from the landmarks")
         mask = head_mask(person, lm, cfg.neck_length, cfg.neck_width)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
@@ -193,7 +222,22 @@ class MediapipeAnalysis:
             input_sha256=image.sha256,
             notes=notes,
             caption=caption,
+            face_mask=face & mask,
         )
+
+    def parse(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(face mask, head mask) of the crop by the face-parsing role."""
+        from .face_parsing import parsed_masks
+
+        return parsed_masks(self.parser(crop), self.parser.names)
+
+
+def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
+    """The face as the landmarks outline it: their convex hull, ``(S, S)`` bool."""
+    m = np.zeros((size, size), np.uint8)
+    hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
+    cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
+    return m.astype(bool)
 
 
 def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float) -> np.ndarray:

@@ -226,6 +226,7 @@ class DMTetSurface:
         self._outside = sdf[self.boundary] > 0
         self.deform = torch.zeros_like(grid, requires_grad=True)
         self.max_offset = deform_scale * 2.0 / resolution
+        self.cell = 2.0 * self.extent / resolution  # a grid cell's side, metres
 
     @classmethod
     def from_mesh(

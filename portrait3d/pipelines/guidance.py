@@ -1,11 +1,14 @@
 """ID-aware Score Distillation (ISD): the gradient a diffusion model conditioned on the person gives a
 rendered image.
 
-For a camera: the text (caption or prompt), the 512-D ArcFace embedding (through IP-Adapter FaceID's
-decoupled cross-attention) and the 3D landmarks drawn at that camera (landmark ControlNet) condition
-the UNet. The rendering is encoded to latents ``z``, noised at ``t``, and the noise is predicted with
-classifier-free guidance; ``w(t) (eps_pred - eps)`` is the gradient on ``z``, never back-propagated
-through the UNet (latent SDS form). Attention runs through PyTorch SDPA (diffusers' default).
+For a camera: the text (caption or prompt, with the view's direction appended as the release's
+threestudio prompts do: "..., front view" / side / back / overhead), the 512-D ArcFace embedding
+(through IP-Adapter FaceID's decoupled cross-attention; as in the release, only for views within
+``id_max_azimuth`` of the face, so that no face is pulled onto the back of the head) and the 3D
+landmarks drawn at that camera (landmark ControlNet) condition the UNet. The rendering is encoded to
+latents ``z``, noised at ``t``, and the noise is predicted with classifier-free guidance;
+``w(t) (eps_pred - eps)`` is the gradient on ``z``, never back-propagated through the UNet (latent
+SDS form). Attention runs through PyTorch SDPA (diffusers' default).
 
 Example:
     >>> isd = IDGuidance(pipe, ISDSettings())                                       # doctest: +SKIP
@@ -16,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .landmark_image import landmark_image
+from .random_views import view_angles, view_direction
 from .schedule import Schedule
 from .settings import setting
 
@@ -46,6 +51,14 @@ class ISDSettings:
     )
     control_scale: float = setting(1.0, "landmark ControlNet conditioning scale", ge=0)
     negative_prompt: str = setting("", "text for the unconditional branch")
+    id_scale: float = setting(1.0, "IP-Adapter FaceID scale where the identity conditions a view", ge=0)
+    id_max_azimuth: float = setting(
+        70.0, "the identity conditions only views within this azimuth of the face, degrees (the release's 70)", ge=0
+    )
+    view_prompts: bool = setting(True, "append the view's direction to the prompt (front/side/back/overhead view)")
+    front_threshold: float = setting(45.0, "azimuth within which a view is a front view, degrees", ge=0, le=180)
+    back_threshold: float = setting(60.0, "azimuth from the back within which a view is a back view", ge=0, le=180)
+    overhead_threshold: float = setting(60.0, "elevation above which a view is an overhead view", ge=-90, le=90)
 
 
 @dataclass
@@ -54,7 +67,27 @@ class Condition:
 
     text: torch.Tensor  # (2B, 77, D): unconditional, then conditional
     id_embeds: torch.Tensor  # (2B, 1, 512): zeros, then the ArcFace embedding
-    control: torch.Tensor  # (2B, 3, H, W) in [0, 1]: the landmark image at each camera
+    control: torch.Tensor  # (2B, 3, H, W) in [0, 1]: the ControlNet input at each camera
+    id_on: torch.Tensor  # (B,) bool: whether the identity conditions each camera
+
+
+def ip_adapter_processors(unet: Any) -> list[Any]:
+    """The UNet's IP-Adapter attention processors (those with a per-adapter ``scale`` list)."""
+    return [p for p in unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
+
+
+@contextmanager
+def ip_adapter_scale(processors: list[Any], scale: float):
+    """Every IP-Adapter processor at ``scale`` inside the block, as it was after (0: the plain UNet,
+    since the adapter only adds its scaled attention to the text attention)."""
+    before = [list(p.scale) for p in processors]
+    for p in processors:
+        p.scale = [scale] * len(p.scale)
+    try:
+        yield
+    finally:
+        for p, s in zip(processors, before, strict=True):
+            p.scale = s
 
 
 def id_embeds(identity: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -74,6 +107,7 @@ class IDGuidance:
         self.alphas = pipe.scheduler.alphas_cumprod.to(self.device)
         self.num_train = int(pipe.scheduler.config.num_train_timesteps)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._ip = ip_adapter_processors(self.unet)
 
     @torch.no_grad()
     def text(self, prompt: str) -> torch.Tensor:
@@ -90,22 +124,47 @@ class IDGuidance:
             self._text_cache[key] = self.pipe.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
         return self._text_cache[key]
 
-    def condition(
-        self, prompt: str, identity: np.ndarray, landmarks_3d: np.ndarray, cameras: list[Camera]
-    ) -> Condition:
-        """The conditioning for ``cameras`` (each at the render size): text, ID, landmark images."""
-        control = torch.stack([torch.from_numpy(landmark_image(landmarks_3d, cam)) for cam in cameras])
-        return self.condition_with(prompt, identity, control.permute(0, 3, 1, 2).float() / 255.0)
+    def view_prompt(self, prompt: str, azimuth: float, elevation: float) -> str:
+        """``prompt`` with the view's direction, as the release's threestudio prompt processor appends it."""
+        if not self.cfg.view_prompts:
+            return prompt
+        c = self.cfg
+        direction = view_direction(azimuth, elevation, c.front_threshold, c.back_threshold, c.overhead_threshold)
+        return f"{prompt}, {direction} view"
 
-    def condition_with(self, prompt: str, identity: np.ndarray, control: torch.Tensor) -> Condition:
-        """The conditioning with a given ControlNet input ``control (B, 3, H, W)`` in [0, 1]."""
+    def condition(
+        self,
+        prompt: str,
+        identity: np.ndarray,
+        landmarks_3d: np.ndarray,
+        cameras: list[Camera],
+        target: np.ndarray | None = None,
+    ) -> Condition:
+        """The conditioning for ``cameras`` (each at the render size, looking at ``target``): text with
+        each view's direction, the identity where the view is near the face, landmark images."""
+        control = torch.stack([torch.from_numpy(landmark_image(landmarks_3d, cam)) for cam in cameras])
+        return self.condition_with(prompt, identity, control.permute(0, 3, 1, 2).float() / 255.0, cameras, target)
+
+    def condition_with(
+        self,
+        prompt: str,
+        identity: np.ndarray,
+        control: torch.Tensor,
+        cameras: list[Camera] | None = None,
+        target: np.ndarray | None = None,
+    ) -> Condition:
+        """The conditioning with a given ControlNet input ``control (B, 3, H, W)`` in [0, 1]; without
+        ``cameras`` the prompt is taken as it is and the identity conditions every image."""
         B = len(control)
-        u, c = self.text(prompt).chunk(2)
+        angles = [view_angles(cam, target) for cam in cameras] if cameras is not None else [None] * B
+        texts = [self.text(self.view_prompt(prompt, *a) if a else prompt).chunk(2) for a in angles]
+        id_on = [a is None or abs((a[0] + 180.0) % 360.0 - 180.0) < self.cfg.id_max_azimuth for a in angles]
         control = control.to(self.device, self.dtype)
         return Condition(
-            text=torch.cat([u.expand(B, -1, -1), c.expand(B, -1, -1)]),
+            text=torch.cat([u for u, _ in texts] + [c for _, c in texts]),
             id_embeds=id_embeds(identity, self.device, self.dtype)[:, 0].repeat_interleave(B, 0),
             control=torch.cat([control, control]),
+            id_on=torch.tensor(id_on),
         )
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
@@ -115,7 +174,21 @@ class IDGuidance:
 
     @torch.no_grad()
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
-        """Classifier-free guided noise prediction for latents ``z_t (B, 4, h, w)`` at steps ``t (B,)``."""
+        """Classifier-free guided noise prediction for latents ``z_t (B, 4, h, w)`` at steps ``t (B,)``;
+        the cameras with and without the identity go through the UNet as two groups."""
+        on = cond.id_on.tolist()
+        if all(on) or not any(on):
+            return self._guided(z_t, t, cond, guidance_scale, self.cfg.id_scale if on[0] else 0.0)
+        eps = torch.empty_like(z_t)
+        for flag in (True, False):
+            idx = torch.tensor([i for i, o in enumerate(on) if o == flag], device=z_t.device)
+            sub = _select(cond, idx.cpu())
+            eps[idx] = self._guided(z_t[idx], t[idx], sub, guidance_scale, self.cfg.id_scale if flag else 0.0)
+        return eps
+
+    def _guided(
+        self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float, id_scale: float
+    ) -> torch.Tensor:
         zin, tin = torch.cat([z_t, z_t]), torch.cat([t, t])
         down, mid = self.controlnet(
             zin,
@@ -125,14 +198,15 @@ class IDGuidance:
             conditioning_scale=self.cfg.control_scale,
             return_dict=False,
         )
-        eps = self.unet(
-            zin,
-            tin,
-            encoder_hidden_states=cond.text,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            added_cond_kwargs={"image_embeds": [cond.id_embeds]},
-        ).sample
+        with ip_adapter_scale(self._ip, id_scale):
+            eps = self.unet(
+                zin,
+                tin,
+                encoder_hidden_states=cond.text,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                added_cond_kwargs={"image_embeds": [cond.id_embeds]},
+            ).sample
         eps_u, eps_c = eps.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
@@ -153,3 +227,12 @@ class IDGuidance:
         grad = torch.nan_to_num(w * (eps - noise))
         loss = 0.5 * F.mse_loss(z, (z - grad).detach(), reduction="sum") / B
         return loss, {"t": t, "grad_norm": grad.norm()}  # tensors: reading them waits for the device
+
+
+def _select(cond: Condition, idx: torch.Tensor) -> Condition:
+    """The conditioning of the cameras ``idx`` of ``cond`` (its halves are unconditional, conditional)."""
+    B = len(cond.id_on)
+    both = torch.cat([idx, idx + B]).to(cond.text.device)
+    return Condition(
+        text=cond.text[both], id_embeds=cond.id_embeds[both], control=cond.control[both], id_on=cond.id_on[idx]
+    )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .mesh import vertex_normals
+
 
 def negative_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``-corr(a, b)`` over all elements: 0-dimensional, in [-1, 1]."""
@@ -19,26 +21,57 @@ def negative_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -(a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
 
 
+def unique_edges(f: torch.Tensor) -> torch.Tensor:
+    """``(E, 2)`` the undirected edges of faces ``f (F, 3)``, each once (lower index first)."""
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    return torch.unique(torch.sort(e, dim=1).values, dim=0)
+
+
 def mesh_regularizers(v: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normal consistency: mean ``1 - cos`` between the normals of faces sharing an edge; uniform
-    Laplacian: mean squared distance of each vertex to its neighbours' centroid)."""
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    fn = F.normalize(torch.cross(b - a, c - a, dim=1), dim=1, eps=1e-12)
-    edges = torch.sort(torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), dim=1).values
-    face_of = torch.arange(len(f), device=f.device).repeat(3)
-    _, inv = torch.unique(edges, dim=0, return_inverse=True)
-    order = torch.argsort(inv, stable=True)
-    si, sf = inv[order], face_of[order]
-    pair = si[1:] == si[:-1]  # a closed manifold mesh has each edge twice, adjacent after the sort
-    consistency = (1 - (fn[sf[:-1][pair]] * fn[sf[1:][pair]]).sum(-1)).mean() if pair.any() else v.sum() * 0
-    e = edges
-    deg = torch.zeros(len(v), device=v.device).index_add(0, e.reshape(-1), torch.ones(e.numel(), device=v.device))
+    """The release's regularizers of a mesh (threestudio's ``Mesh``), 0-dimensional:
+
+    - normal consistency: the mean over edges of ``1 - cos`` between the (area-weighted) vertex
+      normals at the edge's two ends;
+    - Laplacian smoothness: the mean over vertices of ``||L v||`` with the uniform, unnormalised
+      ``L = D - A`` (degree minus adjacency): neither squared nor divided by the degree, so its scale
+      is that of ``v`` (the release's weights are for its normalised frame).
+    """
+    e = unique_edges(f)
+    n = vertex_normals(v, f)
+    consistency = (1 - F.cosine_similarity(n[e[:, 0]], n[e[:, 1]], dim=-1)).mean()
+    ones = torch.ones(len(e), device=v.device, dtype=v.dtype)
+    deg = torch.zeros(len(v), device=v.device, dtype=v.dtype).index_add(0, e[:, 0], ones).index_add(0, e[:, 1], ones)
     nbr = torch.zeros_like(v).index_add(0, e[:, 0], v[e[:, 1]]).index_add(0, e[:, 1], v[e[:, 0]])
-    used = deg > 0
-    lap = (nbr[used] / deg[used, None] - v[used]).pow(2).sum(-1).mean()
-    return consistency, lap
+    laplacian = (deg[:, None] * v - nbr).norm(dim=1).mean()
+    return consistency, laplacian
+
+
+def normalized_disparity(depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Camera depth ``(H, W)`` -> ``1 / depth`` min-max normalised to [0, 1] over ``mask`` (nearer is
+    larger, as the release renders depth for its depth losses), 0 elsewhere."""
+    inv = torch.where(mask, 1.0 / depth.clamp(min=1e-7), torch.zeros_like(depth))
+    lo, hi = inv[mask].min(), inv[mask].max()
+    return torch.where(mask, (inv - lo) / (hi - lo + 1e-7), torch.zeros_like(depth))
+
+
+def aligned_depth_mse(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """MSE of ``pred (N,)`` to ``ref (N,)`` after the least-squares scale and shift of ``ref`` that fits
+    ``pred`` best (the alignment is a constant: no gradient flows through it)."""
+    with torch.no_grad():
+        A = torch.stack([ref, torch.ones_like(ref)], -1)
+        x = torch.linalg.lstsq(A, pred[:, None]).solution
+        fitted = (A @ x)[:, 0]
+    return F.mse_loss(fitted, pred)
 
 
 def total_variation(t: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring texels of ``t (C, H, W)``."""
     return (t[:, 1:] - t[:, :-1]).abs().mean() + (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
+
+
+def squared_total_variation(img: torch.Tensor) -> torch.Tensor:
+    """The release's total variation of ``img (C, H, W)``: the sum of squared differences to the next
+    row and the next column (the last row and column repeated)."""
+    down = torch.cat([img[:, 1:], img[:, -1:]], 1)
+    right = torch.cat([img[:, :, 1:], img[:, :, -1:]], 2)
+    return ((img - down) ** 2 + (img - right) ** 2).sum()

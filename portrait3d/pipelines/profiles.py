@@ -69,7 +69,13 @@ PROFILES: dict[str, ProfileSpec] = {
                 "render_size": 64,
                 "reference_steps": 4,
             },
-            "texture": {"texture_size": 256, "view_size": 64, "inpaint_steps": 3, "refine_steps": 6},
+            "texture": {
+                "texture_size": 256,
+                "view_size": 64,
+                "inpaint_steps": 3,
+                "refine_steps": 6,
+                "refine_denoise_steps": 2,
+            },
         },
         description="The paper profile's code at toy sizes, for a root of tiny models "
         "(`portrait3d models tiny ROOT`): checks the whole path in seconds on a CPU.",

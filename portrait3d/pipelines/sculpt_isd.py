@@ -1,19 +1,23 @@
 """Stages 3-4 of the ``paper`` profile: ID-aware geometry supervision and geometry sculpting with ISD
 on DMTet.
 
-1. ID-aware reference maps (stage 3): the normal- and depth-adapted SD1.5 models, conditioned on the
-   portrait's canny edges (canny ControlNet) and the person's ArcFace embedding (IP-Adapter FaceID),
-   sample a normal map and a depth map of the reference view.
+1. ID-aware reference maps (stage 3): the normal- and depth-adapted SD1.5 models, each with its own
+   scheduler and VAE as in the release, conditioned on the portrait's canny edges (canny ControlNet,
+   thresholds 100/200 at the render size) and the person's ArcFace embedding (IP-Adapter FaceID at
+   0.5 for normals, 0.1 for depth), sample a normal map and a depth map of the reference view.
 2. DMTet (stage 4): a narrow-band tetrahedral grid around the stage-2 mesh, its SDF initialised from
    that mesh, SDF values and vertex offsets optimised with Adam:
    - normal fitting: for the first steps, normal maps at random views match the stage-2 mesh's;
-   - then reference-view losses (mask, normal, depth by negative Pearson) alternate with ISD (the
-     normal-adapted model with the landmark ControlNet and the ID adapter) at random cameras;
-   - normal consistency and Laplacian regularizers on the extracted mesh throughout.
+   - then reference-view losses alternate with ISD (the normal-adapted model with the landmark
+     ControlNet; the identity only near the face; view-dependent prompts) at random cameras: the head
+     mask (MSE of the silhouette), the normals on the face (face parsing), and the depth map by a
+     least-squares-aligned MSE and by ``1 - Pearson``;
+   - normal consistency and Laplacian regularizers on the extracted mesh throughout, in the
+     release's forms and its normalised frame (``random_views.release_frame``); the Laplacian's
+     weight is scaled by the ratio of the release's grid cell to ours (``laplacian_scale``).
 
-Camera ranges follow the settings' ratios to the reference camera (distance 3.5-4.5 against 3.8,
-fovy 25-45 against 28), since our reference camera is the one estimated from the photo. Losses are
-read back from the device only every ``log_every`` steps.
+Random cameras are absolute values in the release's normalised frame (distance 3.5-4.5 units, fovy
+25-45 degrees). Losses are read back from the device only every ``log_every`` steps.
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, OptimizationError
-from .camera import Camera
 from .dmtet import DMTetSurface
-from .guidance import IDGuidance, ISDSettings, id_embeds
+from .guidance import IDGuidance, ISDSettings, id_embeds, ip_adapter_processors, ip_adapter_scale
 from .image_io import mask_coverage
-from .losses import mesh_regularizers, negative_pearson
+from .losses import aligned_depth_mse, mesh_regularizers, negative_pearson, normalized_disparity
 from .mesh import decimate, largest_component, transfer_attributes
+from .random_views import SHAPE_INIT_EXTENT, ViewRanges, random_view, release_frame
 from .registry import register
 from .render import get_rasterizer
 from .render.maps import normal_from_image, render_geometry
@@ -45,13 +49,74 @@ from .types import HeadMesh, PortraitAnalysis, SculptInput, SculptResult
 _MAPS, _GRID = 0.05, 0.1
 
 
-def random_camera(ref: Camera, rng: np.random.Generator, cfg: ISDDMTetSculpt.Config, size: int) -> Camera:
-    """A camera of the settings' ranges around the head centre, scaled to the reference camera."""
-    elev = rng.uniform(*cfg.elevation_range)
-    azim = rng.uniform(*cfg.azimuth_range)
-    dist = float(np.linalg.norm(ref.center)) * rng.uniform(*cfg.distance_range) / cfg.reference_distance
-    fovy = ref.fovy_deg * rng.uniform(*cfg.fovy_range) / cfg.reference_fovy
-    return Camera.orbit(azim, elev, dist, fovy, size)
+REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # IPAdapterFaceID.generate's
+
+
+def view_ranges(cfg: ISDDMTetSculpt.Config) -> ViewRanges:
+    return ViewRanges(cfg.elevation_range, cfg.azimuth_range, cfg.distance_range, cfg.fovy_range)
+
+
+def reference_canny(a: PortraitAnalysis, size: int, thresholds: tuple[int, int]) -> np.ndarray:
+    """The canny ControlNet's input: edges of the crop at ``size`` with the background outside the
+    head mask black (the release detects edges on its background-removed RGBA crop), ``(S, S, 3)`` uint8."""
+    import cv2
+
+    rgb = cv2.resize(a.crop, (size, size), interpolation=cv2.INTER_AREA)
+    rgb[mask_coverage(a.head_mask, size) < 0.5] = 0
+    edges = cv2.Canny(rgb, *thresholds)
+    return np.repeat(edges[..., None], 3, -1)
+
+
+def face_region(a: PortraitAnalysis, size: int) -> np.ndarray:
+    """The face (no hair, ears, neck) at ``size``: the analysis's face mask, else the head mask."""
+    return mask_coverage(a.face_mask if a.face_mask is not None else a.head_mask, size) > 0.5
+
+
+@dataclass
+class ReferenceTargets:
+    """What the reference view is fitted to, at the render size ``S``."""
+
+    mask: torch.Tensor  # (S, S, 1) head-mask coverage in [0, 1]
+    face: torch.Tensor  # (S, S) bool: the face, where the reference normals apply
+    normal: torch.Tensor | None = None  # (S, S, 3) unit normals, OpenGL camera frame
+    depth: torch.Tensor | None = None  # (S, S) reference depth, min-max normalised on its foreground
+    depth_region: torch.Tensor | None = None  # (S, S) bool: the reference depth's foreground
+
+    @classmethod
+    def build(
+        cls, a: PortraitAnalysis, refs: dict[str, np.ndarray] | None, size: int, foreground: float, device: Any
+    ) -> ReferenceTargets:
+        t = cls(
+            mask=torch.from_numpy(mask_coverage(a.head_mask, size))[..., None].to(device),
+            face=torch.from_numpy(face_region(a, size)).to(device),
+        )
+        if refs is not None:
+            t.normal = torch.from_numpy(refs["normal"]).to(device)
+            depth = torch.from_numpy(refs["depth"]).float().to(device)
+            t.depth_region = depth > foreground
+            if t.depth_region.sum() > 16:
+                lo, hi = depth[t.depth_region].min(), depth[t.depth_region].max()
+                t.depth = torch.where(t.depth_region, (depth - lo) / (hi - lo + 1e-7), torch.zeros_like(depth))
+        return t
+
+
+def reference_losses(
+    out: dict[str, torch.Tensor], t: ReferenceTargets, cfg: ISDDMTetSculpt.Config, step: int
+) -> dict[str, torch.Tensor]:
+    """The reference view's weighted losses, as the release's ``ref_guidance`` step computes them, for
+    the maps ``out`` of :func:`render_geometry`: head mask MSE; normal MSE on the face; depth as an MSE
+    after least-squares alignment and as ``1 - Pearson``, on the reference depth's foreground, against
+    the render's normalised disparity."""
+    terms = {"mask": cfg.w_mask(step) * F.mse_loss(out["silhouette"], t.mask)}
+    face = out["mask"] & t.face
+    if t.normal is not None and face.sum() > 16:  # boolean masks read the device anyway
+        terms["normal"] = cfg.w_normal(step) * F.mse_loss(out["normal"][face], t.normal[face])
+    if t.depth is not None and out["mask"].sum() > 16:
+        pred = normalized_disparity(out["depth"], out["mask"])[t.depth_region]
+        ref = t.depth[t.depth_region]
+        terms["depth"] = cfg.w_depth(step) * aligned_depth_mse(pred, ref)
+        terms["depth_rel"] = cfg.w_depth_rel(step) * (1 + negative_pearson(pred, ref))
+    return terms
 
 
 @register("sculpt", "isd_dmtet")
@@ -86,41 +151,77 @@ class ISDDMTetSculpt:
         t_max: Schedule = setting(Schedule.parse(0.5), "highest ISD noise level", ge=0, le=1)
         landmark_scale: float = setting(1.0, "landmark ControlNet scale in ISD", ge=0)
         id_scale: float = setting(1.0, "IP-Adapter FaceID scale", ge=0)
+        id_max_azimuth: float = setting(
+            70.0, "ISD conditions on the identity only within this azimuth of the face, degrees", ge=0
+        )
+        view_prompts: bool = setting(True, "append the view's direction to the ISD prompt (front/side/back/overhead)")
         elevation_range: tuple[float, float] = setting((-15.0, 45.0), "random camera elevation, degrees", ge=-90, le=90)
         azimuth_range: tuple[float, float] = setting((-180.0, 180.0), "random camera azimuth, degrees", ge=-360, le=360)
         distance_range: tuple[float, float] = setting(
-            (3.5, 4.5), "random camera distance, in the settings' units", gt=0
+            (3.5, 4.5),
+            "random camera distance in the release's normalised frame (the head's extent: shape_extent)",
+            gt=0,
         )
-        fovy_range: tuple[float, float] = setting(
-            (25.0, 45.0), "random camera fovy, degrees in the settings", gt=0, lt=180
+        fovy_range: tuple[float, float] = setting((25.0, 45.0), "random camera fovy, degrees", gt=0, lt=180)
+        shape_extent: float = setting(
+            SHAPE_INIT_EXTENT,
+            "largest coordinate of the stage-2 head in the normalised frame (threestudio's shape_init_params)",
+            gt=0,
         )
-        reference_distance: float = setting(3.8, "the settings' reference-camera distance (maps to ours)", gt=0)
-        reference_fovy: float = setting(28.0, "the settings' reference-camera fovy (maps to ours)", gt=0, lt=180)
         reference_maps: bool = setting(True, "sample ID-aware reference normal/depth maps (stage 3)")
         reference_steps: int = setting(30, "sampling steps of each reference map", ge=1, le=1000)
         reference_guidance: float = setting(7.5, "CFG scale of the reference maps", ge=0)
+        reference_id_scales: tuple[float, float] = setting(
+            (0.5, 0.1), "IP-Adapter FaceID scale of the normal and of the depth reference map", ge=0
+        )
+        reference_prompt_suffix: str = setting(
+            ", black background, {map} map, head only", "appended to the caption for a reference map ({map}: its kind)"
+        )
+        reference_negative_prompt: str = setting(REFERENCE_NEGATIVE, "negative prompt of the reference maps")
+        canny_thresholds: tuple[int, int] = setting(
+            (100, 200), "canny thresholds of the reference maps' edge image (at render_size)", ge=0, le=1000
+        )
         canny_scale: float = setting(1.0, "canny ControlNet scale of the reference maps", ge=0)
+        depth_foreground: float = setting(
+            0.2, "reference depth brighter than this is the head (where the depth losses apply)", ge=0, lt=1
+        )
         w_sd: Schedule = setting(Schedule.parse(1.0), "ISD loss weight", ge=0)
         w_fit: Schedule = setting(Schedule.parse(1e4), "normal-fit loss weight (normal-fit phase)", ge=0)
-        w_mask: Schedule = setting(Schedule.parse(100.0), "reference mask MSE weight", ge=0)
-        w_depth: Schedule = setting(Schedule.parse(100.0), "reference depth negative-Pearson weight", ge=0)
-        w_normal: Schedule = setting(Schedule.parse(1e4), "reference normal MSE weight", ge=0)
-        w_normal_consistency: Schedule = setting(Schedule.parse(1e3), "normal consistency weight", ge=0)
-        w_laplacian: Schedule = setting(Schedule.parse(1e4), "Laplacian smoothness weight (grid units^2)", ge=0)
+        w_mask: Schedule = setting(Schedule.parse(100.0), "reference head-mask MSE weight", ge=0)
+        w_depth: Schedule = setting(Schedule.parse(100.0), "reference depth MSE weight (least-squares aligned)", ge=0)
+        w_depth_rel: Schedule = setting(Schedule.parse(100.0), "reference depth 1 - Pearson weight", ge=0)
+        w_normal: Schedule = setting(Schedule.parse(1e4), "reference normal MSE weight, on the face", ge=0)
+        w_normal_consistency: Schedule = setting(
+            Schedule(((1000, 500.0), (1001, 1e4))),
+            "normal consistency weight (the release's: 500, 1e4 from step 1001)",
+            ge=0,
+        )
+        w_laplacian: Schedule = setting(
+            Schedule(((1000, 1e5), (1001, 1.5e5))),
+            "Laplacian smoothness weight (mean |L v| in the normalised frame; 1e5, 1.5e5 from step 1001), "
+            "for the release's grid cell: scaled by release cell / our cell",
+            ge=0,
+        )
 
         def validate(self) -> None:
             if self.normal_fit_steps > self.steps:
                 raise ConfigError("sculpt.normal_fit_steps must lie in [0, steps]")
             if self.render_size % 8:
                 raise ConfigError("sculpt.render_size must be a multiple of 8 (the VAE's factor)")
-            for name in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
+            for name in ("elevation_range", "azimuth_range", "distance_range", "fovy_range", "canny_thresholds"):
                 lo, hi = getattr(self, name)
                 if lo > hi:
                     raise ConfigError(f"sculpt.{name} must be [low, high], got [{lo}, {hi}]")
 
     def __init__(self, cfg: ISDDMTetSculpt.Config) -> None:
         from .models import ModelRoot
-        from .models.diffusion import load_controlnet_pipeline, resolve_device, with_controlnet
+        from .models.diffusion import (
+            load_controlnet_pipeline,
+            load_scheduler,
+            load_vae,
+            resolve_device,
+            with_controlnet,
+        )
 
         if not cfg.models:
             raise ConfigError("the isd_dmtet sculpt stage needs a model root: --models ROOT")
@@ -128,19 +229,32 @@ class ISDDMTetSculpt:
         self.device = resolve_device(cfg.device)
         dtype = torch.float16 if cfg.half else torch.float32
         root = ModelRoot(cfg.models, allow_pickle=cfg.allow_pickle)
-        kw = dict(id_scale=cfg.id_scale, dtype=dtype, device=self.device)
-        # One UNet per base; the canny and landmark ControlNets share it.
+        # The reference maps sample as the base's own pipeline does (its scheduler and VAE); ISD uses
+        # the shared VAE and DDIM's schedule. One UNet per base: the canny and landmark ControlNets share it.
+        kw = dict(id_scale=cfg.id_scale, dtype=dtype, device=self.device, own_components=True)
         self.normal_ref = load_controlnet_pipeline(root, "geometry_normal", ("controlnet_canny",), **kw)
         self.depth_ref = (
             load_controlnet_pipeline(root, "geometry_depth", ("controlnet_canny",), **kw)
             if cfg.reference_maps
             else None
         )
-        isd_pipe = with_controlnet(self.normal_ref, root, "controlnet_landmarks")
+        isd_pipe = with_controlnet(
+            self.normal_ref,
+            root,
+            "controlnet_landmarks",
+            vae=load_vae(root, None, dtype).to(self.device).requires_grad_(False),
+            scheduler=load_scheduler(root.folder("geometry_normal") / "scheduler", "geometry_normal scheduler"),
+        )
         self.isd = IDGuidance(
             isd_pipe,
             ISDSettings(
-                guidance_scale=cfg.guidance_scale, t_min=cfg.t_min, t_max=cfg.t_max, control_scale=cfg.landmark_scale
+                guidance_scale=cfg.guidance_scale,
+                t_min=cfg.t_min,
+                t_max=cfg.t_max,
+                control_scale=cfg.landmark_scale,
+                id_scale=cfg.id_scale,
+                id_max_azimuth=cfg.id_max_azimuth,
+                view_prompts=cfg.view_prompts,
             ),
         )
         self.raster = get_rasterizer(cfg.rasterizer, self.device)
@@ -163,24 +277,26 @@ class ISDDMTetSculpt:
 
         cfg, S = self.cfg, self.cfg.render_size
         report = report or Reporter("sculpt")
-        canny = Image.fromarray(np.repeat((mask_coverage(a.canny > 0, S) > 0)[..., None], 3, -1).astype(np.uint8) * 255)
+        canny = Image.fromarray(reference_canny(a, S, cfg.canny_thresholds))
         out = {}
-        for k, (name, pipe) in enumerate((("normal", self.normal_ref), ("depth", self.depth_ref))):
+        maps = (("normal", self.normal_ref), ("depth", self.depth_ref))
+        for k, ((name, pipe), id_scale) in enumerate(zip(maps, cfg.reference_id_scales, strict=True)):
             ids = id_embeds(a.identity, self.device, pipe.unet.dtype)
-            text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix.replace("normal map", f"{name} map")
-            img = pipe(
-                prompt=text,
-                image=canny,
-                height=S,
-                width=S,
-                num_inference_steps=cfg.reference_steps,
-                guidance_scale=cfg.reference_guidance,
-                controlnet_conditioning_scale=cfg.canny_scale,
-                ip_adapter_image_embeds=[ids],
-                generator=generator,
-                output_type="np",
-                callback_on_step_end=step_callback(report.span(k / 2, (k + 1) / 2), cfg.reference_steps),
-            ).images[0]
+            with ip_adapter_scale(ip_adapter_processors(pipe.unet), id_scale):
+                img = pipe(
+                    prompt=a.caption + cfg.reference_prompt_suffix.replace("{map}", name),
+                    negative_prompt=cfg.reference_negative_prompt,
+                    image=canny,
+                    height=S,
+                    width=S,
+                    num_inference_steps=cfg.reference_steps,
+                    guidance_scale=cfg.reference_guidance,
+                    controlnet_conditioning_scale=cfg.canny_scale,
+                    ip_adapter_image_embeds=[ids],
+                    generator=generator,
+                    output_type="np",
+                    callback_on_step_end=step_callback(report.span(k / 2, (k + 1) / 2), cfg.reference_steps),
+                ).images[0]
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
             out[name] = normal_from_image(img) if name == "normal" else img.mean(-1) / 255.0
         return out
@@ -198,14 +314,11 @@ class ISDDMTetSculpt:
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         rng = np.random.default_rng(int(np.random.randint(2**31)))
         ref_cam = a.camera.resized(S)
-        mask = torch.from_numpy(mask_coverage(a.head_mask, S))[..., None].to(dev)
+        refs = None
         if cfg.reference_maps:
             report(0.0, "ID-aware reference maps")
             refs = self.reference_maps(a, gen, report.span(0.0, _MAPS))
-            ref_normal = torch.from_numpy(refs["normal"]).to(dev)
-            ref_depth = torch.from_numpy(refs["depth"]).float().to(dev)
-        else:
-            ref_normal = ref_depth = None
+        targets = ReferenceTargets.build(a, refs, S, cfg.depth_foreground, dev)
         report(_MAPS, "DMTet grid")
         surf = DMTetSurface.from_mesh(
             head.vertices, head.faces, cfg.grid_resolution, cfg.band, cfg.grid_margin, cfg.deform_scale, dev
@@ -213,6 +326,10 @@ class ISDDMTetSculpt:
         opt = torch.optim.Adam(surf.parameters(), lr=cfg.lr)
         init_v = torch.tensor(head.vertices, device=dev)
         init_f = torch.tensor(head.faces, device=dev)
+        frame = release_frame(head.vertices, cfg.shape_extent)
+        centre = torch.tensor(frame.centre, dtype=torch.float32, device=dev)
+        ranges = view_ranges(cfg)
+        lap_scale = frame.laplacian_scale(surf.cell)
         cond_text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix
         history = []
         steps = report.span(_GRID, 0.95)
@@ -227,28 +344,23 @@ class ISDDMTetSculpt:
                 )
             terms: dict[str, Any] = {}  # this step's losses, as tensors
             if step < cfg.normal_fit_steps:
-                cam = random_camera(ref_cam, rng, cfg, S)
+                cam = random_view(rng, ranges, frame, S)
                 out = render_geometry(self.raster, cam, v, f)
                 with torch.no_grad():
                     want = render_geometry(self.raster, cam, init_v, init_f)["image"]
                 loss = terms["fit"] = cfg.w_fit(step) * F.mse_loss(out["image"], want)
             elif (step - cfg.normal_fit_steps) % 2 == 0:
-                out = render_geometry(self.raster, ref_cam, v, f)
-                loss = terms["mask"] = cfg.w_mask(step) * F.mse_loss(out["silhouette"], mask)
-                both = out["mask"] & (mask[..., 0] > 0.5)
-                if ref_normal is not None and both.sum() > 16:  # boolean masks below read the device anyway
-                    terms["normal"] = cfg.w_normal(step) * F.mse_loss(out["normal"][both], ref_normal[both])
-                    terms["depth"] = cfg.w_depth(step) * negative_pearson(-out["depth"][both], ref_depth[both])
-                    loss = loss + terms["normal"] + terms["depth"]
+                terms.update(reference_losses(render_geometry(self.raster, ref_cam, v, f), targets, cfg, step))
+                loss = sum(terms.values())
             else:
-                cam = random_camera(ref_cam, rng, cfg, S)
+                cam = random_view(rng, ranges, frame, S)
                 out = render_geometry(self.raster, cam, v, f)
-                cond = self.isd.condition(cond_text, a.identity, a.landmarks_3d, [cam])
+                cond = self.isd.condition(cond_text, a.identity, a.landmarks_3d, [cam], frame.centre)
                 l_sd, info = self.isd(out["image"][None], cond, step, gen)
                 loss = terms["sd"] = cfg.w_sd(step) * l_sd
                 terms["t"] = info["t"][0]
-            consistency, lap = mesh_regularizers(surf.to_unit(v), f)
-            loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * lap
+            consistency, lap = mesh_regularizers((v - centre) / frame.metres_per_unit, f)
+            loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * lap_scale * lap
             opt.zero_grad()
             loss.backward()
             opt.step()

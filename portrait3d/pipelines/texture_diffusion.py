@@ -6,10 +6,17 @@ Geometry is frozen. After the UV atlas and the photo's projection (``texturing``
    holds, and the texture base model with the normal ControlNet (the view's normal map) and the ID
    adapter inpaints the pixels nothing has coloured yet (from t = 950: ``strength``), in
    ``inpaint_steps`` DDIM steps. The new pixels go into the UV map only where it is still empty.
-2. Refinement: the UV map becomes a parameter. Each step renders a view, re-noises its latent at
-   t in [t_min, t_max), denoises it with the ID-guided model (CFG ``refine_guidance``), and fits the
-   UV map to that image: L2 + perceptual (distance of VAE-encoder latents) + the photo at the
-   reference view + total variation. Losses are read back from the device every ``log_every`` steps.
+2. Refinement, as the release alternates it: the UV map becomes a parameter (in logit space, AdamW).
+   Even steps render a random view (the release's ranges in its normalised frame), re-noise its
+   latent at t in [t_min, t_max), denoise it in ``refine_denoise_steps`` DDIM steps with the
+   ID-guided model (CFG ``refine_guidance``, the timesteps spaced over [0, t) as the release spaces
+   them) and fit the render to that image: ``0.5 * sum`` L2 + perceptual (the distance of VAE-encoder
+   latents: no LPIPS network ships here). Odd steps fit the render at the reference view to the photo
+   (L1 on the head mask) with total variation of that render. Losses are read back from the device
+   every ``log_every`` steps.
+
+Both inpainting and refinement prompts carry the view's direction (front / side / back view), as the
+release's threestudio prompt processor gives them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from ..errors import ConfigError
 from .camera import Camera
 from .guidance import Condition, IDGuidance, ISDSettings, id_embeds
 from .image_io import mask_coverage
-from .losses import total_variation
+from .losses import squared_total_variation
+from .random_views import SHAPE_INIT_EXTENT, ViewRanges, random_view, release_frame, view_angles
 from .registry import register
 from .render import get_rasterizer
 from .render.maps import bae_normal_image, render_geometry, sample_texture
@@ -47,7 +55,7 @@ from .texturing import (
     trajectory_cameras,
     visible_texels,
 )
-from .types import PortraitAnalysis, TexturedHead, TextureInput
+from .types import HeadMesh, PortraitAnalysis, TexturedHead, TextureInput
 from .uv_unwrap import UVUnwrapper
 
 # Shares of the stage's progress: atlas and photo, inpainting, refinement.
@@ -77,21 +85,46 @@ class DiffusionTexture:
         hole_dilate: int = setting(2, "grow each view's hole mask by this many pixels", ge=0, le=64)
         normal_scale: float = setting(1.0, "normal ControlNet scale", ge=0)
         id_scale: float = setting(1.0, "IP-Adapter FaceID scale", ge=0)
-        refine_steps: int = setting(400, "refinement steps (0: none)", ge=0, le=1_000_000)
+        back_threshold: float = setting(
+            45.0, "azimuth from the back within which a view's prompt says 'back view', degrees", ge=0, le=180
+        )
+        refine_steps: int = setting(400, "refinement steps, alternating guided and reference (0: none)", ge=0)
         refine_t: tuple[int, int] = setting((50, 200), "re-noising range [lo, hi) in training steps", ge=0, le=1000)
-        refine_denoise_steps: int = setting(1, "DDIM steps from t back to 0 (1: one-step estimate)", ge=1, le=1000)
+        refine_denoise_steps: int = setting(20, "DDIM steps from t back to the clean image", ge=1, le=1000)
         refine_guidance: float = setting(10.0, "CFG scale of refinement", ge=0)
-        refine_lr: float = setting(0.01, "Adam learning rate of the UV map (colour in [0, 1])", gt=0, le=1)
-        w_l2: float = setting(0.1, "refinement L2 weight", ge=0)
-        w_perceptual: float = setting(50.0, "refinement perceptual (VAE latent) weight", ge=0)
-        w_reference: float = setting(1000.0, "photo at the reference view, L2 weight", ge=0)
-        w_tv: float = setting(5e-4, "UV-map total variation weight", ge=0)
+        refine_lr: float = setting(0.02, "AdamW learning rate of the UV map's logits", gt=0, le=10)
+        refine_elevation_range: tuple[float, float] = setting(
+            (-20.0, 45.0), "refinement camera elevation, degrees", ge=-90, le=90
+        )
+        refine_azimuth_range: tuple[float, float] = setting(
+            (-180.0, 180.0), "refinement camera azimuth, degrees", ge=-360, le=360
+        )
+        refine_distance_range: tuple[float, float] = setting(
+            (2.5, 3.5), "refinement camera distance in the release's normalised frame", gt=0
+        )
+        refine_fovy_range: tuple[float, float] = setting((30.0, 45.0), "refinement camera fovy, degrees", gt=0, lt=180)
+        shape_extent: float = setting(
+            SHAPE_INIT_EXTENT, "largest coordinate of the head in the normalised frame (shape_init_params)", gt=0
+        )
+        w_l2: float = setting(0.1, "refinement L2 weight (on 0.5 x the sum over the render's pixels)", ge=0)
+        w_perceptual: float = setting(50.0, "refinement perceptual (VAE latent MSE) weight", ge=0)
+        w_reference: float = setting(1000.0, "photo at the reference view, L1 weight (on the head mask)", ge=0)
+        w_tv: float = setting(5e-4, "total variation (sum of squares) of the reference render, weight", ge=0)
 
         def validate(self) -> None:
             if self.view_size % 8:
                 raise ConfigError("texture.view_size must be a multiple of 8 (the VAE's factor)")
             if not self.refine_t[0] < self.refine_t[1]:
                 raise ConfigError("texture.refine_t must be [lo, hi) with lo < hi")
+            for name in (
+                "refine_elevation_range",
+                "refine_azimuth_range",
+                "refine_distance_range",
+                "refine_fovy_range",
+            ):
+                lo, hi = getattr(self, name)
+                if lo > hi:
+                    raise ConfigError(f"texture.{name} must be [low, high], got [{lo}, {hi}]")
 
     def __init__(self, cfg: DiffusionTexture.Config) -> None:
         from .models import ModelRoot
@@ -114,7 +147,12 @@ class DiffusionTexture:
         self.guide = IDGuidance(
             self.pipe,
             ISDSettings(
-                guidance_scale=cfg.refine_guidance, control_scale=cfg.normal_scale, negative_prompt=cfg.negative_prompt
+                guidance_scale=cfg.refine_guidance,
+                control_scale=cfg.normal_scale,
+                negative_prompt=cfg.negative_prompt,
+                id_scale=cfg.id_scale,
+                id_max_azimuth=360.0,  # the release's texture stage conditions every view on the identity
+                back_threshold=cfg.back_threshold,
             ),
         )
         self.raster = get_rasterizer("torch")  # the atlas and visibility work on CPU arrays
@@ -210,7 +248,8 @@ class DiffusionTexture:
             if cfg.hole_dilate:
                 holes = (cv2.dilate(holes.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & sil
             img[~sil] = 0
-            filled = self.inpaint_view(img, holes, normals[i], a.identity, prompt, gen, view_report)
+            view_text = self.guide.view_prompt(prompt, *view_angles(vcam))
+            filled = self.inpaint_view(img, holes, normals[i], a.identity, view_text, gen, view_report)
             colors[todo] = sample_bilinear(filled, vpix[todo])
             known |= todo
             source[todo] = VIEWS
@@ -218,7 +257,7 @@ class DiffusionTexture:
         tex = fill_atlas(cfg.texture_size, at.idx, colors, known)
         stats = coverage_stats(source, known)
         if cfg.refine_steps > 0:
-            tex, refine = self.refine(a, v, f, at, tex, views, normals, prompt, gen, report.span(_INPAINT, 1.0))
+            tex, refine = self.refine(a, mesh, at, tex, prompt, gen, report.span(_INPAINT, 1.0))
             stats.update(refine)
         texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
         return TexturedHead(
@@ -228,91 +267,108 @@ class DiffusionTexture:
     def refine(
         self,
         a: PortraitAnalysis,
-        v: torch.Tensor,
-        f: torch.Tensor,
+        mesh: HeadMesh,
         at: Atlas,
         tex: np.ndarray,
-        views: list[Camera],
-        normals: list[torch.Tensor],
         prompt: str,
         gen: torch.Generator,
         report: Reporter,
     ) -> tuple[np.ndarray, dict]:
-        """Fit the UV map ``tex (T, T, 3)`` float in [0, 255] of the mesh ``v (V, 3)``, ``f (F, 3)`` to
-        denoised renders of itself at ``views`` (with their normal maps ``(3, S, S)``)."""
+        """Fit the UV map ``tex (T, T, 3)`` float in [0, 255] of ``mesh``: even steps to denoised renders
+        of itself at random views, odd steps to the photo at the reference view."""
         cfg, dev, S = self.cfg, self.device, self.cfg.view_size
+        v = torch.tensor(mesh.vertices, dtype=torch.float32, device=dev)
+        f = torch.tensor(mesh.faces, device=dev)
         uv = torch.tensor(at.uv, device=dev)
         uvf = torch.tensor(at.uv_faces, device=dev)
-        texture = torch.tensor(tex / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1).contiguous()
-        texture.requires_grad_(True)
-        opt = torch.optim.Adam([texture], lr=cfg.refine_lr)
+        start = torch.tensor(tex / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
+        logits = torch.logit(start.clamp(1e-6, 1 - 1e-6)).contiguous().requires_grad_(True)
+        opt = torch.optim.AdamW([logits], lr=cfg.refine_lr, betas=(0.9, 0.99), eps=1e-4)
+        frame = release_frame(mesh.vertices, cfg.shape_extent)
+        ranges = ViewRanges(
+            cfg.refine_elevation_range, cfg.refine_azimuth_range, cfg.refine_distance_range, cfg.refine_fovy_range
+        )
+        rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
         ref_cam = a.camera.resized(S)
         crop = cv2.resize(a.crop, (S, S), interpolation=cv2.INTER_AREA)
         photo = torch.tensor(crop / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
-        # The texels of the photo's head region, as indices: a boolean mask would wait for the device each step.
-        photo_at = torch.from_numpy(np.flatnonzero(mask_coverage(a.head_mask, S) > 0.99)).to(dev)
-        photo = photo.reshape(3, -1)[:, photo_at]
-        scheduler = self.pipe.scheduler
-        alphas = self.guide.alphas
+        head = torch.from_numpy(mask_coverage(a.head_mask, S) > 0.5).to(dev)
         history = []
         for step in range(cfg.refine_steps):
             report(step / cfg.refine_steps, f"refining {step + 1}/{cfg.refine_steps}")
-            j = step % len(views)
-            img, m = sample_texture(self.view_raster, views[j], v, f, uv, uvf, texture)
-            z_img = self.guide.encode(img[None])  # once: noised below, and the perceptual loss's input
-            with torch.no_grad():
-                cond = self.guide.condition_with(prompt, a.identity, normals[j][None])
-                z = z_img.detach()
-                t = int(torch.randint(cfg.refine_t[0], cfg.refine_t[1], (1,), generator=gen))
-                noise = torch.randn(z.shape, generator=gen).to(dev, z.dtype)
-                z_t = scheduler.add_noise(z, noise, torch.tensor([t], device=dev))
-                z0 = _ddim_to_zero(self.guide, z_t, t, cond, cfg.refine_guidance, cfg.refine_denoise_steps, alphas)
-                target = self.pipe.vae.decode(z0 / self.pipe.vae.config.scaling_factor).sample[0] * 0.5 + 0.5
-                target = target.clamp(0, 1).float() * m
-                z_target = self.guide.encode(target[None])
-            loss_l2 = F.mse_loss(img, target)
-            loss_p = F.mse_loss(z_img, z_target)
-            ref, _ = sample_texture(self.view_raster, ref_cam, v, f, uv, uvf, texture)
-            loss_ref = F.mse_loss(ref.reshape(3, -1)[:, photo_at], photo) if len(photo_at) else ref.sum() * 0
-            loss = (
-                cfg.w_l2 * loss_l2
-                + cfg.w_perceptual * loss_p
-                + cfg.w_reference * loss_ref
-                + cfg.w_tv * total_variation(texture)
-            )
+            texture = torch.sigmoid(logits)
+            if step % 2 == 0:
+                cam = random_view(rng, ranges, frame, S)
+                img, m = sample_texture(self.view_raster, cam, v, f, uv, uvf, texture)
+                z_img = self.guide.encode(img[None])  # once: noised below, and the perceptual loss's input
+                with torch.no_grad():
+                    cond = self.guide.condition_with(
+                        prompt, a.identity, self._normal_image(cam, v, f)[None], [cam], frame.centre
+                    )
+                    t = int(torch.randint(cfg.refine_t[0], cfg.refine_t[1], (1,), generator=gen))
+                    target = self.denoised_target(z_img.detach(), t, cond, gen) * m
+                    z_target = self.guide.encode(target[None])
+                terms = refinement_losses(img, target, z_img, z_target)
+                loss = cfg.w_l2 * terms["l2"] + cfg.w_perceptual * terms["perceptual"]
+            else:
+                ref, _ = sample_texture(self.view_raster, ref_cam, v, f, uv, uvf, texture)
+                terms = reference_losses(ref, photo, head)
+                loss = cfg.w_reference * terms["reference"] + cfg.w_tv * terms["tv"]
             opt.zero_grad()
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                texture.clamp_(0, 1)
-            if step % cfg.log_every == 0 or step == cfg.refine_steps - 1:
-                history.append(
-                    {
-                        "step": step,
-                        "loss": loss.item(),
-                        "l2": loss_l2.item(),
-                        "perceptual": loss_p.item(),
-                        "reference": loss_ref.item(),
-                    }
-                )
-        out = texture.detach().permute(1, 2, 0).cpu().numpy() * 255.0
+            if step % cfg.log_every < 2 or step >= cfg.refine_steps - 2:
+                history.append({"step": step, "loss": loss.item(), **{k: x.item() for k, x in terms.items()}})
+        out = torch.sigmoid(logits).detach().permute(1, 2, 0).cpu().numpy() * 255.0
         return out, {"refine_first": history[0], "refine_last": history[-1], "refine_losses": history}
+
+    @torch.no_grad()
+    def denoised_target(self, z: torch.Tensor, t: int, cond: Condition, gen: torch.Generator) -> torch.Tensor:
+        """The refinement target of latents ``z (1, 4, h, w)``: noised to ``t``, denoised by DDIM, decoded:
+        ``(3, S, S)`` in [0, 1]."""
+        noise = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
+        z_t = self.pipe.scheduler.add_noise(z, noise, torch.tensor([t], device=z.device))
+        z0 = release_ddim(self.guide, z_t, t, cond, self.cfg.refine_guidance, self.cfg.refine_denoise_steps)
+        img = self.pipe.vae.decode(z0 / self.pipe.vae.config.scaling_factor).sample[0] * 0.5 + 0.5
+        return img.clamp(0, 1).float()
+
+
+def refinement_losses(
+    img: torch.Tensor, target: torch.Tensor, z_img: torch.Tensor, z_target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The guided refinement step's losses of a render ``img (3, S, S)`` against its denoised ``target``:
+    the release's ``0.5 * sum`` of squared differences, and the MSE of their VAE latents."""
+    return {"l2": 0.5 * F.mse_loss(img, target, reduction="sum"), "perceptual": F.mse_loss(z_img, z_target)}
+
+
+def reference_losses(ref: torch.Tensor, photo: torch.Tensor, head: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference step's losses of the render ``ref (3, S, S)`` at the reference camera: the release's
+    L1 to the photo ``(3, S, S)``, both masked by the head ``(S, S)`` (mean over every pixel), and the
+    total variation of the render."""
+    m = head.to(ref.dtype)
+    return {"reference": F.l1_loss(ref * m, photo * m), "tv": squared_total_variation(ref)}
+
+
+def release_timesteps(t: int, steps: int, offset: int = 1) -> list[int]:
+    """The DDIM timesteps of the release's refinement: its scheduler re-spaced as if it were trained on
+    ``t`` steps, ``steps`` of them "leading" from ``offset`` (SD1.5's ``steps_offset``), descending."""
+    ratio = max(t // steps, 1)
+    return [k * ratio + offset for k in reversed(range(steps))]
 
 
 @torch.no_grad()
-def _ddim_to_zero(
-    guide: IDGuidance, z_t: torch.Tensor, t: int, cond: Condition, scale: float, steps: int, alphas: torch.Tensor
+def release_ddim(
+    guide: IDGuidance, z_t: torch.Tensor, t: int, cond: Condition, scale: float, steps: int
 ) -> torch.Tensor:
-    """Deterministic DDIM from ``z_t`` at step ``t`` to a clean latent in ``steps`` steps."""
-    ts = np.linspace(t, 0, steps + 1).round().astype(int)
+    """Deterministic DDIM (eta 0) from ``z_t`` (noised at ``t``) over :func:`release_timesteps`, each
+    step to ``timestep - t // steps`` (the last one to the schedule's first noise level)."""
+    alphas = guide.alphas
+    ratio = max(t // steps, 1)
     z = z_t
-    for a_t, b_t in zip(ts[:-1], ts[1:], strict=True):
-        tt = torch.tensor([int(a_t)], device=z.device)
-        eps = guide.predict_noise(z, tt, cond, scale)
-        ab = alphas[int(a_t)].to(z.dtype)
-        z0 = (z - (1 - ab).sqrt() * eps) / ab.sqrt()
-        if b_t == 0:
-            return z0
-        ab_next = alphas[int(b_t)].to(z.dtype)
-        z = ab_next.sqrt() * z0 + (1 - ab_next).sqrt() * eps
+    for ts in release_timesteps(t, steps, int(guide.pipe.scheduler.config.get("steps_offset", 0))):
+        eps = guide.predict_noise(z, torch.tensor([ts], device=z.device), cond, scale)
+        a_t = alphas[ts].to(z.dtype)
+        a_prev = alphas[ts - ratio].to(z.dtype) if ts - ratio >= 0 else alphas[0].to(z.dtype)
+        z0 = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        z = a_prev.sqrt() * z0 + (1 - a_prev).sqrt() * eps
     return z

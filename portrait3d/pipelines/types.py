@@ -35,6 +35,7 @@ class PortraitAnalysis:
     input_sha256: str = ""
     notes: list[str] = field(default_factory=list)
     caption: str = ""  # text describing the portrait (the diffusion models' condition)
+    face_mask: np.ndarray | None = None  # (S, S) bool: the face without hair, ears, neck (face parsing or landmarks)
 
     def record(self) -> dict[str, Any]:
         """The JSON-able part that goes into head.json."""

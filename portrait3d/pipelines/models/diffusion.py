@@ -26,6 +26,38 @@ def _from_pretrained(cls: type, folder: str | Path, what: str, **kw: Any) -> Any
         raise ModelError(f"cannot load {what} from {folder}: {e}") from None
 
 
+def load_vae(root: ModelRoot, base: str | None = None, dtype: torch.dtype = torch.float32) -> Any:
+    """The VAE of base role ``base`` when that role carries its own (``vae/``), else the shared ``vae`` role."""
+    from diffusers import AutoencoderKL
+
+    if base is not None and "vae/config.json" in root.entry(base)["files"]:
+        return _from_pretrained(AutoencoderKL, root.folder(base) / "vae", f"{base} vae", torch_dtype=dtype)
+    return _from_pretrained(AutoencoderKL, root.folder("vae"), "vae", torch_dtype=dtype)
+
+
+def load_scheduler(folder: Path, what: str, own: bool = False) -> Any:
+    """A DDIM scheduler from a base's scheduler config (the noise schedule is the base's), or with
+    ``own`` the scheduler class that config names (e.g. SD1.5's PNDM), as the base's own pipeline runs."""
+    import diffusers
+
+    cls = diffusers.DDIMScheduler
+    if own:
+        name = _read_config(folder / "scheduler_config.json", what).get("_class_name", "DDIMScheduler")
+        cls = getattr(diffusers, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise ModelError(f"{what}: {name!r} is not a diffusers scheduler")
+    return _from_pretrained(cls, folder, what)
+
+
+def _read_config(path: Path, what: str) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {what} config {path}: {e}") from None
+
+
 def load_controlnet_pipeline(
     root: ModelRoot,
     base: str,
@@ -35,14 +67,15 @@ def load_controlnet_pipeline(
     id_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    own_components: bool = False,
 ):
-    """A ``StableDiffusionControlNet[Inpaint]Pipeline`` of role ``base`` (an ``sd15`` role), the shared
-    ``vae``, the ControlNet roles (several become a multi-ControlNet), and the ID adapter."""
+    """A ``StableDiffusionControlNet[Inpaint]Pipeline`` of role ``base`` (an ``sd15`` role), the
+    ControlNet roles (several become a multi-ControlNet), and the ID adapter. Its VAE is the shared
+    ``vae`` role and its scheduler DDIM; with ``own_components``, the base's own VAE (where it carries
+    one) and its own scheduler class, as a plain pipeline of that repository samples."""
     _quiet_libraries()
     from diffusers import (
-        AutoencoderKL,
         ControlNetModel,
-        DDIMScheduler,
         StableDiffusionControlNetInpaintPipeline,
         StableDiffusionControlNetPipeline,
         UNet2DConditionModel,
@@ -53,12 +86,12 @@ def load_controlnet_pipeline(
     nets = [_from_pretrained(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
     cls = StableDiffusionControlNetInpaintPipeline if inpaint else StableDiffusionControlNetPipeline
     pipe = cls(
-        vae=_from_pretrained(AutoencoderKL, root.folder("vae"), "vae", torch_dtype=dtype),
+        vae=load_vae(root, base if own_components else None, dtype),
         text_encoder=_from_pretrained(CLIPTextModel, folder / "text_encoder", f"{base} text encoder", dtype=dtype),
         tokenizer=_from_pretrained(CLIPTokenizer, folder / "tokenizer", f"{base} tokenizer"),
         unet=_from_pretrained(UNet2DConditionModel, folder / "unet", f"{base} unet", torch_dtype=dtype),
         controlnet=nets[0] if len(nets) == 1 else nets,
-        scheduler=_from_pretrained(DDIMScheduler, folder / "scheduler", f"{base} scheduler"),
+        scheduler=load_scheduler(folder / "scheduler", f"{base} scheduler", own=own_components),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -94,13 +127,14 @@ def _freeze(pipe: Any) -> None:
         module.eval()
 
 
-def with_controlnet(pipe: Any, root: ModelRoot, role: str) -> Any:
+def with_controlnet(pipe: Any, root: ModelRoot, role: str, **replace: Any) -> Any:
     """A pipeline of the same class sharing ``pipe``'s modules (UNet with its ID adapter, VAE, text
-    encoder, scheduler) with the ControlNet of ``role`` instead of its own."""
+    encoder, scheduler) with the ControlNet of ``role`` instead of its own, and any component given
+    in ``replace`` (e.g. ``vae=``, ``scheduler=``) instead of ``pipe``'s."""
     from diffusers import ControlNetModel
 
     net = _from_pretrained(ControlNetModel, root.folder(role), role, torch_dtype=pipe.unet.dtype)
-    out = type(pipe)(**{**pipe.components, "controlnet": net})
+    out = type(pipe)(**{**pipe.components, **replace, "controlnet": net})
     out.set_progress_bar_config(disable=True)
     _freeze(out)
     return out.to(pipe.unet.device)

@@ -21,6 +21,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
         "scheduler/scheduler_config.json",
     ),
     "vae": ("config.json", "*weights"),
+    "hf_model": ("config.json", "*weights"),  # a transformers model folder
     "controlnet": ("config.json", "*weights"),
     "weights_file": ("*weights",),
     "onnx": ("*.onnx",),
@@ -77,7 +78,7 @@ ROLES: dict[str, Role] = {
             "controlnet_canny",
             "controlnet",
             "ControlNet on canny edges (reference normal/depth maps)",
-            "lllyasviel/sd-controlnet-canny",
+            "lllyasviel/control_v11p_sd15_canny",
             "openrail",
         ),
         Role(
@@ -100,6 +101,14 @@ ROLES: dict[str, Role] = {
             "ArcFace 512-D face embedding (insightface ONNX)",
             "insightface buffalo_l (w600k_r50.onnx)",
             "non-commercial research",
+        ),
+        Role(
+            "face_parsing",
+            "hf_model",
+            "face parsing with CelebAMask-HQ's classes (optional; else the landmark hull and person segmentation)",
+            "jonathandinu/face-parsing (SegFormer; the release used a BiSeNet on the same classes)",
+            "cc0-1.0 (trained on CelebAMask-HQ: non-commercial research)",
+            required=False,
         ),
         Role(
             "caption",

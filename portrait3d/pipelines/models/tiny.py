@@ -2,10 +2,17 @@
 profile): the real loading and guidance code runs on it in seconds on a CPU, with no download.
 
 Built: three SD1.5-layout bases (UNet2DConditionModel, CLIPTextModel, a CLIPTokenizer over the 256
-byte-level symbols, DDIMScheduler with SD1.5's schedule), an AutoencoderKL with SD's 8x downsampling
-and 4 latent channels, three ControlNets made from a base UNet, an IP-Adapter FaceID state dict
-(saved as a tensors-only pickle like the real release), an ArcFace-shaped ONNX model
-(112x112x3 -> 512), a tiny BLIP captioner, and the manifest.
+byte-level symbols, SD1.5's published scheduler config), an AutoencoderKL with SD's 8x downsampling,
+4 latent channels and scaling factor, three ControlNets made from a base UNet, an IP-Adapter FaceID
+portrait state dict (saved as a tensors-only pickle like the real release), an ArcFace-shaped ONNX
+model (112x112x3 -> 512), a tiny BLIP captioner, a tiny SegFormer face parser with CelebAMask-HQ's
+labels, and the manifest.
+
+Wherever size allows, the structure is the real checkpoints': SD1.5's 768-wide cross-attention (so
+the text encoder is 768 wide, one layer deep), the portrait v11 FaceID adapter's 16 tokens per face,
+the ControlNets' conditioning channels (16, 32, 96, 256), the VAE's scaling factor 0.18215, the
+PNDM scheduler config the SD1.5 repositories publish, and an own VAE in the geometry bases (the
+HumanNorm repositories carry one; the release samples the reference maps with it).
 
 Needs the ``test`` extra (``onnx``) for the ArcFace file.
 
@@ -21,24 +28,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..face_parsing import tiny_face_parser
 from .root import index_root
 
-CROSS_DIM = 32
+CROSS_DIM = 768  # SD1.5's text width: every cross-attention and the FaceID tokens are this wide
 ID_DIM = 512
-ID_TOKENS = 4
+ID_TOKENS = 16  # ip-adapter-faceid-portrait-v11_sd15: 16 tokens per face embedding
 FACEID_WEIGHTS = "ip-adapter-faceid-portrait-v11_sd15.bin"
+CONTROLNET_CONDITIONING_CHANNELS = (16, 32, 96, 256)  # lllyasviel's and CrucibleAI's SD1.5 ControlNets
 
-# SD1.5's noise schedule (the scheduler config every SD1.5 repository ships).
+# SD1.5's scheduler config as its repositories publish it (scheduler/scheduler_config.json).
 SD15_SCHEDULER = {
-    "_class_name": "DDIMScheduler",
+    "_class_name": "PNDMScheduler",
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "num_train_timesteps": 1000,
-    "clip_sample": False,
     "set_alpha_to_one": False,
+    "skip_prk_steps": True,
     "steps_offset": 1,
-    "prediction_type": "epsilon",
+    "trained_betas": None,
+    "clip_sample": False,
 }
 
 
@@ -106,7 +116,7 @@ def tiny_text_encoder(vocab_size: int, full: bool = False):
     """A tiny CLIPTextModel, or with ``full`` the width and depth of SD1.5's (CLIP ViT-L/14)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    hidden, inter, layers, heads = (768, 3072, 12, 12) if full else (CROSS_DIM, 64, 2, 4)
+    hidden, inter, layers, heads = (768, 3072, 12, 12) if full else (CROSS_DIM, 64, 1, 12)
     # the tokenizer's last two ids are its start and end tokens
     return CLIPTextModel(
         CLIPTextConfig(
@@ -239,7 +249,7 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
     """Write a model root with every required role and its manifest into ``folder``: tiny random
     models, or with ``full`` random models of the release's full-size architectures (about 16 GB in
     float32; for speed benchmarks, where the values of the weights do not matter)."""
-    from diffusers import ControlNetModel, DDIMScheduler
+    from diffusers import ControlNetModel, PNDMScheduler
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -253,20 +263,24 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
         unet.save_pretrained(base / "unet")
         tiny_text_encoder(len(tokenizer), full=full).save_pretrained(base / "text_encoder")
         tokenizer.save_pretrained(base / "tokenizer")
-        DDIMScheduler.from_config(SD15_SCHEDULER).save_pretrained(base / "scheduler")
+        PNDMScheduler.from_config(SD15_SCHEDULER).save_pretrained(base / "scheduler")
+        if name.startswith("geometry"):
+            tiny_vae(full=full).save_pretrained(base / "vae")
     tiny_vae(full=full).save_pretrained(root / "vae")
-    cond_channels = (16, 32, 96, 256) if full else (8, 16, 32, 32)
     for name, unet in (
         ("controlnet_landmarks", unets["geometry_normal"]),
         ("controlnet_canny", unets["geometry_normal"]),
         ("controlnet_normal", unets["texture_base"]),
     ):
-        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels).save_pretrained(root / name)
+        ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=CONTROLNET_CONDITIONING_CHANNELS
+        ).save_pretrained(root / name)
     (root / "ip_adapter_faceid").mkdir(parents=True, exist_ok=True)
     torch.save(faceid_state_dict(unets["texture_base"]), root / "ip_adapter_faceid" / FACEID_WEIGHTS)
     (root / "arcface").mkdir(parents=True, exist_ok=True)
     arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
     tiny_captioner(root / "caption")  # speed does not matter here: tiny in both sizes
+    tiny_face_parser(root / "face_parsing", seed=seed)
     what = "full-size random" if full else "tiny random"
     index_root(
         root,
@@ -283,6 +297,7 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
                 "ip_adapter_faceid",
                 "arcface",
                 "caption",
+                "face_parsing",
             )
         },
     )
