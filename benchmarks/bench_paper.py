@@ -103,8 +103,8 @@ def main() -> None:
     from portrait3d.pipelines.dmtet import DMTetSurface
     from portrait3d.pipelines.losses import mesh_regularizers
     from portrait3d.pipelines.models.tiny import build_tiny_root
-    from portrait3d.pipelines.render.maps import render_geometry
     from portrait3d.pipelines.random_views import random_view, release_frame
+    from portrait3d.pipelines.render.maps import render_geometry
     from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt, view_ranges
     from portrait3d.pipelines.stage import Reporter
     from portrait3d.pipelines.texture_diffusion import DiffusionTexture
