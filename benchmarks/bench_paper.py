@@ -191,10 +191,7 @@ def main() -> None:
     tex = np.full((tc.texture_size, tc.texture_size, 3), 128.0, np.float32)
     n_ref, refine_steps = 4, tc.refine_steps
     texture.cfg = dataclasses.replace(tc, refine_steps=n_ref)
-    t["refine_step"] = (
-        timed(lambda: texture.refine(a, mesh, at, tex, "a photo", gen, Reporter("texture")), 1)
-        / n_ref
-    )
+    t["refine_step"] = timed(lambda: texture.refine(a, mesh, at, tex, "a photo", gen, Reporter("texture")), 1) / n_ref
 
     geo = (
         sc.normal_fit_steps * t["fit_iteration"]
