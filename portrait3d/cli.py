@@ -424,7 +424,9 @@ def _config_error(message: str) -> Portrait3DError:
     return ConfigError(message)
 
 
-models_app = typer.Typer(no_args_is_help=True, help="Model roots of the paper profile: check, index, build a tiny one.")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Model roots of the paper profile: pull, check, index, build a tiny one."
+)
 app.add_typer(models_app, name="models")
 
 
@@ -456,6 +458,52 @@ def models_check(
     if bad:
         err.print(f"[bold red]not usable[/]: {', '.join(bad)}")
         raise typer.Exit(1)
+
+
+@models_app.command("pull")
+def models_pull(
+    root: Path = typer.Argument(..., help="local folder for the model root (created if absent)"),
+    roles: str = typer.Option(
+        "", "--roles", help="comma-separated roles (default: every required role and face_parsing)"
+    ),
+    accept_licences: bool = typer.Option(
+        False, "--accept-licences", help="accept every listed licence without asking (needed when not interactive)"
+    ),
+    sources: Path = typer.Option(
+        None, "--sources", help="JSON {role: {repo_id, revision, subfolder, sha256}}: a mirror, fork or revision"
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Hugging Face cache (default: HF_HUB_CACHE)"),
+) -> None:
+    """Fetch each role's files from its Hugging Face repository at a pinned revision (resumable; offline
+    from the cache with HF_HUB_OFFLINE=1) after showing its licence, then write ROOT/manifest.json."""
+    import json
+
+    from .pipelines.models.pull import SOURCES, licences, pull_plan, pull_root, sources_with
+
+    try:
+        table = SOURCES
+        if sources is not None:
+            try:
+                table = sources_with(json.loads(sources.read_text()))
+            except (OSError, ValueError) as e:
+                raise _config_error(f"--sources {sources}: {e}") from None
+        plan = pull_plan([r.strip() for r in roles.split(",") if r.strip()] or None, table)
+    except Portrait3DError as e:
+        _fail(e)
+    lic = Table("role", "licence", "read it at", title="licences of the models to pull")
+    for row in licences(plan):
+        lic.add_row(*row)
+    out.print(lic)
+    if not accept_licences:
+        if not sys.stdin.isatty():
+            _fail(_config_error("accept the licences above with --accept-licences (not interactive)"))
+        if not typer.confirm("Do you accept these licences?", default=False):
+            _fail(_config_error("licences not accepted; nothing was fetched"))
+    try:
+        manifest = pull_root(root, plan, cache_dir, progress=lambda m: err.print(f"pulling {m}"))
+    except Portrait3DError as e:
+        _fail(e)
+    out.print(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
 
 
 @models_app.command("index")

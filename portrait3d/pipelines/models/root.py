@@ -116,8 +116,13 @@ def check_root(root: str, hashes: bool = True, roles: Iterable[str] | None = Non
 
 def index_root(root: str | Path, sources: dict[str, str] | None = None) -> dict:
     """Write ``ROOT/manifest.json`` for the role folders found in a local root (hashing every file);
-    source and licence default to the reference release's. Returns the manifest."""
+    a role's source and licence are ``sources``' or, failing that, the manifest's already there, or the
+    reference release's. Returns the manifest."""
     root = Path(root)
+    try:
+        before = read_manifest(str(root))["roles"]
+    except ModelError:
+        before = {}
     roles = {}
     for name, r in ROLES.items():
         folder = root / name
@@ -127,10 +132,11 @@ def index_root(root: str | Path, sources: dict[str, str] | None = None) -> dict:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
                 files[p.relative_to(folder).as_posix()] = {"sha256": storage.sha256(str(p)), "bytes": p.stat().st_size}
+        old = before.get(name, {})
         roles[name] = {
             "path": name,
-            "source": (sources or {}).get(name, r.reference),
-            "licence": r.licence,
+            "source": (sources or {}).get(name) or old.get("source") or r.reference,
+            "licence": old.get("licence") or r.licence,
             "files": files,
         }
     if not roles:
