@@ -310,3 +310,41 @@ def test_the_tiny_root_mirrors_the_real_checkpoints_structure(tiny_root):
     assert pipe.vae.config.scaling_factor == 0.18215
     cfg = (tiny_root / "texture_base" / "scheduler" / "scheduler_config.json").read_text()
     assert '"PNDMScheduler"' in cfg and '"skip_prk_steps": true' in cfg
+
+
+def test_dilation_is_the_releases():
+    """The release grows the coloured texels by ``binary_dilation(iterations=r)`` and fills each new one
+    from the nearest texel of the coloured region's 3-texel rim (``binary_erosion(iterations=3)``)."""
+    from scipy import ndimage
+
+    from portrait3d.pipelines.texturing import dilate_texture
+
+    rng = np.random.default_rng(3)
+    have = np.zeros((40, 40), bool)
+    have[8:20, 5:30] = True
+    have[25:33, 20:36] = True
+    tex = rng.random((40, 40, 3))
+    out, grown = dilate_texture(tex, have, radius=6)
+    want_grown = ndimage.binary_dilation(have, iterations=6)
+    assert np.array_equal(grown, want_grown)
+    rim = have & ~ndimage.binary_erosion(have, iterations=3, border_value=1)
+    rim_xy, rim_rgb = np.argwhere(rim), tex[rim]
+    for i, j in np.argwhere(want_grown & ~have):
+        d = ((rim_xy - [i, j]) ** 2).sum(1)
+        src = np.flatnonzero((rim_rgb == out[i, j]).all(1))  # the rim texel whose colour was taken
+        assert len(src) == 1 and d[src[0]] == d.min()
+    assert np.array_equal(out[have], tex[have]) and np.array_equal(out[~want_grown], tex[~want_grown])
+
+
+def test_deblur_uses_the_super_resolution_role(tiny_root, texture_stage):
+    from portrait3d.pipelines.models.rrdbnet import RRDBNet, deblur
+
+    root = ModelRoot(str(tiny_root))
+    net = RRDBNet.from_state_dict(root.load_weights("super_resolution", root.file("super_resolution", (".pth",))))
+    assert net.scale == 2 and len(net.body) == 1
+    tex = torch.rand(3, 32, 32)
+    out = deblur(tex, net)
+    assert out.shape == tex.shape and 0 <= out.min() and out.max() <= 1
+    assert texture_stage.sr is not None  # the tiny root has the role, so the stage deblurs
+    with pytest.raises(Exception, match="RRDBNet"):
+        RRDBNet.from_state_dict({"conv_first.weight": torch.zeros(8, 5, 3, 3)})

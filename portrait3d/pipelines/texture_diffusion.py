@@ -6,6 +6,9 @@ Geometry is frozen. After the UV atlas and the photo's projection (``texturing``
    holds, and the texture base model with the normal ControlNet (the view's normal map) and the ID
    adapter inpaints the pixels nothing has coloured yet (from t = 950: ``strength``), in
    ``inpaint_steps`` DDIM steps. The new pixels go into the UV map only where it is still empty.
+   Then, as the release does, the map is dilated (each texel near the coloured ones takes the
+   nearest one's colour) and, where the root has a ``super_resolution`` role, "deblurred": shrunk
+   by 2 and super-resolved back.
 2. Refinement, as the release alternates it: the UV map becomes a parameter (in logit space, AdamW).
    Even steps render a random view (the release's ranges in its normalised frame), re-noise its
    latent at t in [t_min, t_max), denoise it in ``refine_denoise_steps`` DDIM steps with the
@@ -83,6 +86,15 @@ class DiffusionTexture:
         inpaint_strength: float = setting(0.95, "noise level inpainting starts from (0.95: t = 950)", gt=0, le=1)
         inpaint_guidance: float = setting(7.5, "CFG scale of inpainting", ge=0)
         hole_dilate: int = setting(2, "grow each view's hole mask by this many pixels", ge=0, le=64)
+        dilate: float = setting(
+            0.2, "after inpainting, grow the coloured texels this far, as a share of the UV map's side", ge=0, le=1
+        )
+        deblur: str = setting(
+            "auto",
+            "after inpainting, shrink the UV map by 2 and super-resolve it back with the root's super_resolution "
+            "role: 'auto' (when the root has it), 'model' (required), 'none'",
+            choices=("auto", "model", "none"),
+        )
         normal_scale: float = setting(1.0, "normal ControlNet scale", ge=0)
         id_scale: float = setting(1.0, "IP-Adapter FaceID scale", ge=0)
         back_threshold: float = setting(
@@ -155,13 +167,19 @@ class DiffusionTexture:
                 back_threshold=cfg.back_threshold,
             ),
         )
+        self.sr = None
+        if cfg.deblur == "model" or (cfg.deblur == "auto" and root.has("super_resolution")):
+            from .models.rrdbnet import RRDBNet
+
+            weights = root.file("super_resolution", (".safetensors", ".pth", ".pt", ".bin"))
+            self.sr = RRDBNet.from_state_dict(root.load_weights("super_resolution", weights)).to(self.device)
         self.raster = get_rasterizer("torch")  # the atlas and visibility work on CPU arrays
         self.view_raster = get_rasterizer(cfg.rasterizer, self.device)
         self.unwrapper = UVUnwrapper()
 
     def close(self) -> None:
         self.unwrapper.close()
-        self.pipe = self.guide = None
+        self.pipe = self.guide = self.sr = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -254,8 +272,14 @@ class DiffusionTexture:
             known |= todo
             source[todo] = VIEWS
 
-        tex = fill_atlas(cfg.texture_size, at.idx, colors, known)
+        tex = fill_atlas(cfg.texture_size, at.idx, colors, known, round(cfg.dilate * cfg.texture_size))
         stats = coverage_stats(source, known)
+        if self.sr is not None:
+            from .models.rrdbnet import deblur
+
+            report(_INPAINT, "deblur (super-resolution)")
+            t = torch.tensor(tex / 255.0, dtype=torch.float32, device=dev).permute(2, 0, 1)
+            tex = deblur(t, self.sr).permute(1, 2, 0).cpu().numpy() * 255.0
         if cfg.refine_steps > 0:
             tex, refine = self.refine(a, mesh, at, tex, prompt, gen, report.span(_INPAINT, 1.0))
             stats.update(refine)

@@ -205,14 +205,39 @@ def splat_known(pix: np.ndarray, col: np.ndarray, size: int, sil: np.ndarray) ->
     return np.clip(img, 0, 255).astype(np.uint8), have
 
 
-def fill_atlas(size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray) -> np.ndarray:
+def fill_atlas(size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray, dilate: int = 0) -> np.ndarray:
     """Known texel colours into a ``(T, T, 3)`` float map; the rest (unseen texels and the gutter) by
-    push-pull."""
+    nearest-rim dilation up to ``dilate`` texels away (see :func:`dilate_texture`), then push-pull."""
     tex = np.zeros((size * size, 3), np.float32)
     tex[idx[known]] = colors[known]
     have = np.zeros(size * size, bool)
     have[idx[known]] = True
-    return push_pull(tex.reshape(size, size, 3), have.reshape(size, size))
+    tex, grown = dilate_texture(tex.reshape(size, size, 3), have.reshape(size, size), dilate)
+    return push_pull(tex, grown)
+
+
+def dilate_texture(tex: np.ndarray, have: np.ndarray, radius: int, rim: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The release's dilation of a UV map: every texel within ``radius`` steps (4-connected, as
+    ``binary_dilation`` grows) of the ``have (T, T)`` texels takes the colour of the nearest (Euclidean)
+    texel of their ``rim``-wide border. Returns the map and the grown ``have``.
+
+    Example:
+        >>> have = np.zeros((5, 5), bool); have[2, 2] = True
+        >>> tex = np.zeros((5, 5, 1)); tex[2, 2] = 7
+        >>> out, grown = dilate_texture(tex, have, radius=1)
+        >>> int(grown.sum()), float(out[1, 2, 0]), float(out[0, 0, 0])
+        (5, 7.0, 0.0)
+    """
+    from scipy import ndimage
+
+    if radius <= 0 or not have.any():
+        return tex, have
+    border = have & ~ndimage.binary_erosion(have, iterations=rim, border_value=1)
+    _, (ii, jj) = ndimage.distance_transform_edt(~border, return_indices=True)
+    grow = ~have & (ndimage.distance_transform_cdt(~have, metric="taxicab") <= radius)
+    out = tex.copy()
+    out[grow] = tex[ii[grow], jj[grow]]
+    return out, have | grow
 
 
 def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -111,6 +111,14 @@ ROLES: dict[str, Role] = {
             required=False,
         ),
         Role(
+            "super_resolution",
+            "weights_file",
+            "2x super-resolution of the UV map, the texture's deblur (optional; Real-ESRGAN RRDBNet weights)",
+            "ai-forever/Real-ESRGAN (RealESRGAN_x2.pth), as the release",
+            "bsd-3-clause",
+            required=False,
+        ),
+        Role(
             "caption",
             "folder",
             "image captioning model for the prompt (optional; else the prompt setting)",

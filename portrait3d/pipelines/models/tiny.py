@@ -6,7 +6,7 @@ byte-level symbols, SD1.5's published scheduler config), an AutoencoderKL with S
 4 latent channels and scaling factor, three ControlNets made from a base UNet, an IP-Adapter FaceID
 portrait state dict (saved as a tensors-only pickle like the real release), an ArcFace-shaped ONNX
 model (112x112x3 -> 512), a tiny BLIP captioner, a tiny SegFormer face parser with CelebAMask-HQ's
-labels, and the manifest.
+labels, a tiny Real-ESRGAN x2 RRDBNet, and the manifest.
 
 Wherever size allows, the structure is the real checkpoints': SD1.5's 768-wide cross-attention (so
 the text encoder is 768 wide, one layer deep), the portrait v11 FaceID adapter's 16 tokens per face,
@@ -30,6 +30,7 @@ import torch
 
 from ..face_parsing import tiny_face_parser
 from .root import index_root
+from .rrdbnet import RRDBNet
 
 CROSS_DIM = 768  # SD1.5's text width: every cross-attention and the FaceID tokens are this wide
 ID_DIM = 512
@@ -281,6 +282,11 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
     arcface_onnx(root / "arcface" / "w600k_r50.onnx", seed=seed)
     tiny_captioner(root / "caption")  # speed does not matter here: tiny in both sizes
     tiny_face_parser(root / "face_parsing", seed=seed)
+    (root / "super_resolution").mkdir(parents=True, exist_ok=True)
+    torch.save(  # Real-ESRGAN's checkpoint layout: the EMA weights under params_ema
+        {"params_ema": RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).state_dict()},
+        root / "super_resolution" / "RealESRGAN_x2.pth",
+    )
     what = "full-size random" if full else "tiny random"
     index_root(
         root,
@@ -298,6 +304,7 @@ def build_tiny_root(folder: str | Path, seed: int = 0, full: bool = False) -> Pa
                 "arcface",
                 "caption",
                 "face_parsing",
+                "super_resolution",
             )
         },
     )
