@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .camera import Camera
 from .landmark_image import landmark_image
@@ -69,6 +68,22 @@ class Condition:
     id_embeds: torch.Tensor  # (2B, 1, 512): zeros, then the ArcFace embedding
     control: torch.Tensor  # (2B, 3, H, W) in [0, 1]: the ControlNet input at each camera
     id_on: torch.Tensor  # (B,) bool: whether the identity conditions each camera
+
+    @staticmethod
+    def stack(conds: list[Condition]) -> Condition:
+        """Several conditionings (e.g. of several heads, each with its own identity) as one batch, in
+        order: the unconditional halves first, then the conditional ones, as in each."""
+
+        def halves(name: str) -> torch.Tensor:
+            parts = [getattr(c, name).chunk(2) for c in conds]
+            return torch.cat([u for u, _ in parts] + [c for _, c in parts])
+
+        return Condition(
+            text=halves("text"),
+            id_embeds=halves("id_embeds"),
+            control=halves("control"),
+            id_on=torch.cat([c.id_on for c in conds]),
+        )
 
 
 def ip_adapter_processors(unet: Any) -> list[Any]:
@@ -211,22 +226,40 @@ class IDGuidance:
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     def __call__(
-        self, image: torch.Tensor, cond: Condition, step: int = 0, generator: torch.Generator | None = None
+        self,
+        image: torch.Tensor,
+        cond: Condition,
+        step: int = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """ISD loss of renders ``image (B, 3, H, W)`` in [0, 1]: its gradient w.r.t. the latents is
-        ``w(t) (eps_pred - eps)`` with ``w(t) = 1 - alpha_bar(t)``."""
+        ``w(t) (eps_pred - eps)`` with ``w(t) = 1 - alpha_bar(t)``. The loss is the mean over the batch;
+        ``info["losses"] (B,)`` holds each image's own. With a list of ``B`` generators, image ``i``
+        draws its ``t`` and noise from generator ``i`` as a call with it alone would (several heads
+        batched through one UNet, each as if alone)."""
         z = self.encode(image)
         B = z.shape[0]
         lo = int(self.cfg.t_min(step) * self.num_train)
         hi = max(int(self.cfg.t_max(step) * self.num_train), lo + 1)
-        t = torch.randint(lo, hi, (B,), generator=generator).to(self.device)
-        noise = torch.randn(z.shape, generator=generator).to(self.device, z.dtype)
+        gens = generator if isinstance(generator, list) else None
+        if gens is None:
+            t = torch.randint(lo, hi, (B,), generator=generator)
+            noise = torch.randn(z.shape, generator=generator)
+        else:
+            if len(gens) != B:
+                raise ValueError(f"{len(gens)} generators for {B} images")
+            draws = [
+                (torch.randint(lo, hi, (1,), generator=g), torch.randn((1, *z.shape[1:]), generator=g)) for g in gens
+            ]
+            t, noise = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+        t, noise = t.to(self.device), noise.to(self.device, z.dtype)
         z_t = self.pipe.scheduler.add_noise(z.detach(), noise, t)
         eps = self.predict_noise(z_t, t, cond, self.cfg.guidance_scale)
         w = (1 - self.alphas[t]).reshape(B, 1, 1, 1).to(z.dtype)
         grad = torch.nan_to_num(w * (eps - noise))
-        loss = 0.5 * F.mse_loss(z, (z - grad).detach(), reduction="sum") / B
-        return loss, {"t": t, "grad_norm": grad.norm()}  # tensors: reading them waits for the device
+        losses = 0.5 * ((z - (z - grad).detach()) ** 2).flatten(1).sum(1)
+        # tensors: reading them waits for the device
+        return losses.mean(), {"t": t, "grad_norm": grad.norm(), "losses": losses}
 
 
 def _select(cond: Condition, idx: torch.Tensor) -> Condition:

@@ -23,7 +23,7 @@ Random cameras are absolute values in the release's normalised frame (distance 3
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, OptimizationError
 from .dmtet import DMTetSurface
-from .guidance import IDGuidance, ISDSettings, id_embeds, ip_adapter_processors, ip_adapter_scale
+from .guidance import Condition, IDGuidance, ISDSettings, id_embeds, ip_adapter_processors, ip_adapter_scale
 from .image_io import mask_coverage
 from .losses import aligned_depth_mse, mesh_regularizers, negative_pearson, normalized_disparity
 from .mesh import decimate, largest_component, transfer_attributes
@@ -303,93 +303,173 @@ class ISDDMTetSculpt:
 
     # -- stage 4 ---------------------------------------------------------------------------
     def __call__(self, inputs: SculptInput, report: Reporter) -> SculptResult:
-        cfg, dev, S = self.cfg, self.device, self.cfg.render_size
-        a, head = inputs.analysis, inputs.initial
+        return self.sculpt_many([inputs], [report])[0]
+
+    def sculpt_many(self, inputs: list[SculptInput], reports: list[Reporter]) -> list[SculptResult]:
+        """Sculpt several heads at once: each keeps its own grid, optimiser, cameras, landmarks and
+        identity, and their ISD steps go through the UNet as one batch. Each head comes out as it
+        would alone (its random draws are those of a run of its own)."""
+        cfg = self.cfg
+        # Seeded from the global generators, which the pipeline seeds per stage from the config.
+        seeds = (int(torch.randint(0, 2**31, (1,))), int(np.random.randint(2**31)))
+        heads = [self._start(inp, rep, seeds) for inp, rep in zip(inputs, reports, strict=True)]
+        for step in range(cfg.steps):
+            meshes = [h.extract(step, cfg.steps) for h in heads]
+            if step < cfg.normal_fit_steps:
+                terms = [h.fit_terms(self.raster, m, step, cfg) for h, m in zip(heads, meshes, strict=True)]
+            elif (step - cfg.normal_fit_steps) % 2 == 0:
+                terms = [h.reference_terms(self.raster, m, step, cfg) for h, m in zip(heads, meshes, strict=True)]
+            else:
+                terms = self._isd_terms(heads, meshes, step)
+            total = sum(h.loss(t, m, step, cfg) for h, t, m in zip(heads, terms, meshes, strict=True))
+            for h in heads:
+                h.opt.zero_grad()
+            total.backward()
+            for h, t in zip(heads, terms, strict=True):
+                h.update(t, step, cfg)
+        return [h.finish(self.cfg) for h in heads]
+
+    def _start(self, inputs: SculptInput, report: Reporter, seeds: tuple[int, int]) -> _Head:
+        cfg = self.cfg
+        a = inputs.analysis
         if a.identity.shape[-1] != 512:
             raise ConfigError(
                 f"ISD needs a 512-D ArcFace identity; the analysis gave {a.identity_model} "
                 f"({a.identity.shape[-1]}-D): use analysis.identity=arcface"
             )
-        # Seeded from the global generators, which the pipeline seeds per stage from the config.
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-        rng = np.random.default_rng(int(np.random.randint(2**31)))
-        ref_cam = a.camera.resized(S)
+        gen = torch.Generator().manual_seed(seeds[0])
         refs = None
         if cfg.reference_maps:
             report(0.0, "ID-aware reference maps")
             refs = self.reference_maps(a, gen, report.span(0.0, _MAPS))
-        targets = ReferenceTargets.build(a, refs, S, cfg.depth_foreground, dev)
         report(_MAPS, "DMTet grid")
+        return _Head.start(inputs, report, gen, np.random.default_rng(seeds[1]), refs, cfg, self.device)
+
+    def _isd_terms(self, heads: list[_Head], meshes: list, step: int) -> list[dict[str, Any]]:
+        """One ISD step of every head, through the UNet as one batch."""
+        images, conds = [], []
+        for h, (v, f) in zip(heads, meshes, strict=True):
+            cam = random_view(h.rng, h.ranges, h.frame, self.cfg.render_size)
+            images.append(render_geometry(self.raster, cam, v, f)["image"])
+            conds.append(self.isd.condition(h.cond_text, h.a.identity, h.a.landmarks_3d, [cam], h.frame.centre))
+        _, info = self.isd(torch.stack(images), Condition.stack(conds), step, [h.gen for h in heads])
+        return [{"sd": self.cfg.w_sd(step) * info["losses"][i], "t": info["t"][i]} for i in range(len(heads))]
+
+
+@dataclass
+class _Head:
+    """One head's DMTet optimisation: its inputs, random draws, grid, optimiser and loss history."""
+
+    a: PortraitAnalysis
+    initial: HeadMesh
+    report: Reporter
+    gen: torch.Generator
+    rng: np.random.Generator
+    targets: ReferenceTargets
+    ref_cam: Any
+    surf: DMTetSurface
+    opt: torch.optim.Optimizer
+    init_v: torch.Tensor
+    init_f: torch.Tensor
+    frame: Any
+    centre: torch.Tensor
+    ranges: ViewRanges
+    lap_scale: float
+    cond_text: str
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        inputs: SculptInput,
+        report: Reporter,
+        gen: torch.Generator,
+        rng: np.random.Generator,
+        refs: dict | None,
+        cfg: ISDDMTetSculpt.Config,
+        dev: torch.device,
+    ) -> _Head:
+        a, head, S = inputs.analysis, inputs.initial, cfg.render_size
         surf = DMTetSurface.from_mesh(
             head.vertices, head.faces, cfg.grid_resolution, cfg.band, cfg.grid_margin, cfg.deform_scale, dev
         )
-        opt = torch.optim.Adam(surf.parameters(), lr=cfg.lr)
-        init_v = torch.tensor(head.vertices, device=dev)
-        init_f = torch.tensor(head.faces, device=dev)
         frame = release_frame(head.vertices, cfg.shape_extent)
-        centre = torch.tensor(frame.centre, dtype=torch.float32, device=dev)
-        ranges = view_ranges(cfg)
-        lap_scale = frame.laplacian_scale(surf.cell)
-        cond_text = cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix
-        history = []
-        steps = report.span(_GRID, 0.95)
+        return cls(
+            a=a,
+            initial=head,
+            report=report.span(_GRID, 0.95),
+            gen=gen,
+            rng=rng,
+            targets=ReferenceTargets.build(a, refs, S, cfg.depth_foreground, dev),
+            ref_cam=a.camera.resized(S),
+            surf=surf,
+            opt=torch.optim.Adam(surf.parameters(), lr=cfg.lr),
+            init_v=torch.tensor(head.vertices, device=dev),
+            init_f=torch.tensor(head.faces, device=dev),
+            frame=frame,
+            centre=torch.tensor(frame.centre, dtype=torch.float32, device=dev),
+            ranges=view_ranges(cfg),
+            lap_scale=frame.laplacian_scale(surf.cell),
+            cond_text=cfg.prompt.replace("{caption}", a.caption) + cfg.prompt_suffix,
+        )
 
-        for step in range(cfg.steps):
-            steps(step / cfg.steps, f"step {step + 1}/{cfg.steps}")
-            v, f = surf.extract()
-            if len(f) == 0:
-                raise OptimizationError(
-                    f"the DMTet surface vanished at step {step} (every SDF value has one "
-                    f"sign); lower sculpt.lr or raise the regularizer weights"
-                )
-            terms: dict[str, Any] = {}  # this step's losses, as tensors
-            if step < cfg.normal_fit_steps:
-                cam = random_view(rng, ranges, frame, S)
-                out = render_geometry(self.raster, cam, v, f)
-                with torch.no_grad():
-                    want = render_geometry(self.raster, cam, init_v, init_f)["image"]
-                loss = terms["fit"] = cfg.w_fit(step) * F.mse_loss(out["image"], want)
-            elif (step - cfg.normal_fit_steps) % 2 == 0:
-                terms.update(reference_losses(render_geometry(self.raster, ref_cam, v, f), targets, cfg, step))
-                loss = sum(terms.values())
-            else:
-                cam = random_view(rng, ranges, frame, S)
-                out = render_geometry(self.raster, cam, v, f)
-                cond = self.isd.condition(cond_text, a.identity, a.landmarks_3d, [cam], frame.centre)
-                l_sd, info = self.isd(out["image"][None], cond, step, gen)
-                loss = terms["sd"] = cfg.w_sd(step) * l_sd
-                terms["t"] = info["t"][0]
-            consistency, lap = mesh_regularizers((v - centre) / frame.metres_per_unit, f)
-            loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * lap_scale * lap
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            surf.constrain()
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                log = {"step": step, **{k: x.item() for k, x in terms.items()}, "loss": loss.item()}
-                if not math.isfinite(log["loss"]):
-                    raise OptimizationError(
-                        f"the sculpt loss is not finite by step {step} ({log}); lower sculpt.lr or the loss weights"
-                    )
-                history.append(log)
+    def extract(self, step: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.report(step / steps, f"step {step + 1}/{steps}")
+        v, f = self.surf.extract()
+        if len(f) == 0:
+            raise OptimizationError(
+                f"the DMTet surface vanished at step {step} (every SDF value has one "
+                f"sign); lower sculpt.lr or raise the regularizer weights"
+            )
+        return v, f
 
-        report(0.95, "extracting the surface")
+    def fit_terms(self, raster: Any, mesh: tuple, step: int, cfg: ISDDMTetSculpt.Config) -> dict[str, Any]:
+        """The normal-fit phase: the stage-2 mesh's normal map at a random view."""
+        cam = random_view(self.rng, self.ranges, self.frame, cfg.render_size)
+        out = render_geometry(raster, cam, *mesh)
         with torch.no_grad():
-            v, f = surf.extract()
+            want = render_geometry(raster, cam, self.init_v, self.init_f)["image"]
+        return {"fit": cfg.w_fit(step) * F.mse_loss(out["image"], want)}
+
+    def reference_terms(self, raster: Any, mesh: tuple, step: int, cfg: ISDDMTetSculpt.Config) -> dict[str, Any]:
+        return reference_losses(render_geometry(raster, self.ref_cam, *mesh), self.targets, cfg, step)
+
+    def loss(self, terms: dict[str, Any], mesh: tuple, step: int, cfg: ISDDMTetSculpt.Config) -> torch.Tensor:
+        """This step's loss: its terms (``t`` is a record, not a loss) and the regularizers."""
+        v, f = mesh
+        loss = sum(x for k, x in terms.items() if k != "t")
+        consistency, lap = mesh_regularizers((v - self.centre) / self.frame.metres_per_unit, f)
+        loss = loss + cfg.w_normal_consistency(step) * consistency + cfg.w_laplacian(step) * self.lap_scale * lap
+        terms["loss"] = loss
+        return loss
+
+    def update(self, terms: dict[str, Any], step: int, cfg: ISDDMTetSculpt.Config) -> None:
+        self.opt.step()
+        self.surf.constrain()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            log = {"step": step, **{k: x.item() for k, x in terms.items()}}
+            if not math.isfinite(log["loss"]):
+                raise OptimizationError(
+                    f"the sculpt loss is not finite by step {step} ({log}); lower sculpt.lr or the loss weights"
+                )
+            self.history.append(log)
+
+    def finish(self, cfg: ISDDMTetSculpt.Config) -> SculptResult:
+        self.report(1.0, "extracting the surface")
+        with torch.no_grad():
+            v, f = self.surf.extract()
         vn, fn = largest_component(v.cpu().numpy().astype(np.float32), f.cpu().numpy().astype(np.int64))
         extracted = len(fn)
         if cfg.max_faces and len(fn) > cfg.max_faces:
-            report(0.97, "decimating")
             vn, fn = decimate(vn, fn, cfg.max_faces)
-        mirror, fw = transfer_attributes(vn, head)
-        out_mesh = HeadMesh(vertices=vn, faces=fn, mirror=mirror, face_weight=fw)
+        mirror, fw = transfer_attributes(vn, self.initial)
         info = {
-            "first": history[0] if history else {},
-            "last": history[-1] if history else {},
-            "losses": history,
-            "grid_vertices": int(len(surf.grid)),
-            "grid_tets": int(len(surf.tets)),
+            "first": self.history[0] if self.history else {},
+            "last": self.history[-1] if self.history else {},
+            "losses": self.history,
+            "grid_vertices": int(len(self.surf.grid)),
+            "grid_tets": int(len(self.surf.tets)),
             "extracted_faces": extracted,
             "faces": int(len(fn)),
         }
-        return SculptResult(mesh=out_mesh, info=info)
+        return SculptResult(mesh=HeadMesh(vertices=vn, faces=fn, mirror=mirror, face_weight=fw), info=info)
