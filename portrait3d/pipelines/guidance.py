@@ -19,13 +19,14 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .acceleration import autocast_dtype, compile_denoiser, prepare_modules
 from .camera import Camera
 from .landmark_image import landmark_image
 from .random_views import view_angles, view_direction
@@ -113,9 +114,13 @@ def id_embeds(identity: np.ndarray, device: torch.device | str, dtype: torch.dty
 
 
 class IDGuidance:
-    """ISD with the modules of a ControlNet pipeline (see ``models.diffusion``) that has the ID adapter."""
+    """ISD with the modules of a ControlNet pipeline (see ``models.diffusion``) that has the ID adapter.
 
-    def __init__(self, pipe: Any, settings: ISDSettings) -> None:
+    ``autocast`` and ``compile`` are ``DiffusionStageSettings``' settings of the same names: the UNet,
+    ControlNet and VAE run in that precision (the losses in float32), and the UNet + ControlNet call
+    compiled as asked (``compile_note`` says how it ended up)."""
+
+    def __init__(self, pipe: Any, settings: ISDSettings, autocast: str = "none", compile: str = "none") -> None:
         self.pipe, self.cfg = pipe, settings
         self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
@@ -123,6 +128,9 @@ class IDGuidance:
         self.num_train = int(pipe.scheduler.config.num_train_timesteps)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
         self._ip = ip_adapter_processors(self.unet)
+        self.amp_dtype = autocast_dtype(autocast, self.device)
+        prepare_modules([self.unet, self.controlnet, self.vae], self.device)
+        self._denoise, self.compile_note = compile_denoiser(self._denoise_eager, compile)
 
     @torch.no_grad()
     def text(self, prompt: str) -> torch.Tensor:
@@ -182,10 +190,17 @@ class IDGuidance:
             id_on=torch.tensor(id_on),
         )
 
+    def amp(self) -> Any:
+        """The autocast context of the diffusion models' forward passes (none without a dtype)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> latents ``(B, 4, H/8, W/8)`` (differentiable)."""
-        z = self.vae.encode(image.to(self.dtype) * 2 - 1).latent_dist.mean
-        return z * self.vae.config.scaling_factor
+        """``(B, 3, H, W)`` in [0, 1] -> latents ``(B, 4, H/8, W/8)`` (differentiable; float32 out)."""
+        with self.amp():
+            z = self.vae.encode(image.to(self.dtype) * 2 - 1).latent_dist.mean
+        return z.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
@@ -204,26 +219,43 @@ class IDGuidance:
     def _guided(
         self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float, id_scale: float
     ) -> torch.Tensor:
-        zin, tin = torch.cat([z_t, z_t]), torch.cat([t, t])
+        zin, tin = torch.cat([z_t, z_t]).to(self.dtype), torch.cat([t, t])
+        with ip_adapter_scale(self._ip, id_scale), self.amp():
+            eps = self._denoise(zin, tin, cond.text, cond.control, cond.id_embeds)
+        eps_u, eps_c = eps.float().chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    def _denoise_eager(
+        self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor, control: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's noise prediction ``(2B, 4, h, w)`` with the landmark ControlNet's residuals: the
+        hot path, one function of tensors so that it compiles to one graph."""
         down, mid = self.controlnet(
-            zin,
-            tin,
-            encoder_hidden_states=cond.text,
-            controlnet_cond=cond.control,
+            z,
+            t,
+            encoder_hidden_states=text,
+            controlnet_cond=control,
             conditioning_scale=self.cfg.control_scale,
             return_dict=False,
         )
-        with ip_adapter_scale(self._ip, id_scale):
-            eps = self.unet(
-                zin,
-                tin,
-                encoder_hidden_states=cond.text,
-                down_block_additional_residuals=down,
-                mid_block_additional_residual=mid,
-                added_cond_kwargs={"image_embeds": [cond.id_embeds]},
-            ).sample
-        eps_u, eps_c = eps.chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        return self.unet(
+            z,
+            t,
+            encoder_hidden_states=text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            added_cond_kwargs={"image_embeds": [ids]},
+        ).sample
+
+    @torch.no_grad()
+    def warm_up(self, batch: int, size: int, prompt: str = "a head") -> None:
+        """One denoising call of each kind (with and without the identity) at ``batch`` images of
+        ``size`` pixels: a compiled denoiser compiles here, not in a head's first step."""
+        cond = self.condition_with(prompt, np.zeros(512, np.float32), torch.zeros(batch, 3, size, size))
+        z = torch.zeros(batch, 4, size // 8, size // 8, device=self.device)
+        t = torch.full((batch,), self.num_train // 2, device=self.device)
+        for id_scale in (self.cfg.id_scale, 0.0):
+            self._guided(z, t, cond, 1.0, id_scale)
 
     def __call__(
         self,

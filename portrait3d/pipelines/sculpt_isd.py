@@ -256,7 +256,11 @@ class ISDDMTetSculpt:
                 id_max_azimuth=cfg.id_max_azimuth,
                 view_prompts=cfg.view_prompts,
             ),
+            autocast=cfg.autocast,
+            compile=cfg.compile,
         )
+        if cfg.compile != "none":
+            self.isd.warm_up(1, cfg.render_size)
         self.raster = get_rasterizer(cfg.rasterizer, self.device)
 
     def close(self) -> None:
@@ -282,7 +286,7 @@ class ISDDMTetSculpt:
         maps = (("normal", self.normal_ref), ("depth", self.depth_ref))
         for k, ((name, pipe), id_scale) in enumerate(zip(maps, cfg.reference_id_scales, strict=True)):
             ids = id_embeds(a.identity, self.device, pipe.unet.dtype)
-            with ip_adapter_scale(ip_adapter_processors(pipe.unet), id_scale):
+            with ip_adapter_scale(ip_adapter_processors(pipe.unet), id_scale), self.isd.amp():
                 img = pipe(
                     prompt=a.caption + cfg.reference_prompt_suffix.replace("{map}", name),
                     negative_prompt=cfg.reference_negative_prompt,

@@ -209,6 +209,19 @@ class DiffusionStageSettings(ModelRootSettings):
         "auto", "auto (nvdiffrast on CUDA), torch, nvdiffrast", choices=("auto", "torch", "nvdiffrast")
     )
     log_every: int = setting(50, "keep the losses of every N-th step (reading a loss waits for the GPU)", ge=1)
+    autocast: str = setting(
+        "auto",
+        "mixed precision of the diffusion models' forward passes (losses stay float32): auto (bf16 on CUDA, "
+        "none on CPU), bf16, fp16, none",
+        choices=("auto", "bf16", "fp16", "none"),
+    )
+    compile: str = setting(
+        "none",
+        "compile the UNet + ControlNet call of ISD and refinement: none, default, reduce-overhead (CUDA graphs), "
+        "max-autotune (torch.compile modes), or tensorrt (Torch-TensorRT where it imports and works, else "
+        "max-autotune, with a message)",
+        choices=("none", "default", "reduce-overhead", "max-autotune", "tensorrt"),
+    )
 
     def check_with(self, stage: str, stages: Mapping[str, Any]) -> None:
         """The ID adapter takes a 512-D ArcFace embedding: a 128-D dlib identity cannot condition it."""

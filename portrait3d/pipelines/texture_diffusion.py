@@ -166,7 +166,11 @@ class DiffusionTexture:
                 id_max_azimuth=360.0,  # the release's texture stage conditions every view on the identity
                 back_threshold=cfg.back_threshold,
             ),
+            autocast=cfg.autocast,
+            compile=cfg.compile,
         )
+        if cfg.compile != "none":
+            self.guide.warm_up(1, cfg.view_size)
         self.sr = None
         if cfg.deblur == "model" or (cfg.deblur == "auto" and root.has("super_resolution")):
             from .models.rrdbnet import RRDBNet
@@ -206,23 +210,24 @@ class DiffusionTexture:
 
         cfg, S = self.cfg, self.cfg.view_size
         ctrl = Image.fromarray((normal.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
-        out = self.pipe(
-            prompt=prompt,
-            negative_prompt=cfg.negative_prompt,
-            image=Image.fromarray(image),
-            mask_image=Image.fromarray(holes.astype(np.uint8) * 255),
-            control_image=ctrl,
-            height=S,
-            width=S,
-            num_inference_steps=cfg.inpaint_steps,
-            strength=cfg.inpaint_strength,
-            guidance_scale=cfg.inpaint_guidance,
-            controlnet_conditioning_scale=cfg.normal_scale,
-            ip_adapter_image_embeds=[id_embeds(identity, self.device, self.pipe.unet.dtype)],
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=step_callback(report or Reporter("texture"), cfg.inpaint_steps),
-        ).images[0]
+        with self.guide.amp():
+            out = self.pipe(
+                prompt=prompt,
+                negative_prompt=cfg.negative_prompt,
+                image=Image.fromarray(image),
+                mask_image=Image.fromarray(holes.astype(np.uint8) * 255),
+                control_image=ctrl,
+                height=S,
+                width=S,
+                num_inference_steps=cfg.inpaint_steps,
+                strength=cfg.inpaint_strength,
+                guidance_scale=cfg.inpaint_guidance,
+                controlnet_conditioning_scale=cfg.normal_scale,
+                ip_adapter_image_embeds=[id_embeds(identity, self.device, self.pipe.unet.dtype)],
+                generator=generator,
+                output_type="np",
+                callback_on_step_end=step_callback(report or Reporter("texture"), cfg.inpaint_steps),
+            ).images[0]
         return np.clip(out, 0, 1) * 255
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:

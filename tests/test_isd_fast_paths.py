@@ -1,5 +1,6 @@
-"""Several heads through one UNet (issue 17): K-batched ISD gives each head the gradient a call of its
-own would give, and the K-head sculpt makes the heads the one-head sculpt makes."""
+"""The paper profile's fast paths (issue 17): a compiled denoiser gives the eager ISD gradient;
+K-batched ISD gives each head the gradient a call of its own would give; the K-head sculpt makes the
+heads the one-head sculpt makes."""
 
 import dataclasses
 
@@ -78,3 +79,39 @@ def test_k_head_sculpt_makes_the_one_head_sculpts(sculpt, tiny_root, astronaut_a
         for h1, h2 in zip(one.info["losses"], many.info["losses"], strict=True):
             assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-3), h1["step"]
         assert abs(len(one.mesh.faces) - len(many.mesh.faces)) <= 0.01 * len(one.mesh.faces)
+
+
+def test_compiled_isd_gradient_equals_eager(sculpt, astronaut_analysis):
+    """The denoiser through torch.compile's graph capture (dynamo + AOT autograd; inductor's code
+    generation takes minutes on these CPUs, so it is traced with aot_eager) gives eager's gradient,
+    with and without the identity (two graphs: the ID adapter's scale is a guarded attribute)."""
+    from portrait3d.pipelines.acceleration import compile_denoiser
+
+    isd, lm = sculpt.isd, astronaut_analysis.landmarks_3d
+    cams = [Camera.orbit(10, 0, 0.6, 30, 64), Camera.orbit(160, 10, 0.6, 30, 64)]
+    cond = isd.condition("a head", _identity(3), lm, cams)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for compiled in (False, True):
+        eager = isd._denoise
+        if compiled:
+            isd._denoise, note = compile_denoiser(isd._denoise_eager, "default", backend="aot_eager")
+            assert note == "torch.compile aot_eager"
+        try:
+            img = images.clone().requires_grad_(True)
+            loss, _ = isd(img, cond, 1000, torch.Generator().manual_seed(4))
+            loss.backward()
+            grads.append(img.grad)
+        finally:
+            isd._denoise = eager
+    assert (grads[1] - grads[0]).norm() / grads[0].norm() < 1e-5
+
+
+def test_unavailable_tensorrt_says_why_and_compiles_with_pytorch():
+    from portrait3d.pipelines.acceleration import compile_denoiser, tensorrt_unavailable
+
+    why = tensorrt_unavailable()
+    if why is None:
+        pytest.skip("TensorRT works here")
+    fn, note = compile_denoiser(lambda x: x * 2, "tensorrt")
+    assert note.startswith("torch.compile max-autotune (") and why in note
