@@ -115,3 +115,36 @@ def test_unavailable_tensorrt_says_why_and_compiles_with_pytorch():
         pytest.skip("TensorRT works here")
     fn, note = compile_denoiser(lambda x: x * 2, "tensorrt")
     assert note.startswith("torch.compile max-autotune (") and why in note
+
+
+def test_geometry_pool_sculpts_heads_together(tiny_root, astronaut_analysis, tmp_path):
+    """``geometry.heads_per_worker``: the pool step on two heads writes what the one-head step writes."""
+    from portrait3d.engine import steps
+    from portrait3d.engine.config import build_engine_config
+    from portrait3d.errors import ConfigError
+    from portrait3d.pipelines.codec import decode, encode
+    from portrait3d.pipelines.pipeline import Portrait3D, RunContext
+    from portrait3d.pipelines.types import SculptResult
+
+    assert build_engine_config("paper", ["geometry.heads_per_worker=4"]).pools["geometry"].heads_per_worker == 4
+    with pytest.raises(ConfigError, match="only the geometry pool"):
+        build_engine_config("paper", ["texture.heads_per_worker=2"])
+    p3d = Portrait3D(build_profile_config("tiny", models=str(tiny_root)), stages=("init", "sculpt"))
+    analyses = [
+        dataclasses.replace(astronaut_analysis, identity=_identity(s), identity_model="arcface_test") for s in (1, 2)
+    ]
+    works = {}
+    for mode in ("alone", "together"):
+        works[mode] = [tmp_path / mode / str(i) for i in range(2)]
+        for w, a in zip(works[mode], analyses, strict=True):
+            w.mkdir(parents=True)
+            (w / steps.OUTPUTS["analysis"]).write_bytes(encode(a))
+    ctxs = [RunContext(), RunContext()]
+    for w in works["alone"]:
+        steps.run_geometry(p3d, str(w), RunContext())
+    steps.run_geometry_many(p3d, [str(w) for w in works["together"]], ctxs)
+    assert all("sculpt" in c.timings and "init" in c.timings for c in ctxs)
+    for w1, w2 in zip(works["alone"], works["together"], strict=True):
+        one, two = (decode((w / steps.OUTPUTS["geometry"]).read_bytes(), SculptResult) for w in (w1, w2))
+        assert one.info["last"]["loss"] == pytest.approx(two.info["last"]["loss"], rel=1e-3)
+    p3d.close()

@@ -49,7 +49,8 @@ def _stop(proc, tmp_path):
 
 
 def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_path, tiny_root):
-    """The paper profile's code (at toy sizes, on tiny random models) through the service."""
+    """The paper profile's code (at toy sizes, on tiny random models) through the service, its geometry
+    deployment sculpting two concurrent jobs at once (geometry.heads_per_worker=2)."""
     port = free_port()
     proc = _serve(
         [
@@ -65,13 +66,23 @@ def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_
             "max_upload_mb=8",
             "--pool",
             "geometry.max_size=1",
+            "--pool",
+            "geometry.heads_per_worker=2",
         ],
         tmp_path,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        record = _one_head(url)
+        ids = [
+            requests.post(f"{url}/v1/heads", files={"image": ("a.png", png_bytes(img))}, timeout=60).json()["id"]
+            for img in (astronaut(), astronaut()[:, ::-1].copy())
+        ]
+        done = [wait_job(url, i) for i in ids]
+        assert [s["status"] for s in done] == ["done", "done"], done
+        # Sculpted in one call: both jobs carry that call's time.
+        assert done[0]["timings"]["sculpt"] == done[1]["timings"]["sculpt"] > 0
+        record = requests.get(f"{url}/v1/heads/{ids[0]}/head.json", timeout=30).json()
         assert record["profile"] == "tiny" and record["config"]["impls"]["sculpt"] == "isd_dmtet"
         assert (tmp_path / "data" / "jobs.sqlite").is_file()  # the embedded store, in the data folder
         big = requests.post(f"{url}/v1/heads", files={"image": ("a.png", b"\x89PNG" + bytes(9 * 2**20))}, timeout=60)

@@ -204,7 +204,7 @@ def build_dataset(blocks: list[Any], output: str, config: PipelineConfig, engine
             ds = ds.map_batches(
                 worker,
                 fn_constructor_kwargs={"config": config, "output": output, "pool": pool, "batch": engine.batch},
-                batch_size=1,
+                batch_size=pool.heads_per_worker,
                 compute=ray.data.ActorPoolStrategy(
                     min_size=pool.warm_size(), max_size=pool.max_size, max_tasks_in_flight_per_actor=1
                 ),

@@ -49,6 +49,14 @@ class PoolConfig:
     )
     max_size: int = setting(1, "most workers the pool autoscales to", ge=1)
     torch_threads: int = setting(0, "torch intra-op threads per worker; 0: num_cpus rounded down, at least 1", ge=0)
+    heads_per_worker: int = setting(
+        1,
+        "heads a worker works on at once: the geometry pool sculpts them together, their ISD steps through "
+        "one UNet (the paper profile on a GPU); other pools take 1. With batch.head_timeout_s the heads go "
+        "one at a time",
+        ge=1,
+        le=64,
+    )
 
     def validate(self) -> None:
         if self.max_size < self.min_size:
@@ -163,6 +171,8 @@ def build_engine_config(profile: str, overrides: list[str] | None = None, worker
             values.update(min_size=workers, max_size=workers)
         values.update(ov.get(name, {}))
         pools[name] = make_config(PoolConfig, values, name)
+        if name != "geometry" and pools[name].heads_per_worker != 1:
+            raise ConfigError(f"{name}.heads_per_worker: only the geometry pool works on several heads at once")
     return EngineConfig(pools=pools, batch=make_config(BatchSettings, ov.get("batch", {}), "batch"))
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "run_analysis",
     "run_export",
     "run_geometry",
+    "run_geometry_many",
     "run_texture",
 ]
 
@@ -74,6 +75,17 @@ def run_geometry(p3d: Portrait3D, work_uri: str, ctx: RunContext) -> None:
     analysis = _read(work_uri, "analysis", PortraitAnalysis)
     initial = p3d.initialize(analysis, ctx)
     storage.write_bytes(storage.join(work_uri, OUTPUTS["geometry"]), encode(p3d.sculpt(analysis, initial, ctx)))
+
+
+def run_geometry_many(p3d: Portrait3D, work_uris: list[str], ctxs: list[RunContext]) -> None:
+    """Stages 2-4 of several heads, sculpted together (``Portrait3D.sculpt_many``): what each would
+    be alone, with the heads' ISD steps through one UNet."""
+    todo = [(w, c) for w, c in zip(work_uris, ctxs, strict=True) if not pool_done("geometry", w)]
+    analyses = [_read(w, "analysis", PortraitAnalysis) for w, _ in todo]
+    initials = [p3d.initialize(a, c) for a, (_, c) in zip(analyses, todo, strict=True)]
+    results = p3d.sculpt_many(analyses, initials, [c for _, c in todo])
+    for (w, _), result in zip(todo, results, strict=True):
+        storage.write_bytes(storage.join(w, OUTPUTS["geometry"]), encode(result))
 
 
 def run_texture(p3d: Portrait3D, work_uri: str, ctx: RunContext) -> None:

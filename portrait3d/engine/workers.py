@@ -67,10 +67,37 @@ class StageWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = batch_to_rows(batch)
-        for row in rows:
-            if row["status"] == "pending":
-                self._guarded(row)
+        pending = [row for row in rows if row["status"] == "pending"]
+        if len(pending) > 1 and not self.batch.head_timeout_s and self._together(pending):
+            return rows_to_batch(rows)
+        for row in pending:
+            self._guarded(row)
         return rows_to_batch(rows)
+
+    def _together(self, rows: list[dict[str, Any]]) -> bool:
+        """Work on several heads at once where the pool can (``process_many``); False when it cannot, or
+        when that failed (a typed error or a bug in one head): then they go one at a time, so that only
+        the head that fails becomes an error row."""
+        started = time.time()
+        ctxs = [RunContext() for _ in rows]
+        try:
+            if not self.process_many(rows, ctxs):
+                return False
+        except Exception as e:
+            log.warning("%d heads together failed (%s: %s); one at a time", len(rows), type(e).__name__, e)
+            return False
+        for row, ctx in zip(rows, ctxs, strict=True):
+            for stage, seconds in ctx.timings.items():
+                row[TIMING_COLUMNS[stage]] = float(seconds)
+            workers = json.loads(row["workers_json"])
+            workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3)}
+            workers[self.pool]["heads_together"] = len(rows)
+            row["workers_json"] = json.dumps(workers)
+        return True
+
+    def process_many(self, rows: list[dict[str, Any]], ctxs: list[RunContext]) -> bool:
+        """Several heads at once; False where the pool works on one head at a time."""
+        return False
 
     def _guarded(self, row: dict[str, Any]) -> None:
         started = time.time()
@@ -166,6 +193,10 @@ class GeometryWorker(StageWorker):
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         steps.run_geometry(self.p3d, row["work_uri"], ctx)
+
+    def process_many(self, rows: list[dict[str, Any]], ctxs: list[RunContext]) -> bool:
+        steps.run_geometry_many(self.p3d, [row["work_uri"] for row in rows], ctxs)
+        return True
 
 
 class TextureWorker(StageWorker):

@@ -182,9 +182,16 @@ class Ingress:
     """The FastAPI routes, one instance per ingress replica, with its dispatcher. (Serve serializes the
     class where it is decorated: what its methods use is defined above it.)"""
 
-    def __init__(self, handles: dict[str, Any], args: dict[str, Any], on_demand: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        handles: dict[str, Any],
+        args: dict[str, Any],
+        on_demand: tuple[str, ...] = (),
+        together: tuple[str, ...] = (),
+    ) -> None:
         """``handles``: the stage deployments by pool; ``on_demand``: those that scale to zero, which
-        ``/readyz`` does not wake (a request to them starts a replica, and a GPU node for it)."""
+        ``/readyz`` does not wake (a request to them starts a replica, and a GPU node for it);
+        ``together``: those that gather concurrent jobs (``heads_per_worker`` > 1)."""
         self.settings: ServeSettings = serve_settings(args)
         s = self.settings
         self.handles = handles
@@ -204,7 +211,7 @@ class Ingress:
                 allow_methods=["*"],
                 allow_headers=["Authorization", "Content-Type"],
             )
-        self.dispatcher = Dispatcher(self.store, handles, s, self._job_config, self._paths)
+        self.dispatcher = Dispatcher(self.store, handles, s, self._job_config, self._paths, together)
         self._task = asyncio.get_running_loop().create_task(self.dispatcher.run())
 
     # -- helpers ---------------------------------------------------------------------------

@@ -40,13 +40,13 @@ def deployment_options(pool: PoolConfig) -> dict[str, Any]:
         actor["memory"] = int(pool.memory_gb * 2**30)
     return {
         "ray_actor_options": actor,
-        "max_ongoing_requests": 1,
+        "max_ongoing_requests": pool.heads_per_worker,
         "logging_config": LOGGING,
         "autoscaling_config": {
             "min_replicas": pool.min_size,
             "max_replicas": pool.max_size,
             "initial_replicas": pool.min_size,
-            "target_ongoing_requests": 1,
+            "target_ongoing_requests": pool.heads_per_worker,
             "upscale_delay_s": 5,
             "downscale_delay_s": 60,
         },
@@ -64,12 +64,13 @@ def build_app(args: dict[str, Any]) -> Application:
     plain = settings.to_args()
     handles = {
         name: StageDeployment.options(name=name, **deployment_options(engine.pools[name])).bind(
-            name, plain, engine.pools[name].threads()
+            name, plain, engine.pools[name].threads(), engine.pools[name].heads_per_worker
         )
         for name in POOLS
     }
     on_demand = tuple(name for name in POOLS if engine.pools[name].min_size == 0)
-    return Ingress.options(logging_config=LOGGING).bind(handles, plain, on_demand)
+    together = tuple(name for name in POOLS if engine.pools[name].heads_per_worker > 1)
+    return Ingress.options(logging_config=LOGGING).bind(handles, plain, on_demand, together)
 
 
 def _local_ray(profile: str, pools: dict[str, Any], address: str | None) -> None:

@@ -62,8 +62,11 @@ class Dispatcher:
         settings: ServeSettings,
         config_of: Callable[[Job], PipelineConfig],
         paths_of: Callable[[Job], tuple[str, str]],
+        together: tuple[str, ...] = (),
     ) -> None:
+        """``together``: pools whose jobs go through ``run_together`` (gathered into one call)."""
         self.store, self.handles, self.settings = store, handles, settings
+        self.together = together
         self.config_of, self.paths_of = config_of, paths_of
         self.owner = f"dispatcher-{secrets.token_hex(6)}"
         self.driving: dict[str, asyncio.Task] = {}
@@ -129,7 +132,8 @@ class Dispatcher:
         attempts = job.attempts
         while True:
             try:
-                return await self.handles[pool].run.remote(job.id, config, work_uri, bundle_uri, dict(job.timings))
+                method = self.handles[pool].run_together if pool in self.together else self.handles[pool].run
+                return await method.remote(job.id, config, work_uri, bundle_uri, dict(job.timings))
             except Exception as e:
                 if not replica_died(e):
                     raise

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from typing import Any
@@ -72,15 +74,18 @@ class JobChannel:
 @serve.deployment(max_ongoing_requests=1, health_check_period_s=10)
 class StageDeployment:
     """One pool's stages, warm. ``run`` does the pool's work on one job; the analysis pool's
-    ``analyze`` runs on an upload before its job exists (its errors are the request's 4xx)."""
+    ``analyze`` runs on an upload before its job exists (its errors are the request's 4xx); the
+    geometry pool's ``run_together`` gathers up to ``heads`` concurrent jobs (``heads_per_worker``)
+    and sculpts them at once."""
 
-    def __init__(self, pool: str, args: dict[str, Any], threads: int = 1) -> None:
+    def __init__(self, pool: str, args: dict[str, Any], threads: int = 1, heads: int = 1) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
         if pool not in POOL_STAGES:
             raise ValueError(f"unknown pool {pool!r}")
         self.pool = pool
+        self._together.set_max_batch_size(max(1, int(heads)))
         self.settings = serve_settings(args)
         s = self.settings
         self.store = JobStore(s.store_url())
@@ -133,3 +138,51 @@ class StageDeployment:
                 for name in steps.BUNDLE_FILES
             }
         return result
+
+    async def run_together(
+        self, job_id: str, config: PipelineConfig, work_uri: str, bundle_uri: str, timings: dict[str, float]
+    ) -> dict[str, Any]:
+        """``run`` of the geometry pool, gathered with the other jobs that arrive within 0.5 s (up to
+        ``heads``) into one ``sculpt_many``."""
+        out = await self._together((job_id, config, work_uri, bundle_uri, timings))
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.5)
+    async def _together(self, items: list[tuple]) -> list[Any]:
+        return await asyncio.to_thread(self._geometry_many, items)
+
+    def _geometry_many(self, items: list[tuple]) -> list[Any]:
+        """Each job's ``run`` result, or the error its head alone raised: jobs with the same settings go
+        through the geometry step together; if that fails they go one at a time (so that only the job
+        whose head fails gets the error)."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, (job_id, config, work_uri, _, _) in enumerate(items):
+            if steps.pool_done("geometry", work_uri):
+                results[i] = {"timings": {}, "skipped": True}
+            elif self.store.stage_started(job_id, "geometry"):
+                results[i] = CancelledError(CANCELLED_BY_CLIENT)
+            else:
+                groups.setdefault(config.fingerprint(), []).append(i)
+        for group in groups.values():
+            p3d = self.cache.driver(items[group[0]][1], POOL_STAGES["geometry"])
+            try:
+                with contextlib.ExitStack() as stack:
+                    channels = [
+                        stack.enter_context(JobChannel(self.store, items[i][0], "geometry", self.settings.poll_s))
+                        for i in group
+                    ]
+                    ctxs = [ch.context(items[i][4]) for ch, i in zip(channels, group, strict=True)]
+                    steps.run_geometry_many(p3d, [items[i][2] for i in group], ctxs)
+                for i, ctx in zip(group, ctxs, strict=True):
+                    results[i] = {"timings": {k: v for k, v in ctx.timings.items() if k in POOL_STAGES["geometry"]}}
+                    results[i]["skipped"] = False
+            except Exception:
+                for i in group:
+                    try:
+                        results[i] = self.run(*items[i])
+                    except Exception as e:
+                        results[i] = e
+        return results
