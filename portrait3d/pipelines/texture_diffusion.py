@@ -177,8 +177,8 @@ class DiffusionTexture:
 
             weights = root.file("super_resolution", (".safetensors", ".pth", ".pt", ".bin"))
             self.sr = RRDBNet.from_state_dict(root.load_weights("super_resolution", weights)).to(self.device)
-        self.raster = get_rasterizer("torch")  # the atlas and visibility work on CPU arrays
-        self.view_raster = get_rasterizer(cfg.rasterizer, self.device)
+        # Every render (the atlas, visibility and depth maps too) on the stage's device: nvdiffrast on CUDA.
+        self.raster = self.view_raster = get_rasterizer(cfg.rasterizer, self.device)
         self.unwrapper = UVUnwrapper()
 
     def close(self) -> None:

@@ -101,26 +101,33 @@ def texel_surface(
     raster: Rasterizer, mesh: HeadMesh, uv: np.ndarray, uv_faces: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rasterize the atlas: per texel triangle id ``(T, T)``, barycentrics ``(T, T, 3)``, surface point
-    and normal ``(T, T, 3)``."""
-    u = torch.tensor(uv, dtype=torch.float32)
+    and normal ``(T, T, 3)`` (on the rasterizer's device: nvdiffrast on CUDA)."""
+    dev = raster_device(raster)
+    u = torch.tensor(uv, dtype=torch.float32, device=dev)
     pos = torch.stack([u[:, 0] * 2 - 1, 1 - u[:, 1] * 2, torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])], 1)
-    rast = raster.rasterize(pos, torch.tensor(uv_faces), (size, size))
-    v = torch.tensor(mesh.vertices, dtype=torch.float32)
-    faces = torch.tensor(mesh.faces)
+    rast = raster.rasterize(pos, torch.tensor(uv_faces, device=dev), (size, size))
+    v = torch.tensor(mesh.vertices, dtype=torch.float32, device=dev)
+    faces = torch.tensor(mesh.faces, device=dev)
     n = vertex_normals(v, faces)
     # uv_faces and mesh.faces index the same triangles, so interpolate on the mesh's own corners.
-    p = raster.interpolate(v, rast, faces).numpy()
-    nn = torch.nn.functional.normalize(raster.interpolate(n, rast, faces), dim=-1).numpy()
-    return rast.tri_id.numpy(), rast.bary.numpy(), p, nn
+    p = raster.interpolate(v, rast, faces).cpu().numpy()
+    nn = torch.nn.functional.normalize(raster.interpolate(n, rast, faces), dim=-1).cpu().numpy()
+    return rast.tri_id.cpu().numpy(), rast.bary.cpu().numpy(), p, nn
+
+
+def raster_device(raster: Rasterizer) -> torch.device:
+    """Where a rasterizer works (the torch backend: the CPU)."""
+    return torch.device(getattr(raster, "device", "cpu"))
 
 
 def depth_map(raster: Rasterizer, mesh: HeadMesh, cam: Camera) -> np.ndarray:
     """Camera depth ``(H, W)`` of the mesh at ``cam``, ``inf`` off the mesh."""
-    v = torch.tensor(mesh.vertices, dtype=torch.float64)
-    tri = torch.tensor(mesh.faces)
+    dev = raster_device(raster)
+    v = torch.tensor(mesh.vertices, dtype=torch.float64, device=dev)
+    tri = torch.tensor(mesh.faces, device=dev)
     rast = raster.rasterize(cam.clip(v).float(), tri, (cam.height, cam.width))
-    z = raster.interpolate(cam.to_camera(v)[:, 2:].float(), rast, tri)[..., 0].numpy()
-    return np.where(rast.mask.numpy(), z, np.inf)
+    z = raster.interpolate(cam.to_camera(v)[:, 2:].float(), rast, tri)[..., 0].cpu().numpy()
+    return np.where(rast.mask.cpu().numpy(), z, np.inf)
 
 
 def pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ class NvdiffrastRasterizer:
     name = "nvdiffrast"
 
     def __init__(self, device: torch.device):
+        self.device = torch.device(device)
         self.ctx = dr.RasterizeCudaContext(device=device)
 
     def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> Rast:
