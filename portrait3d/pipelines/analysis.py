@@ -53,6 +53,22 @@ class MediapipeAnalysis:
         head_center_depth: float = setting(0.1, "head centre behind the face's sides, in face widths", ge=0, le=3)
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
+        remove_hands: bool = setting(True, "cut hands (mediapipe's hand landmarks, with a margin) out of the head mask")
+        one_person: bool = setting(
+            True,
+            "keep only the person mediapipe's pose model segments (other people's arms and bodies beside the "
+            "head are cut); without a pose found, the person segmentation alone",
+        )
+        head_halfwidth: float = setting(
+            1.0,
+            "the head mask reaches at most this far to each side of the face's midline, in face widths "
+            "(arms, hands and neighbours beside the head are cut)",
+            gt=0,
+            le=5,
+        )
+        head_top: float = setting(
+            1.0, "the head mask reaches at most this far above the forehead, in face heights", gt=0, le=5
+        )
         canny_low: int = setting(60, "canny lower threshold", ge=0, le=1000)
         canny_high: int = setting(150, "canny upper threshold", ge=0, le=1000)
         identity: str = setting(
@@ -102,6 +118,18 @@ class MediapipeAnalysis:
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._pose = (
+            mp.solutions.pose.Pose(
+                static_image_mode=True, enable_segmentation=True, model_complexity=1, min_detection_confidence=0.3
+            )
+            if cfg.one_person
+            else None
+        )
+        self._hands = (
+            mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=4, min_detection_confidence=0.5)
+            if cfg.remove_hands
+            else None
+        )
         spec = cfg.identity
         root = None
         wants_root = spec == "arcface" or "model" in (cfg.caption, cfg.face_parsing)
@@ -126,8 +154,9 @@ class MediapipeAnalysis:
             self.parser = FaceParser(root.folder("face_parsing"))
 
     def close(self) -> None:
-        for m in (self._detector, self._mesh, self._segmenter):
-            m.close()
+        for m in (self._detector, self._mesh, self._segmenter, self._pose, self._hands):
+            if m is not None:
+                m.close()
 
     def detect_faces(self, image: np.ndarray) -> list[tuple[float, tuple[float, float, float, float]]]:
         """``(H, W, 3)`` uint8 -> ``[(score, (x0, y0, x1, y1))]`` in pixels, largest first."""
@@ -187,6 +216,8 @@ class MediapipeAnalysis:
             lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
         )
         person = self._segmenter.process(crop).segmentation_mask > 0.5
+        if self._pose is not None:
+            person &= self.this_person(crop)
         face = landmark_face_mask(lm, S)
         if self.parser is not None:
             parsed_face, parsed_head = self.parse(crop)
@@ -194,7 +225,11 @@ class MediapipeAnalysis:
                 face, person = parsed_face, parsed_head
             else:
                 notes.append("face parsing disagreed with the landmarks; the masks come from the landmarks")
-        mask = head_mask(person, lm, cfg.neck_length, cfg.neck_width)
+        clutter = ~head_bounds(lm, S, cfg.head_halfwidth, cfg.head_top)
+        if self._hands is not None:  # on the whole photo: a hand at the crop's edge is found there
+            clutter |= hand_regions([(h - box[:2]) * scale for h in self.hands(img)], S)
+        clutter &= ~face  # a hand in front of the face still leaves the face
+        mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
         report(0.6, "head mask")
@@ -225,11 +260,55 @@ class MediapipeAnalysis:
             face_mask=face & mask,
         )
 
+    def this_person(self, crop: np.ndarray) -> np.ndarray:
+        """``(S, S)`` bool: the one person the pose model segments in the crop (grown by 2% of the crop,
+        so that it trims other people, not this one's hair), or everything when it finds none."""
+        seg = self._pose.process(crop).segmentation_mask
+        if seg is None:
+            return np.ones(crop.shape[:2], bool)
+        k = max(3, crop.shape[0] // 50) | 1
+        return cv2.dilate((seg > 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+
+    def hands(self, image: np.ndarray) -> list[np.ndarray]:
+        """Each hand mediapipe finds in ``image (H, W, 3)``: its 21 landmarks ``(21, 2)`` in pixels."""
+        H, W = image.shape[:2]
+        res = self._hands.process(np.ascontiguousarray(image))
+        return [np.array([[p.x * W, p.y * H] for p in h.landmark]) for h in res.multi_hand_landmarks or []]
+
     def parse(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(face mask, head mask) of the crop by the face-parsing role."""
         from .face_parsing import parsed_masks
 
         return parsed_masks(self.parser(crop), self.parser.names)
+
+
+def hand_regions(hands: list[np.ndarray], size: int, margin: float = 0.25) -> np.ndarray:
+    """``(S, S)`` bool: each hand's landmark hull grown by ``margin`` of the hand's size (fingers beyond
+    the landmarks, what they hold)."""
+    m = np.zeros((size, size), np.uint8)
+    for pts in hands:
+        hull = cv2.convexHull(pts.astype(np.float32))
+        cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
+        grow = max(1, int(margin * np.ptp(pts, axis=0).max()))
+        m = np.maximum(m, cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)))
+    return m.astype(bool)
+
+
+def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float) -> np.ndarray:
+    """``(S, S)`` bool: where a head can be, in the face's upright frame: below ``top`` face heights above
+    the forehead, and within ``halfwidth`` face widths of the face's midline from mid-face up, narrowing
+    to 0.75 of that at the chin (a jaw with its hair is narrower than a cranium with its hair)."""
+    chin, forehead = lm_px[CHIN, :2], lm_px[FOREHEAD, :2]
+    face_h = np.linalg.norm(forehead - chin)
+    face_w = np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2])
+    up = (forehead - chin) / face_h
+    right = np.array([-up[1], up[0]])
+    mid = lm_px[list(FACE_SIDES), :2].mean(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    d = np.stack([xx - mid[0], yy - mid[1]], -1)
+    along = np.stack([xx - chin[0], yy - chin[1]], -1) @ up
+    taper = np.clip(0.75 + 0.5 * along / face_h, 0.75, 1.0)
+    return (np.abs(d @ right) <= taper * halfwidth * face_w) & (along <= (1 + top) * face_h)
 
 
 def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
