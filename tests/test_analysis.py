@@ -111,3 +111,35 @@ def test_depth_scale_scales_the_relief(astronaut_analysis):
     _, _, _, flat = lift_landmarks(lm, 512, 20, 0.09, 0.1, depth_scale=0.5)
     _, _, _, full = lift_landmarks(lm, 512, 20, 0.09, 0.1, depth_scale=1.0)
     assert _relief(flat, 4) == pytest.approx(0.5 * _relief(full, 4), rel=0.03)
+
+
+@pytest.mark.parametrize("name, hands_near", [("card_table_3", False), ("card_table_4", True)])
+def test_hands_arms_and_neighbours_stay_out_of_the_head_mask(analysis_stage, name, hands_near):
+    """A real cluttered photo (people at a card table): the hands mediapipe finds (run here on the whole
+    photo, on its own) and the neighbours' arms beside the head are not part of the head mask."""
+    import mediapipe as mp
+
+    from portrait3d.pipelines.analysis import head_mask as cut_at_neck
+    from portrait3d.testing import card_table_portraits
+
+    img = card_table_portraits()[name]
+    a = analyze(analysis_stage, png_bytes(img))
+    S = a.crop.shape[0]
+    x0, y0, x1, y1 = a.crop_box
+    scale = S / (x1 - x0)
+    with mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=4) as hands:
+        found = hands.process(img).multi_hand_landmarks or []
+    H, W = img.shape[:2]
+    face = a.face_mask
+    for hand in found:
+        pts = np.array([[(p.x * W - x0) * scale, (p.y * H - y0) * scale] for p in hand.landmark]).astype(int)
+        inside = (pts >= 0).all(1) & (pts < S).all(1)
+        pts = pts[inside]
+        on_face = face[pts[:, 1], pts[:, 0]]
+        assert not a.head_mask[pts[~on_face, 1], pts[~on_face, 0]].any(), "a hand is in the head mask"
+    # The person segmentation alone (what the mask was made from before) reaches much wider here.
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        person = seg.process(a.crop).segmentation_mask > 0.5
+    before = cut_at_neck(person, a.landmarks_px, 0.45, 0.8)
+    assert a.head_mask.sum() < 0.95 * before.sum()
+    assert bool(found) or not hands_near  # the chip-holding hand by the chin is found
