@@ -5,8 +5,10 @@ included, nothing carried over from another head.
 
     python benchmarks/bench_generate.py [PHOTO ...] [--repeat N]
 
-With no photo it uses the two real portraits that ship in scikit-image and matplotlib.
-Targets (issue 2): <= 60 s and < 4 GB per head on a 2-core machine.
+With no photo it uses the two real portraits that ship in scikit-image and matplotlib, and the
+card-table photo's crops when setup.sh has fetched it. Targets (issue 15): <= 30 s per head (the
+stages; ``total`` adds loading the models, which a warm worker or service pays once) and < 4 GB
+peak resident memory on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _one(path: str, out: str, q: mp.Queue) -> None:
         {
             "load": load,
             **rec["timings_s"],
+            "head": total - load,
             "total": total,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         }
@@ -47,9 +50,16 @@ def default_photos(tmp: Path) -> list[str]:
     import skimage.data
     from PIL import Image
 
+    from portrait3d.testing import INSIGHTFACE_WHEEL, card_table_portraits
+
     astro = tmp / "astronaut.png"
     Image.fromarray(skimage.data.astronaut()).save(astro)
-    return [str(astro), str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")]
+    photos = [str(astro), str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")]
+    if INSIGHTFACE_WHEEL.is_file():
+        for name in ("card_table_1", "card_table_4"):
+            Image.fromarray(card_table_portraits()[name]).save(tmp / f"{name}.png")
+            photos.append(str(tmp / f"{name}.png"))
+    return photos
 
 
 def main() -> None:
@@ -60,7 +70,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="p3d-bench-"))
     photos = args.photos or default_photos(tmp)
     ctx = mp.get_context("spawn")
-    cols = ["load", "analysis", "init", "sculpt", "texture", "export", "total", "peak_rss_gb"]
+    cols = ["load", "analysis", "init", "sculpt", "texture", "export", "head", "total", "peak_rss_gb"]
     print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}")
     print(f"{'photo':<28}" + "".join(f"{c:>12}" for c in cols))
     rows = []
@@ -73,11 +83,11 @@ def main() -> None:
             p.join()
             rows.append(r)
             print(f"{Path(photo).name[:27]:<28}" + "".join(f"{r[c]:>12.2f}" for c in cols), flush=True)
-    worst_t = max(r["total"] for r in rows)
+    worst_t = max(r["head"] for r in rows)
     worst_m = max(r["peak_rss_gb"] for r in rows)
     print(
-        f"worst: {worst_t:.1f} s per head (target <= 60), {worst_m:.2f} GB peak (target < 4): "
-        f"{'PASS' if worst_t <= 60 and worst_m < 4 else 'FAIL'}"
+        f"worst: {worst_t:.1f} s per head (target <= 30), {max(r['total'] for r in rows):.1f} s with loading, "
+        f"{worst_m:.2f} GB peak (target < 4): {'PASS' if worst_t <= 30 and worst_m < 4 else 'FAIL'}"
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -87,6 +88,13 @@ class ClassicalTexture:
             ge=0,
             le=180,
         )
+        nape_height: float = setting(
+            0.6,
+            "height of the back of the head's hairline, from the nose's base (0) down to the chin (1): "
+            "a nape hairline sits about at the mouth",
+            ge=-1,
+            le=2,
+        )
         prior_distance: float = setting(
             12.0, "view pixels from known colour over which inpainting hands over to the ring prior", gt=0, le=1000
         )
@@ -111,7 +119,8 @@ class ClassicalTexture:
         face = photo & (fw >= FACE_TEXEL)
         ring = photo & (fw < FACE_TEXEL)
         hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
-        nape = float(a.landmarks_3d[NOSE_BASE, 1])
+        base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
+        nape = base + self.cfg.nape_height * (chin - base)
         return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
