@@ -2,7 +2,8 @@
 
 Face detection on the whole image (full-range model, the largest face when several), a square
 head-and-shoulders crop around it, 478 landmarks on the crop, head pose and the reference camera,
-a head mask (person segmentation cut at the neck), a canny map, and an identity embedding.
+a head mask (the person segmentation of the one person the pose model segments, hands cut out,
+within a head's reach of the face, cut at the neck), a canny map, and an identity embedding.
 
 Example:
     >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())                       # doctest: +SKIP
