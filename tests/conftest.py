@@ -67,6 +67,28 @@ def tiny_root(tmp_path_factory):
     return build_tiny_root(tmp_path_factory.mktemp("tiny_models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sculpt(tiny_root):
+    """The tiny profile's ``isd_dmtet`` sculpt stage on the tiny root (loaded once per session)."""
+    from portrait3d.pipelines.config import build_profile_config
+    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt
+
+    stage = ISDDMTetSculpt(build_profile_config("tiny", models=str(tiny_root)).stages["sculpt"])
+    yield stage
+    stage.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_texture(tiny_root):
+    """The tiny profile's ``diffusion`` texture stage on the tiny root (loaded once per session)."""
+    from portrait3d.pipelines.config import build_profile_config
+    from portrait3d.pipelines.texture_diffusion import DiffusionTexture
+
+    stage = DiffusionTexture(build_profile_config("tiny", models=str(tiny_root)).stages["texture"])
+    yield stage
+    stage.close()
+
+
 #: Settings that make a head in about 2 s: for tests of plumbing, not of head quality.
 QUICK_HEAD = [
     "init.subdivisions=4",

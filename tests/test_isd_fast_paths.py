@@ -16,12 +16,8 @@ from portrait3d.pipelines.types import InitInput, SculptInput
 
 
 @pytest.fixture(scope="module")
-def sculpt(tiny_root):
-    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt
-
-    stage = ISDDMTetSculpt(build_profile_config("tiny", models=str(tiny_root)).stages["sculpt"])
-    yield stage
-    stage.close()
+def sculpt(tiny_sculpt):
+    return tiny_sculpt
 
 
 def _identity(seed):

@@ -137,11 +137,8 @@ def arcface_analysis(tiny_root, astronaut_png):
 
 
 @pytest.fixture(scope="module")
-def sculpt_stage(tiny_root):
-    cfg = build_profile_config("tiny", models=str(tiny_root)).stages["sculpt"]
-    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt
-
-    return ISDDMTetSculpt(cfg)
+def sculpt_stage(tiny_sculpt):
+    return tiny_sculpt
 
 
 def test_isd_gradient_reaches_the_dmtet_parameters_and_the_uv_map(sculpt_stage, arcface_analysis):

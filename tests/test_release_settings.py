@@ -132,21 +132,13 @@ def test_refinement_losses_are_the_releases():
 
 
 @pytest.fixture(scope="module")
-def sculpt_isd_stage(tiny_root):
-    from portrait3d.pipelines.sculpt_isd import ISDDMTetSculpt
-
-    stage = ISDDMTetSculpt(build_profile_config("tiny", models=str(tiny_root)).stages["sculpt"])
-    yield stage
-    stage.close()
+def sculpt_isd_stage(tiny_sculpt):
+    return tiny_sculpt
 
 
 @pytest.fixture(scope="module")
-def texture_stage(tiny_root):
-    from portrait3d.pipelines.texture_diffusion import DiffusionTexture
-
-    stage = DiffusionTexture(build_profile_config("tiny", models=str(tiny_root)).stages["texture"])
-    yield stage
-    stage.close()
+def texture_stage(tiny_texture):
+    return tiny_texture
 
 
 def test_refinement_targets_follow_the_releases_ddim(texture_stage):

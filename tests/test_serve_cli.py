@@ -64,6 +64,8 @@ def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_
             str(tiny_root),
             "--set",
             "max_upload_mb=8",
+            "--set",
+            "together_wait_s=30",  # the second upload's analysis finishes a second or two after the first's
             "--pool",
             "geometry.max_size=1",
             "--pool",

@@ -17,22 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError
-
 TEMPLATE = "a person"
 
 
 class Captioner:
     def __init__(self, folder: str | Path, max_new_tokens: int = 30):
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        try:
-            self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModelForImageTextToText.from_pretrained(str(folder), local_files_only=True).eval()
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot load the caption role from {folder}: {e}") from None
+        from .models.diffusion import from_folder, quiet_libraries
+
+        quiet_libraries()
+        self.processor = from_folder(AutoProcessor, folder, "the caption role")
+        self.model = from_folder(AutoModelForImageTextToText, folder, "the caption role").eval()
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, image: np.ndarray) -> str:

@@ -60,15 +60,12 @@ class FaceParser:
 
     def __init__(self, folder: str | Path) -> None:
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True).eval()
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot load the face_parsing role from {folder}: {e}") from None
+        from .models.diffusion import from_folder, quiet_libraries
+
+        quiet_libraries()
+        self.processor = from_folder(AutoImageProcessor, folder, "the face_parsing role")
+        self.model = from_folder(AutoModelForSemanticSegmentation, folder, "the face_parsing role").eval()
         id2label = self.model.config.id2label
         self.names = [str(id2label[i]).lower() for i in range(len(id2label))]
         unknown = sorted(set(self.names) - set(CELEBAMASK_HQ))

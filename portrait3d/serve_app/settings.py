@@ -58,6 +58,13 @@ class ServeSettings:
     max_attempts: int = setting(
         3, "times a job may be interrupted (its dispatcher or a stage replica died) before it fails", ge=1, le=100
     )
+    together_wait_s: float = setting(
+        0.5,
+        "how long a stage deployment that takes several heads at once (heads_per_worker > 1) waits for "
+        "more jobs before it starts the ones it has, seconds",
+        ge=0,
+        le=600,
+    )
     poll_s: float = setting(
         0.5, "how often dispatchers look for jobs and stages look for a cancel, seconds", gt=0, le=60
     )

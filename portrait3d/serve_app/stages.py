@@ -85,8 +85,9 @@ class StageDeployment:
         if pool not in POOL_STAGES:
             raise ValueError(f"unknown pool {pool!r}")
         self.pool = pool
-        self._together.set_max_batch_size(max(1, int(heads)))
         self.settings = serve_settings(args)
+        self._together.set_max_batch_size(max(1, int(heads)))
+        self._together.set_batch_wait_timeout_s(self.settings.together_wait_s)
         s = self.settings
         self.store = JobStore(s.store_url())
         self.cache = StageCache()
@@ -142,8 +143,8 @@ class StageDeployment:
     async def run_together(
         self, job_id: str, config: PipelineConfig, work_uri: str, bundle_uri: str, timings: dict[str, float]
     ) -> dict[str, Any]:
-        """``run`` of the geometry pool, gathered with the other jobs that arrive within 0.5 s (up to
-        ``heads``) into one ``sculpt_many``."""
+        """``run`` of the geometry pool, gathered with the other jobs that arrive within
+        ``together_wait_s`` (up to ``heads``) into one ``sculpt_many``."""
         out = await self._together((job_id, config, work_uri, bundle_uri, timings))
         if isinstance(out, BaseException):
             raise out

@@ -19,7 +19,9 @@ from ..stage import Reporter
 from .root import ModelRoot
 
 
-def _from_pretrained(cls: type, folder: str | Path, what: str, **kw: Any) -> Any:
+def from_folder(cls: type, folder: str | Path, what: str, **kw: Any) -> Any:
+    """``cls.from_pretrained`` of a local folder (a diffusers or transformers class); a ModelError naming
+    ``what`` when it cannot load."""
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, **kw)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -31,8 +33,8 @@ def load_vae(root: ModelRoot, base: str | None = None, dtype: torch.dtype = torc
     from diffusers import AutoencoderKL
 
     if base is not None and "vae/config.json" in root.entry(base)["files"]:
-        return _from_pretrained(AutoencoderKL, root.folder(base) / "vae", f"{base} vae", torch_dtype=dtype)
-    return _from_pretrained(AutoencoderKL, root.folder("vae"), "vae", torch_dtype=dtype)
+        return from_folder(AutoencoderKL, root.folder(base) / "vae", f"{base} vae", torch_dtype=dtype)
+    return from_folder(AutoencoderKL, root.folder("vae"), "vae", torch_dtype=dtype)
 
 
 def load_scheduler(folder: Path, what: str, own: bool = False) -> Any:
@@ -46,7 +48,7 @@ def load_scheduler(folder: Path, what: str, own: bool = False) -> Any:
         cls = getattr(diffusers, str(name), None)
         if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
             raise ModelError(f"{what}: {name!r} is not a diffusers scheduler")
-    return _from_pretrained(cls, folder, what)
+    return from_folder(cls, folder, what)
 
 
 def _read_config(path: Path, what: str) -> dict:
@@ -73,7 +75,7 @@ def load_controlnet_pipeline(
     ControlNet roles (several become a multi-ControlNet), and the ID adapter. Its VAE is the shared
     ``vae`` role and its scheduler DDIM; with ``own_components``, the base's own VAE (where it carries
     one) and its own scheduler class, as a plain pipeline of that repository samples."""
-    _quiet_libraries()
+    quiet_libraries()
     from diffusers import (
         ControlNetModel,
         StableDiffusionControlNetInpaintPipeline,
@@ -83,13 +85,13 @@ def load_controlnet_pipeline(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = root.folder(base)
-    nets = [_from_pretrained(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
+    nets = [from_folder(ControlNetModel, root.folder(c), c, torch_dtype=dtype) for c in controlnets]
     cls = StableDiffusionControlNetInpaintPipeline if inpaint else StableDiffusionControlNetPipeline
     pipe = cls(
         vae=load_vae(root, base if own_components else None, dtype),
-        text_encoder=_from_pretrained(CLIPTextModel, folder / "text_encoder", f"{base} text encoder", dtype=dtype),
-        tokenizer=_from_pretrained(CLIPTokenizer, folder / "tokenizer", f"{base} tokenizer"),
-        unet=_from_pretrained(UNet2DConditionModel, folder / "unet", f"{base} unet", torch_dtype=dtype),
+        text_encoder=from_folder(CLIPTextModel, folder / "text_encoder", f"{base} text encoder", dtype=dtype),
+        tokenizer=from_folder(CLIPTokenizer, folder / "tokenizer", f"{base} tokenizer"),
+        unet=from_folder(UNet2DConditionModel, folder / "unet", f"{base} unet", torch_dtype=dtype),
         controlnet=nets[0] if len(nets) == 1 else nets,
         scheduler=load_scheduler(folder / "scheduler", f"{base} scheduler", own=own_components),
         safety_checker=None,
@@ -108,7 +110,7 @@ def load_controlnet_pipeline(
     return pipe.to(device)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our own progress reporting replaces the libraries' loading bars and advice (e.g. on the safety
     checker, which a head generator has no use for); their warnings and errors still show."""
     import transformers
@@ -133,7 +135,7 @@ def with_controlnet(pipe: Any, root: ModelRoot, role: str, **replace: Any) -> An
     in ``replace`` (e.g. ``vae=``, ``scheduler=``) instead of ``pipe``'s."""
     from diffusers import ControlNetModel
 
-    net = _from_pretrained(ControlNetModel, root.folder(role), role, torch_dtype=pipe.unet.dtype)
+    net = from_folder(ControlNetModel, root.folder(role), role, torch_dtype=pipe.unet.dtype)
     out = type(pipe)(**{**pipe.components, **replace, "controlnet": net})
     out.set_progress_bar_config(disable=True)
     _freeze(out)
