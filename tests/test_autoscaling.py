@@ -22,7 +22,7 @@ def test_burst_scales_gpu_groups_from_zero_and_back(tmp_path):
     service = by_kind(render("overlays/gpu-prod"), "RayService")[0]
     timeline = run_burst(
         service,
-        distinct_portraits(4),
+        distinct_portraits(2),
         data=str(tmp_path / "data"),
         port=free_port(),
         settings=QUICK_HEAD,
@@ -41,7 +41,7 @@ def test_burst_scales_gpu_groups_from_zero_and_back(tmp_path):
         assert max(r["replicas"][pool] for r in rows) >= 1, pool
         assert max(r["nodes"][group] for r in rows) >= 1, group
     # every job done
-    assert [s["status"] for s in timeline.statuses.values()] == ["done"] * 4, timeline.statuses
+    assert [s["status"] for s in timeline.statuses.values()] == ["done"] * 2, timeline.statuses
     # after idle: back to zero GPU replicas and zero GPU nodes
     assert last["replicas"]["geometry"] == last["replicas"]["texture"] == 0
     assert all(last["nodes"][g] == 0 for g in GPU_GROUPS), last

@@ -190,6 +190,9 @@ def mesh_sdf(
     return np.where(side < 0, -dist, dist)
 
 
+MIN_BAND_CELLS = 4
+
+
 class DMTetSurface:
     """SDF values and vertex offsets on a tet grid: the parameters DMTet optimises.
 
@@ -247,7 +250,10 @@ class DMTetSurface:
         ext = float((hi - lo).max() / 2 + margin)
         local = (v - centre) / ext
         if band > 0:
-            cubes = band_cubes(resolution, surface_points(local, faces, 20 * resolution**2), band / ext)
+            # At least MIN_BAND_CELLS each side: a band a couple of cells thin has boundary edges across
+            # the surface, where the surface opens (seen at resolution 32 with a 2-cell band).
+            width = max(band / ext, MIN_BAND_CELLS * 2.0 / resolution)
+            cubes = band_cubes(resolution, surface_points(local, faces, 20 * resolution**2), width)
             verts, tets, boundary = kuhn_grid(resolution, cubes, with_boundary=True)
         else:
             verts, tets = cached_kuhn_grid(resolution, cache_dir)
