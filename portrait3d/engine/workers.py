@@ -87,12 +87,7 @@ class StageWorker:
             log.warning("%d heads together failed (%s: %s); one at a time", len(rows), type(e).__name__, e)
             return False
         for row, ctx in zip(rows, ctxs, strict=True):
-            for stage, seconds in ctx.timings.items():
-                row[TIMING_COLUMNS[stage]] = float(seconds)
-            workers = json.loads(row["workers_json"])
-            workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3)}
-            workers[self.pool]["heads_together"] = len(rows)
-            row["workers_json"] = json.dumps(workers)
+            self._record(row, ctx, started, heads_together=len(rows))
         return True
 
     def process_many(self, rows: list[dict[str, Any]], ctxs: list[RunContext]) -> bool:
@@ -110,10 +105,14 @@ class StageWorker:
         except Exception as e:  # a bug must cost one row, not the run; the traceback goes to the log
             log.error("internal error on %s:\n%s", row["input_uri"], traceback.format_exc())
             mark_error(row, self.pool, type(e).__name__, f"internal error: {e}")
+        self._record(row, ctx, started)
+
+    def _record(self, row: dict[str, Any], ctx: RunContext, started: float, **extra: Any) -> None:
+        """The head's stage timings and where and when this pool worked on it, into its row."""
         for stage, seconds in ctx.timings.items():
             row[TIMING_COLUMNS[stage]] = float(seconds)
         workers = json.loads(row["workers_json"])
-        workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3)}
+        workers[self.pool] = {**self.where, "started": round(started, 3), "finished": round(time.time(), 3), **extra}
         row["workers_json"] = json.dumps(workers)
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:

@@ -299,17 +299,23 @@ def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float) -> n
     """``(S, S)`` bool: where a head can be, in the face's upright frame: below ``top`` face heights above
     the forehead, and within ``halfwidth`` face widths of the face's midline from mid-face up, narrowing
     to 0.75 of that at the chin (a jaw with its hair is narrower than a cranium with its hair)."""
+    along, _, face_w, face_h = upright_frame(lm_px, size, lm_px[CHIN, :2])
+    _, across, _, _ = upright_frame(lm_px, size, lm_px[list(FACE_SIDES), :2].mean(0))
+    taper = np.clip(0.75 + 0.5 * along / face_h, 0.75, 1.0)
+    return (np.abs(across) <= taper * halfwidth * face_w) & (along <= (1 + top) * face_h)
+
+
+def upright_frame(lm_px: np.ndarray, size: int, origin: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every pixel's coordinates in the face's upright frame from ``origin``: (along the chin-to-forehead
+    axis, across it) ``(S, S)`` each, pixels, and the face's width and height."""
     chin, forehead = lm_px[CHIN, :2], lm_px[FOREHEAD, :2]
-    face_h = np.linalg.norm(forehead - chin)
-    face_w = np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2])
+    face_h = float(np.linalg.norm(forehead - chin))
+    face_w = float(np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2]))
     up = (forehead - chin) / face_h
     right = np.array([-up[1], up[0]])
-    mid = lm_px[list(FACE_SIDES), :2].mean(0)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    d = np.stack([xx - mid[0], yy - mid[1]], -1)
-    along = np.stack([xx - chin[0], yy - chin[1]], -1) @ up
-    taper = np.clip(0.75 + 0.5 * along / face_h, 0.75, 1.0)
-    return (np.abs(d @ right) <= taper * halfwidth * face_w) & (along <= (1 + top) * face_h)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    d = np.stack([xx + 0.5 - origin[0], yy + 0.5 - origin[1]], -1)
+    return d @ up, d @ right, face_w, face_h
 
 
 def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
@@ -326,16 +332,8 @@ def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_wi
     Keeps the head (hair included) and a neck band under the chin; cuts shoulders and body.
     """
     S = person.shape[0]
-    chin = lm_px[CHIN, :2]
-    face_h = np.linalg.norm(lm_px[CHIN, :2] - lm_px[FOREHEAD, :2])
-    face_w = np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2])
     # Work in the face's upright frame so that a tilted head is cut along its own neck.
-    up = lm_px[FOREHEAD, :2] - chin
-    up /= np.linalg.norm(up)
-    right = np.array([-up[1], up[0]])
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
-    d = np.stack([xx + 0.5 - chin[0], yy + 0.5 - chin[1]], -1)
-    along, across = d @ up, d @ right
+    along, across, face_w, face_h = upright_frame(lm_px, S, lm_px[CHIN, :2])
     # Beside the neck, cut from jaw height (a fraction of the face above the chin tip): collars and
     # shoulders rise that high; the face itself is added back from its landmark hull below.
     below_chin = along < 0.2 * face_h

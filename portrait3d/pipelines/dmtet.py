@@ -286,10 +286,6 @@ class DMTetSurface:
         v, f = marching_tets(pos, self.sdf, self.tets)
         return self.centre + v * self.extent, f
 
-    def to_unit(self, v: torch.Tensor) -> torch.Tensor:
-        """Metres -> grid units (the grid cube is [-1, 1]^3)."""
-        return (v - self.centre) / self.extent
-
 
 def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0, with_faces: bool = False):
     """``(n + N, 3)`` area-uniform points on a mesh, then its ``N`` vertices (and, with ``with_faces``,

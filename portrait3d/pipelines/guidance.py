@@ -181,7 +181,7 @@ class IDGuidance:
         B = len(control)
         angles = [view_angles(cam, target) for cam in cameras] if cameras is not None else [None] * B
         texts = [self.text(self.view_prompt(prompt, *a) if a else prompt).chunk(2) for a in angles]
-        id_on = [a is None or abs((a[0] + 180.0) % 360.0 - 180.0) < self.cfg.id_max_azimuth for a in angles]
+        id_on = [a is None or abs(a[0]) < self.cfg.id_max_azimuth for a in angles]  # view_angles: (-180, 180]
         control = control.to(self.device, self.dtype)
         return Condition(
             text=torch.cat([u for u, _ in texts] + [c for _, c in texts]),

@@ -64,11 +64,6 @@ def aligned_depth_mse(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(fitted, pred)
 
 
-def total_variation(t: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring texels of ``t (C, H, W)``."""
-    return (t[:, 1:] - t[:, :-1]).abs().mean() + (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
-
-
 def squared_total_variation(img: torch.Tensor) -> torch.Tensor:
     """The release's total variation of ``img (C, H, W)``: the sum of squared differences to the next
     row and the next column (the last row and column repeated)."""

@@ -182,23 +182,31 @@ class Portrait3D:
     def run_stage(self, name: str, inputs: Any, ctx: RunContext | None = None) -> Any:
         """Run stage ``name`` on its typed ``inputs``: seeded, deterministic, timed into ``ctx.timings``,
         reporting to ``ctx.progress``; raises CancelledError once ``ctx.cancel`` is set."""
-        ctx = ctx or RunContext()
+        return self._run(name, [inputs], [ctx or RunContext()], lambda stage, ins, reps: [stage(ins[0], reps[0])])[0]
+
+    def _run(self, name: str, inputs: list[Any], ctxs: list[RunContext], call: Any) -> list[Any]:
+        """``call(stage, inputs, reporters)`` of stage ``name`` on several heads' typed ``inputs``: seeded
+        once (each head draws what a run of its own would), deterministic, timed into every ``ctx``."""
         try:
             stage = self.stages[name]
         except KeyError:
             raise RuntimeError(f"this Portrait3D was built without the {name!r} stage") from None
         want = INTERFACES[name][1]
-        if not isinstance(inputs, want):
-            raise TypeError(f"the {name} stage takes a {want.__name__}, not a {type(inputs).__name__}")
-        report = ctx.reporter(name)
-        report(0.0, "")
+        for inp in inputs:
+            if not isinstance(inp, want):
+                raise TypeError(f"the {name} stage takes a {want.__name__}, not a {type(inp).__name__}")
+        reports = [c.reporter(name) for c in ctxs]
+        for r in reports:
+            r(0.0, "")
         t0 = time.perf_counter()
         with deterministic_torch():
             seed_everything(self.config.seed)
-            out = stage(inputs, report)
-        ctx.timings[name] = round(time.perf_counter() - t0, 3)
-        if ctx.progress is not None:
-            ctx.progress(name, 1.0, "")
+            out = call(stage, inputs, reports)
+        seconds = round(time.perf_counter() - t0, 3)
+        for c in ctxs:
+            c.timings[name] = seconds
+            if c.progress is not None:
+                c.progress(name, 1.0, "")
         return out
 
     def load(self, src: str | Path | bytes | DecodedImage, name: str | None = None) -> DecodedImage:
@@ -228,22 +236,10 @@ class Portrait3D:
         """Stages 3-4 of several heads at once, each as :meth:`sculpt` would make it: a sculpt stage
         with ``sculpt_many`` (the paper profile's batches the heads' ISD through one UNet) takes
         them together, any other one at a time. Timed and reported per head."""
-        stage = self.stages["sculpt"]
-        if len(analyses) == 1 or not hasattr(stage, "sculpt_many"):
+        if len(analyses) == 1 or not hasattr(self.stages.get("sculpt"), "sculpt_many"):
             return [self.sculpt(a, m, c) for a, m, c in zip(analyses, initials, ctxs, strict=True)]
-        reports = [c.reporter("sculpt") for c in ctxs]
-        for r in reports:
-            r(0.0, "")
-        t0 = time.perf_counter()
-        with deterministic_torch():
-            seed_everything(self.config.seed)  # each head draws what a run of its own would
-            out = stage.sculpt_many([SculptInput(a, m) for a, m in zip(analyses, initials, strict=True)], reports)
-        seconds = round(time.perf_counter() - t0, 3)
-        for c in ctxs:
-            c.timings["sculpt"] = seconds
-            if c.progress is not None:
-                c.progress("sculpt", 1.0, "")
-        return out
+        inputs = [SculptInput(a, m) for a, m in zip(analyses, initials, strict=True)]
+        return self._run("sculpt", inputs, ctxs, lambda stage, ins, reps: stage.sculpt_many(ins, reps))
 
     def paint(self, analysis: PortraitAnalysis, mesh: HeadMesh, ctx: RunContext | None = None) -> TexturedHead:
         """Stage 5."""

@@ -71,6 +71,11 @@ class JobChannel:
         self._watcher.join()
 
 
+def pool_timings(pool: str, ctx: RunContext) -> dict[str, float]:
+    """The timings of ``pool``'s own stages in ``ctx`` (it also holds the earlier pools')."""
+    return {k: v for k, v in ctx.timings.items() if k in POOL_STAGES[pool]}
+
+
 @serve.deployment(max_ongoing_requests=1, health_check_period_s=10)
 class StageDeployment:
     """One pool's stages, warm. ``run`` does the pool's work on one job; the analysis pool's
@@ -129,7 +134,7 @@ class StageDeployment:
                     steps.run_texture(p3d, work_uri, ctx)
                 else:
                     steps.run_export(p3d, work_uri, bundle_uri, ctx)
-            result["timings"] = {k: v for k, v in ctx.timings.items() if k in POOL_STAGES[self.pool]}
+            result["timings"] = pool_timings(self.pool, ctx)
         if self.pool == "export":
             result["files"] = {
                 name: {
@@ -178,8 +183,7 @@ class StageDeployment:
                     ctxs = [ch.context(items[i][4]) for ch, i in zip(channels, group, strict=True)]
                     steps.run_geometry_many(p3d, [items[i][2] for i in group], ctxs)
                 for i, ctx in zip(group, ctxs, strict=True):
-                    results[i] = {"timings": {k: v for k, v in ctx.timings.items() if k in POOL_STAGES["geometry"]}}
-                    results[i]["skipped"] = False
+                    results[i] = {"timings": pool_timings("geometry", ctx), "skipped": False}
             except Exception:
                 for i in group:
                     try:

@@ -178,10 +178,11 @@ def _pull_role(folder: Path, src: HubSource, cache_dir: str | Path | None, name:
         except Exception as e:  # network, gated repository, not in the offline cache
             raise ModelError(f"role {name}: cannot fetch {src.repo_id}/{repo_path}: {type(e).__name__}: {e}") from None
         want = src.sha256.get(repo_path)
-        if want and storage.sha256(cached) != want:
+        got = storage.sha256(cached) if want else None
+        if got != want:
             raise ModelError(
                 f"role {name}: {src.repo_id}/{repo_path} at {src.revision} is not the pinned file "
-                f"(SHA-256 {storage.sha256(cached)[:12]}..., expected {want[:12]}...)"
+                f"(SHA-256 {got[:12]}..., expected {want[:12]}...)"
             )
         rel = repo_path[len(src.subfolder) + 1 :] if src.subfolder else repo_path
         _link_or_copy(Path(cached), staging / rel)
