@@ -143,3 +143,13 @@ def test_hands_arms_and_neighbours_stay_out_of_the_head_mask(analysis_stage, nam
     before = cut_at_neck(person, a.landmarks_px, 0.45, 0.8)
     assert a.head_mask.sum() < 0.95 * before.sum()
     assert bool(found) or not hands_near  # the chip-holding hand by the chin is found
+
+
+def test_each_hand_is_grown_by_its_own_margin():
+    from portrait3d.pipelines.analysis import hand_regions
+
+    small = np.array([[10, 10], [14, 10], [12, 14]], float)  # 4 px across: grown by 1 px
+    big = np.array([[60, 60], [100, 60], [80, 100]], float)  # 40 px across: grown by 10 px
+    alone = hand_regions([small], 128)
+    both = hand_regions([small, big], 128)
+    assert np.array_equal(both[:40, :40], alone[:40, :40])  # the big hand does not grow the small one

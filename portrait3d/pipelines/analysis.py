@@ -286,13 +286,13 @@ class MediapipeAnalysis:
 def hand_regions(hands: list[np.ndarray], size: int, margin: float = 0.25) -> np.ndarray:
     """``(S, S)`` bool: each hand's landmark hull grown by ``margin`` of the hand's size (fingers beyond
     the landmarks, what they hold)."""
-    m = np.zeros((size, size), np.uint8)
+    m = np.zeros((size, size), bool)
     for pts in hands:
-        hull = cv2.convexHull(pts.astype(np.float32))
-        cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
+        one = np.zeros((size, size), np.uint8)
+        cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts.astype(np.float32))).astype(np.int32), 1)
         grow = max(1, int(margin * np.ptp(pts, axis=0).max()))
-        m = np.maximum(m, cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)))
-    return m.astype(bool)
+        m |= cv2.dilate(one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)) > 0
+    return m
 
 
 def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float) -> np.ndarray:
