@@ -102,7 +102,7 @@ def texel_surface(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rasterize the atlas: per texel triangle id ``(T, T)``, barycentrics ``(T, T, 3)``, surface point
     and normal ``(T, T, 3)`` (on the rasterizer's device: nvdiffrast on CUDA)."""
-    dev = raster_device(raster)
+    dev = raster.device
     u = torch.tensor(uv, dtype=torch.float32, device=dev)
     pos = torch.stack([u[:, 0] * 2 - 1, 1 - u[:, 1] * 2, torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])], 1)
     rast = raster.rasterize(pos, torch.tensor(uv_faces, device=dev), (size, size))
@@ -115,14 +115,9 @@ def texel_surface(
     return rast.tri_id.cpu().numpy(), rast.bary.cpu().numpy(), p, nn
 
 
-def raster_device(raster: Rasterizer) -> torch.device:
-    """Where a rasterizer works (the torch backend: the CPU)."""
-    return torch.device(getattr(raster, "device", "cpu"))
-
-
 def depth_map(raster: Rasterizer, mesh: HeadMesh, cam: Camera) -> np.ndarray:
     """Camera depth ``(H, W)`` of the mesh at ``cam``, ``inf`` off the mesh."""
-    dev = raster_device(raster)
+    dev = raster.device
     v = torch.tensor(mesh.vertices, dtype=torch.float64, device=dev)
     tri = torch.tensor(mesh.faces, device=dev)
     rast = raster.rasterize(cam.clip(v).float(), tri, (cam.height, cam.width))

@@ -29,6 +29,8 @@ class Rast:
 
 
 class Rasterizer(Protocol):
+    device: torch.device  # where its inputs and outputs live
+
     def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> Rast: ...
 
     def interpolate(self, attr: torch.Tensor, rast: Rast, tri: torch.Tensor) -> torch.Tensor: ...

@@ -38,6 +38,7 @@ def _edge_bary(x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: torch.Ten
 
 class TorchRasterizer:
     name = "torch"
+    device = torch.device("cpu")
 
     def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> Rast:
         """Clip positions ``(V, 4)``, triangles ``(F, 3)`` -> :class:`Rast` at ``(H, W)``."""
