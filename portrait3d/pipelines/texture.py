@@ -16,6 +16,7 @@ or an inpainting view (before the push-pull fill, which reaches every texel).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -111,7 +112,13 @@ class ClassicalTexture:
         self.unwrapper.close()
 
     def ring_prior(
-        self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+        self,
+        a: PortraitAnalysis,
+        pts: np.ndarray,
+        colors: np.ndarray,
+        source: np.ndarray,
+        fw: np.ndarray,
+        check: Callable[[], None],
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`ring_prior` over the photo's non-face texels, with the ones unlike the face's skin as
         hair for the back of the head, down to the nape (the height of the nose's base)."""
@@ -121,7 +128,7 @@ class ClassicalTexture:
         hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
         base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
         nape = base + self.cfg.nape_height * (chin - base)
-        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth)
+        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth, check)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -156,7 +163,7 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head.
-        prior, hold = self.ring_prior(a, pts, colors, source, fw) if cfg.ring_prior else (None, None)
+        prior, hold = self.ring_prior(a, pts, colors, source, fw, report.check) if cfg.ring_prior else (None, None)
 
         # 4. Progressive inpainting along the trajectory.
         views = trajectory_cameras(cam, cfg.view_size)

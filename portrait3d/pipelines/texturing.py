@@ -284,6 +284,7 @@ def ring_prior(
     hair: np.ndarray | None = None,
     hair_min_y: float = 0.0,
     back_azimuth_deg: float = 100.0,
+    check: Callable[[], None] = lambda: None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head, and
     ``(P,)`` how firmly they hold (1: over any colour inpainted from the seen side).
@@ -295,7 +296,8 @@ def ring_prior(
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
     the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them,
     the two sides blended across the midline; these hold firmly, from 0 at
-    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it.
+    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every
+    ``QUERY_CHUNK`` texels and may raise to cancel.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
     # between runs on the same input (measured), which changed nearest neighbours below.
@@ -315,11 +317,11 @@ def ring_prior(
             continue
         q = side == sd
         if back.any() and (ring & hair).sum() >= RING_MIN_TEXELS:
-            preds.append(_continue_ring(elev, az, colors, ring & hair, back, max_gap_deg=90, k=BACK_NEIGHBOURS))
+            preds.append(_continue_ring(elev, az, colors, ring & hair, back, 90, check, k=BACK_NEIGHBOURS))
             # Each side's hair fades into the other's across the back's midline.
             weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
             q = q & ~back
-        out[q] = _continue_ring(elev, az, colors, ring, q, max_gap_deg=8)
+        out[q] = _continue_ring(elev, az, colors, ring, q, 8, check)
     if preds:
         w = np.stack(weights)[..., None]
         out[back] = (np.stack(preds) * w).sum(0) / w.sum(0)
@@ -331,6 +333,7 @@ RING_MIN_TEXELS = 50
 BACK_RAMP_DEG = 30.0
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
+QUERY_CHUNK = 1 << 15  # texels per nearest-neighbour query between cancel checks (about 0.1 s at k=32)
 
 
 def _continue_ring(
@@ -340,6 +343,7 @@ def _continue_ring(
     ring: np.ndarray,
     q: np.ndarray,
     max_gap_deg: float,
+    check: Callable[[], None],
     k: int = 1,
 ) -> np.ndarray:
     """Colours for the texels ``q`` from the ``ring`` texels (both ``(P,)`` bool), as in :func:`ring_prior`:
@@ -350,8 +354,12 @@ def _continue_ring(
     a = np.where(a > hi, hi - np.mod(a - hi, width), a)  # reflect back into the ring
     tree = cKDTree(np.stack([elev[ring], 0.5 * az[ring]], 1))
     k = min(k, int(ring.sum()))
-    _, nn = tree.query(np.stack([elev[q], 0.5 * a], 1), k=k)
-    nn = nn.reshape(len(a), k)
+    where = np.stack([elev[q], 0.5 * a], 1)
+    nn = np.empty((len(a), k), np.int64)
+    for lo_row in range(0, len(a), QUERY_CHUNK):
+        check()
+        rows = slice(lo_row, lo_row + QUERY_CHUNK)
+        nn[rows] = tree.query(where[rows], k=k, workers=-1)[1].reshape(-1, k)
     c = colors[ring][nn].mean(1)
     c[np.abs(elev[ring][nn[:, 0]] - elev[q]) > np.radians(max_gap_deg)] = np.nan
     return c
