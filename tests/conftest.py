@@ -206,3 +206,48 @@ def wait_job(
             return s
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not reach {statuses} within {timeout} s: {s}")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def serve_process(args: list[str], cwd: Path):
+    """``portrait3d serve ARGS`` as a person runs it: its own process group and local Ray instance,
+    its output in ``cwd/serve.log``."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    log = open(cwd / "serve.log", "w")  # noqa: SIM115 (the process writes it until it ends)
+    return subprocess.Popen(
+        [sys.executable, "-m", "portrait3d.cli", "serve", *args],
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+        cwd=cwd,
+    )
+
+
+def stop_serve_process(proc, cwd: Path) -> None:
+    """Ctrl-C, as a person stops it; it must end cleanly within 90 s and say so."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=90) in (0, 130)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stopped" in (cwd / "serve.log").read_text()
+
+
+def repository_serve_config(port: int, **args) -> dict:
+    """The repository's Serve config file (``deploy/serve/serve.yaml``) on ``port``, with ``args``
+    added to the application's."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "deploy" / "serve" / "serve.yaml").read_text())
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"].update(args)
+    return config

@@ -1,7 +1,7 @@
-"""The HTTP service on a local Ray instance (Serve, the ingress and the four stage deployments, the
-embedded SQLite job store), driven over loopback HTTP: jobs end to end, files and ETags, every bad
-request's 4xx, auth, limits, server-sent events, cancel, webhooks, and the web page in Debian's
-headless Chromium."""
+"""The HTTP service as `portrait3d serve --config deploy/serve/serve.yaml` runs it (its own local Ray
+instance, Serve, the ingress and the four stage deployments, the embedded SQLite job store), driven
+over loopback HTTP: jobs end to end, files and ETags, every bad request's 4xx, auth, limits,
+server-sent events, cancel, webhooks, and the web page in Debian's headless Chromium."""
 
 import hashlib
 import io
@@ -19,9 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 from PIL import Image
 
-from .conftest import QUICK_HEAD, astronaut, free_port, png_bytes, wait_job, wait_ready
+from .conftest import (
+    QUICK_HEAD,
+    astronaut,
+    free_port,
+    png_bytes,
+    repository_serve_config,
+    serve_process,
+    stop_serve_process,
+    wait_job,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-for-tests"
@@ -38,33 +49,34 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, s3_server):
-    import ray
-    from ray import serve
-
-    from portrait3d.serve_app.app import start_local
-
-    os.environ["P3D_TEST_TOKEN"] = TOKEN  # before Ray starts: its worker processes inherit it
+    """``portrait3d serve --config`` with the repository's Serve config file (deploy/serve/serve.yaml),
+    its application's args extended for these tests; stopped with Ctrl-C at the end."""
+    os.environ["P3D_TEST_TOKEN"] = TOKEN  # the service's process, and its Ray workers, inherit it
     root = tmp_path_factory.mktemp("service")
     inputs = root / "inputs"
     inputs.mkdir()
     Image.fromarray(astronaut()).save(inputs / "astronaut.png")
-    args = {
-        "profile": "fast",
-        "data": str(root / "data"),
-        "settings": QUICK_HEAD,
-        "token_env": "P3D_TEST_TOKEN",
-        "input_roots": [str(inputs)],
-        "max_active_per_client": 3,
-        "webhook_hosts": ["127.0.0.1"],
-        "lease_s": 5,
-        "poll_s": 0.25,
-    }
-    url = start_local(args, "127.0.0.1", free_port())
-    wait_ready(url)
-    yield Service(url, {"Authorization": f"Bearer {TOKEN}"}, root / "data", inputs)
-    serve.shutdown()
-    ray.shutdown()
-    os.environ.pop("P3D_TEST_TOKEN", None)
+    port = free_port()
+    config = repository_serve_config(
+        port,
+        data=str(root / "data"),
+        settings=QUICK_HEAD,
+        token_env="P3D_TEST_TOKEN",
+        input_roots=[str(inputs)],
+        max_active_per_client=3,
+        webhook_hosts=["127.0.0.1"],
+        lease_s=5,
+        poll_s=0.25,
+    )
+    (root / "serve.yaml").write_text(yaml.safe_dump(config))
+    proc = serve_process(["--config", str(root / "serve.yaml")], root)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        yield Service(url, {"Authorization": f"Bearer {TOKEN}"}, root / "data", inputs)
+    finally:
+        stop_serve_process(proc, root)
+        os.environ.pop("P3D_TEST_TOKEN", None)
 
 
 def submit(service, data: bytes | None = None, name="astronaut.png", **fields):

@@ -1,58 +1,33 @@
-"""`portrait3d serve` as a person runs it: a process that starts its own local Ray instance and serves
-until Ctrl-C, with flags or with a Ray Serve config file (the one in deploy/serve)."""
+"""`portrait3d serve` as a person runs it with flags: a process that starts its own local Ray instance
+and serves until Ctrl-C; and a bad config file refused. (The repository's config file serves the
+whole HTTP suite in test_serve.py.)"""
 
-import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from .conftest import QUICK_HEAD, astronaut, free_port, png_bytes, wait_job, wait_ready
+from .conftest import (
+    astronaut,
+    free_port,
+    png_bytes,
+    repository_serve_config,
+    serve_process,
+    stop_serve_process,
+    wait_job,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _serve(args, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the process writes it until it ends)
-    return subprocess.Popen(
-        [sys.executable, "-m", "portrait3d.cli", "serve", *args],
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-        cwd=tmp_path,
-    )
-
-
-def _one_head(url):
-    r = requests.post(f"{url}/v1/heads", files={"image": ("a.png", png_bytes(astronaut()))}, timeout=60)
-    assert r.status_code == 202, r.text
-    s = wait_job(url, r.json()["id"])
-    assert s["status"] == "done", s
-    return requests.get(f"{url}/v1/heads/{s['id']}/head.json", timeout=30).json()
-
-
-def _stop(proc, tmp_path):
-    proc.send_signal(signal.SIGINT)
-    try:
-        assert proc.wait(timeout=90) in (0, 130)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert "stopped" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_path, tiny_root):
     """The paper profile's code (at toy sizes, on tiny random models) through the service, its geometry
     deployment sculpting two concurrent jobs at once (geometry.heads_per_worker=2)."""
     port = free_port()
-    proc = _serve(
+    proc = serve_process(
         [
             "--port",
             str(port),
@@ -90,29 +65,12 @@ def test_serve_the_tiny_profile_with_flags_makes_a_head_and_stops_on_ctrl_c(tmp_
         big = requests.post(f"{url}/v1/heads", files={"image": ("a.png", b"\x89PNG" + bytes(9 * 2**20))}, timeout=60)
         assert big.status_code == 413  # --set reached the service
     finally:
-        _stop(proc, tmp_path)
+        stop_serve_process(proc, tmp_path)
     assert "ready" in (tmp_path / "serve.log").read_text()
 
 
-def test_serve_with_the_serve_config_file_of_the_repository(tmp_path):
-    config = yaml.safe_load((REPO / "deploy" / "serve" / "serve.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"].update(data=str(tmp_path / "data"), settings=QUICK_HEAD)
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = _serve(["--config", str(path)], tmp_path)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
-        _one_head(url)
-    finally:
-        _stop(proc, tmp_path)
-
-
 def test_a_bad_serve_config_is_refused_before_anything_starts(tmp_path):
-    config = yaml.safe_load((REPO / "deploy" / "serve" / "serve.yaml").read_text())
+    config = repository_serve_config(free_port())
     config["applications"][0]["deployments"][0]["num_replicaz"] = 2
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
