@@ -36,6 +36,11 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _print_result(text: object) -> None:
+    """A path or URI on stdout, for scripts: one unwrapped line, no markup read from it."""
+    out.print(str(text), soft_wrap=True, markup=False, highlight=False)
+
+
 def _fail(e: Portrait3DError) -> None:
     err.print(f"[bold red]error[/] ({e.kind}): {escape(str(e))}", soft_wrap=True)
     raise typer.Exit(e.exit_code)
@@ -141,7 +146,7 @@ def generate(
     for note in result.analysis.notes:
         err.print(f"[yellow]note[/]: {escape(note)}")
     for path in paths.values():
-        out.print(path, soft_wrap=True)
+        _print_result(path)
 
 
 @app.command()
@@ -235,7 +240,7 @@ def batch(
         f"[green]done[/] in {summary.elapsed_s:.0f} s: {p.ok} ok ({p.reused} reused, {p.made} made), "
         f"{p.failed} failed, {p.heads_per_min:.1f} heads/min"
     )
-    out.print(summary.manifest_uri)
+    _print_result(summary.manifest_uri)
     raise typer.Exit(1 if p.failed else 0)
 
 
@@ -503,7 +508,7 @@ def models_pull(
         manifest = pull_root(root, plan, cache_dir, progress=lambda m: err.print(f"pulling {m}"))
     except Portrait3DError as e:
         _fail(e)
-    out.print(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
+    _print_result(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
 
 
 @models_app.command("index")
@@ -515,7 +520,7 @@ def models_index(root: Path = typer.Argument(..., help="local model root holding
         manifest = index_root(root)
     except Portrait3DError as e:
         _fail(e)
-    out.print(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
+    _print_result(f"{root / 'manifest.json'}: {', '.join(manifest['roles'])}")
 
 
 @models_app.command("tiny")
@@ -523,7 +528,7 @@ def models_tiny(root: Path = typer.Argument(..., help="empty folder for the tiny
     """Build a root of tiny random models of the real classes (for smoke tests; needs the test extra)."""
     from .pipelines.models.tiny import build_tiny_root
 
-    out.print(str(build_tiny_root(root)))
+    _print_result(build_tiny_root(root))
 
 
 def main() -> None:

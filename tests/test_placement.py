@@ -1,4 +1,4 @@
-"""Where the pools run: fake GPUs on one node, and custom resources on a simulated 3-node cluster.
+"""Where the pools run: custom resources, fake GPUs and an accelerator type on a simulated 3-node cluster.
 
 Each test runs one real portrait through the whole pipeline (quick settings) and reads, from the
 manifest row, which node, process and GPU each pool's worker had."""
@@ -27,19 +27,6 @@ def one_head(tmp_path, engine):
     return json.loads(row["workers_json"])
 
 
-def test_geometry_and_texture_on_their_own_fake_gpus(tmp_path):
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
-    try:
-        engine = build_engine_config("fast", ["geometry.num_gpus=1", "texture.num_gpus=1"])
-        connect(engine)  # uses the running instance
-        w = one_head(tmp_path, engine)
-    finally:
-        ray.shutdown()
-    assert w["analysis"]["gpu_ids"] == [] and w["export"]["gpu_ids"] == []
-    assert len(w["geometry"]["gpu_ids"]) == 1 and len(w["texture"]["gpu_ids"]) == 1
-    assert w["geometry"]["gpu_ids"] != w["texture"]["gpu_ids"]  # two pools, two GPUs
-
-
 def test_pools_land_on_the_nodes_with_their_resources(tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -47,13 +34,14 @@ def test_pools_land_on_the_nodes_with_their_resources(tmp_path):
         initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"cpu_node": 1}, "include_dashboard": False}
     )
     head_id = cluster.head_node.node_id
-    geo = cluster.add_node(num_cpus=1, resources={"geometry_node": 1})
+    geo = cluster.add_node(num_cpus=1, num_gpus=1, resources={"geometry_node": 1})
     tex = cluster.add_node(num_cpus=1, num_gpus=1, resources={"texture_node": 1, "accelerator_type:H100": 1})
     try:
         engine = build_engine_config(
             "fast",
             [
                 'geometry.resources={"geometry_node": 1}',
+                "geometry.num_gpus=1",
                 'texture.resources={"texture_node": 1}',
                 "texture.num_gpus=1",
                 "texture.accelerator_type=H100",
@@ -68,6 +56,7 @@ def test_pools_land_on_the_nodes_with_their_resources(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert w["geometry"]["node_id"] == geo.node_id
+    assert w["geometry"]["node_id"] == geo.node_id and w["geometry"]["gpu_ids"] == ["0"]
     assert w["texture"]["node_id"] == tex.node_id and w["texture"]["gpu_ids"] == ["0"]
     assert w["analysis"]["node_id"] == w["export"]["node_id"] == head_id
+    assert w["analysis"]["gpu_ids"] == w["export"]["gpu_ids"] == []  # CPU pools get no GPU
