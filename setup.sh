@@ -18,11 +18,13 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 'setuptools<81' wheel uv
 # torch==2.13.0 is pinned: on these machines pip takes the CPU build from local disk.
-# uv installs the same set as pip in a fifth of the time (42 s against 203 s here), reading the
-# indexes, local wheel folders and constraints of pip's own configuration; pip does it where uv fails.
+# uv installs the same set as pip in a fraction of the time, reading the indexes, local wheel folders
+# and constraints of pip's own configuration; pip does it where uv fails. Bytecode is compiled at
+# install, as pip does: where PYTHONDONTWRITEBYTECODE is set, every Ray worker would otherwise compile
+# Ray and torch from source at each start (measured: the Ray tests ran twice as long).
 uv_args=$(.venv/bin/python .ci/pip_sources.py)
-if ! eval ".venv/bin/uv pip install --python .venv/bin/python -q --index-strategy unsafe-best-match $uv_args \
-    'setuptools<81' wheel -e '.[test]'"; then
+if ! eval ".venv/bin/uv pip install --python .venv/bin/python -q --compile-bytecode \
+    --index-strategy unsafe-best-match $uv_args 'setuptools<81' wheel -e '.[test]'"; then
   echo "note: uv could not install the project; pip will" >&2
   .venv/bin/python -m pip install -q -e '.[test]'
 fi
