@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from portrait3d.pipelines.camera import Camera, rotation_ypr, ypr_from_rotation
+from portrait3d.pipelines.camera import Camera, leveling_rotation, rotation_ypr, ypr_from_rotation
 
 
 @pytest.mark.parametrize("yaw,pitch", [(0, 0), (30, 10), (-90, -15), (180, 45), (135, 5)])
@@ -47,3 +47,29 @@ def test_ypr_round_trip_and_dict():
     gl = np.array(cam.to_dict()["camera_to_world_gl"])
     # An OpenGL camera looks down its -Z: toward the origin here.
     assert np.allclose(gl[:3, :3] @ [0, 0, -1], -cam.center / np.linalg.norm(cam.center))
+
+
+def _elevation_deg(p):
+    return math.degrees(math.atan2(p[1], math.hypot(p[0], p[2])))
+
+
+@pytest.mark.parametrize(
+    "yaw,pitch,cap,expected",
+    [(0, 8, 30, 0), (0, -12, 30, 0), (45, 20, 30, 0), (-70, 35, 30, 5), (0, 50, 0, 50), (120, 0, 30, 0)],
+)
+def test_leveling_rotation_levels_the_eye_up_to_the_cap(yaw, pitch, cap, expected):
+    eye = Camera.orbit(yaw, pitch, 1.1, 28, 64).center
+    L = leveling_rotation(eye, cap)
+    assert np.allclose(L @ L.T, np.eye(3)) and math.isclose(np.linalg.det(L), 1.0)
+    moved = L @ eye
+    assert math.isclose(_elevation_deg(moved), expected, abs_tol=1e-9)
+    assert math.isclose(math.atan2(moved[0], moved[2]), math.atan2(eye[0], eye[2]), abs_tol=1e-9)  # same azimuth
+    axis = np.array([L[2, 1] - L[1, 2], L[0, 2] - L[2, 0], L[1, 0] - L[0, 1]])  # 2 sin(angle) * axis
+    assert abs(axis[1]) < 1e-12  # the axis is horizontal
+
+
+def test_leveling_rotation_is_a_pitch_for_a_frontal_eye():
+    # A camera straight in front at elevation e: the turn is a pitch of the head by e about +X.
+    eye = Camera.orbit(0, 7, 1.0, 28, 64).center
+    np.testing.assert_allclose(leveling_rotation(eye, 30), rotation_ypr(0, 7, 0), atol=1e-12)
+    assert np.array_equal(leveling_rotation([0.0, 2.0, 0.0], 30), np.eye(3))  # straight above: no azimuth

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from portrait3d.cli import app
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.evaluate import evaluate
+from portrait3d.pipelines.export import level_with_camera
 from portrait3d.pipelines.pipeline import Portrait3D
+from portrait3d.pipelines.types import HeadMesh, TexturedHead
 
 from .conftest import QUICK_HEAD, astronaut, png_bytes
 
@@ -62,8 +64,27 @@ def test_bundle_files_and_gltf(bundle):
     assert tex["coverage"] == pytest.approx(tex["from_photo"] + tex["from_mirror"] + tex["from_views"])
     lm = np.array(rec["landmarks_3d"])
     assert lm[1, 2] > 0.05  # the nose points toward +Z
+    assert rec["axes"]["levelled_deg"] == 0  # export.level_max_deg is off by default
     assert rec["metrics"]["mesh"]["watertight"] and rec["metrics"]["mesh"]["degenerate_faces"] == 0
     assert Image.open(bundle / "views.png").size == (1024, 512)
+
+
+@pytest.mark.parametrize("cap", [0.0, 3.0, 30.0])
+def test_levelling_turns_the_head_rigidly_and_keeps_the_reference_view(astronaut_analysis, cap):
+    a = astronaut_analysis
+    verts = a.landmarks_3d.astype(np.float32)
+    mesh = HeadMesh(verts, np.zeros((0, 3), np.int64), np.arange(len(verts)), np.ones(len(verts), np.float32))
+    head = TexturedHead(mesh, np.zeros((0, 2)), np.zeros((0, 3), np.int64), np.zeros(0, np.int64), np.zeros((1, 1, 3)))
+    before = np.degrees(np.arctan2(a.camera.center[1], np.hypot(a.camera.center[0], a.camera.center[2])))
+    assert before > 5  # the astronaut's portrait is taken from above her face's frame
+    b, turned, angle = level_with_camera(a, head, cap)
+    assert angle == pytest.approx(min(before, cap), abs=1e-9)
+    after = np.degrees(np.arctan2(b.camera.center[1], np.hypot(b.camera.center[0], b.camera.center[2])))
+    assert after == pytest.approx(before - min(before, cap), abs=1e-9)
+    np.testing.assert_allclose(b.camera.project(b.landmarks_3d)[0], a.camera.project(a.landmarks_3d)[0], atol=1e-6)
+    np.testing.assert_allclose(turned.mesh.vertices, b.landmarks_3d, atol=1e-6)
+    np.testing.assert_allclose(b.rotation @ b.landmarks_3d.T, a.rotation @ a.landmarks_3d.T, atol=1e-12)
+    assert a.camera.center[1] > 0.1 and np.allclose(a.landmarks_3d, astronaut_analysis.landmarks_3d)  # not mutated
 
 
 @pytest.fixture(scope="module")

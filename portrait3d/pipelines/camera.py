@@ -42,6 +42,29 @@ def rotation_ypr(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.
     return ry @ rx @ rz
 
 
+def leveling_rotation(eye: ArrayLike, max_deg: float) -> np.ndarray:
+    """``(3, 3)`` rotation about a horizontal axis through the origin that brings the point ``eye``
+    ``(3,)`` down (or up) to elevation 0, turning by at most ``max_deg`` degrees. The axis is
+    perpendicular to ``eye``'s horizontal direction, so its azimuth does not change. Identity when
+    ``eye`` is on the vertical axis.
+
+    Example:
+        >>> L = leveling_rotation([0.0, 0.1, 1.0], 30.0)
+        >>> bool(abs((L @ [0.0, 0.1, 1.0])[1]) < 1e-12)
+        True
+    """
+    from scipy.spatial.transform import Rotation
+
+    eye = np.asarray(eye, dtype=np.float64)
+    flat = np.array([eye[0], 0.0, eye[2]])
+    axis = np.cross(eye, flat)
+    if np.linalg.norm(flat) < 1e-12 or np.linalg.norm(axis) < 1e-12:
+        return np.eye(3)
+    elevation = math.atan2(abs(eye[1]), float(np.linalg.norm(flat)))
+    angle = min(elevation, math.radians(max_deg))
+    return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
+
+
 def ypr_from_rotation(rot: np.ndarray) -> tuple[float, float, float]:
     """Inverse of :func:`rotation_ypr` (degrees), for |pitch| < 90."""
     pitch = math.asin(float(np.clip(-rot[1, 2], -1.0, 1.0)))
