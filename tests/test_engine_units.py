@@ -1,6 +1,7 @@
 """Engine pieces that need no Ray: pool config, input listing, the stage-output codec, rows."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,22 @@ def test_manifest_is_compacted_from_parts_and_remembered_by_stat(tmp_path):
     assert prev.hashes == {("0.jpg", 100, 7): "1" * 64, ("1.jpg", 101, 7): "2" * 64}
     assert prev.errors == {"2" * 64: ("NoFaceError", "no face", "analysis")}
     assert Previous.load(str(tmp_path), "cd" * 32).hashes == {}  # other settings: nothing is taken
+
+
+def test_a_finished_row_reaches_its_part_without_waiting_for_the_next_row(tmp_path):
+    """A driver killed while the next head is still being made (minutes on the paper profile) keeps
+    every row finished more than ``every_s`` before the kill."""
+    from portrait3d.engine.manifest import PartWriter, read_parts
+
+    fp = "ef" * 32
+    parts = PartWriter(str(tmp_path), fp, every_s=0.1)
+    row = new_row(0, "a.jpg") | {"status": "error", "error_type": "NoFaceError"}
+    parts.add(row)
+    deadline = time.monotonic() + 30
+    while not read_parts(str(tmp_path), fp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r["input_uri"] for r in read_parts(str(tmp_path), fp)] == ["a.jpg"]
+    with parts.lock:  # the timer thread has finished its write
+        assert parts.timer is None and parts.rows == []
+    parts.flush()  # nothing pending: no empty part
+    assert len(list(Path(parts.uri).glob("*.parquet"))) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,31 +43,42 @@ def parts_uri(output: str, fingerprint: str) -> str:
 
 
 class PartWriter:
-    """Finished rows into part files of one run (``uri``): one part per ``every_rows`` rows, or sooner
-    once ``every_s`` seconds have passed since the last part (each write is atomic)."""
+    """Finished rows into part files of one run (``uri``): one part per ``every_rows`` rows, and no row
+    waits more than about ``every_s`` seconds for its part, however long the next row takes (a timer
+    thread writes what is pending; each write is atomic)."""
 
     def __init__(self, output: str, fingerprint: str, every_rows: int = 1000, every_s: float = 1.0) -> None:
         self.uri = storage.join(parts_uri(output, fingerprint), f"run-{time.time_ns()}-{os.getpid()}")
         self.every_rows, self.every_s = every_rows, every_s
         self.rows: list[dict[str, Any]] = []
-        self.last = time.monotonic()
         self.seq = 0
+        self.lock = threading.Lock()
+        self.timer: threading.Timer | None = None
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.every_rows or time.monotonic() - self.last >= self.every_s:
+        with self.lock:
+            self.rows.append(row)
+            full = len(self.rows) >= self.every_rows
+            if not full and self.timer is None:
+                self.timer = threading.Timer(self.every_s, self.flush)
+                self.timer.daemon = True
+                self.timer.start()
+        if full:
             self.flush()
 
     def flush(self) -> None:
-        self.last = time.monotonic()
-        if not self.rows:
-            return
-        buf = io.BytesIO()
-        pq.write_table(manifest_table(self.rows), buf)
-        self.seq += 1
-        name = f"part-{time.time_ns()}-{os.getpid()}-{self.seq:06d}.parquet"
-        storage.write_bytes(storage.join(self.uri, name), buf.getvalue())
-        self.rows = []
+        with self.lock:
+            if self.timer is not None and self.timer is not threading.current_thread():
+                self.timer.cancel()
+            self.timer = None
+            if not self.rows:
+                return
+            buf = io.BytesIO()
+            pq.write_table(manifest_table(self.rows), buf)
+            self.seq += 1
+            name = f"part-{time.time_ns()}-{os.getpid()}-{self.seq:06d}.parquet"
+            storage.write_bytes(storage.join(self.uri, name), buf.getvalue())
+            self.rows = []
 
 
 def read_parts(output: str, fingerprint: str) -> list[dict[str, Any]]:
