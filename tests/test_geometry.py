@@ -5,7 +5,7 @@ import torch
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_triangles
 from portrait3d.pipelines.image_io import mask_coverage
-from portrait3d.pipelines.init import HeadPriorInit, polar_radius
+from portrait3d.pipelines.init import HeadPriorInit, nape_radius, polar_radius
 from portrait3d.pipelines.losses import negative_pearson
 from portrait3d.pipelines.mesh import harmonic_fill, quality, rays_from_origin, symmetric_sphere
 from portrait3d.pipelines.render import get_rasterizer
@@ -90,3 +90,35 @@ def test_sculpt_improves_silhouette(astronaut_analysis, initial_head):
     ).mask.numpy()
     hm = mask_coverage(astronaut_analysis.head_mask, 256) > 0.5
     assert (m & hm).sum() / (m | hm).sum() > 0.95
+
+
+def test_the_nape_slope_is_a_straight_line_from_the_head_to_the_neck_behind_the_ears():
+    top, neck, drop = 0.9, 0.4, 0.5
+    below = np.radians([0.0, 5.0, 20.0, 40.0])
+    # Straight back (-Z) and 30 deg off it: the point lies on the segment from radius `top` at the
+    # horizon down to radius `neck` at `drop` below the centre.
+    for azimuth in (0.0, np.radians(30)):
+        hx, hz = np.sin(azimuth), -np.cos(azimuth)
+        d = np.stack([np.cos(below) * hx, -np.sin(below), np.cos(below) * hz], 1)
+        p = nape_radius(d, np.full(len(d), top), np.full(len(d), neck), drop)[:, None] * d
+        assert np.allclose(np.hypot(p[:, 0], p[:, 2]), top + (neck - top) * (-p[:, 1] / drop), atol=1e-12)
+    # Toward the ears (75 deg off the back) it fades: at the horizon, top * z / 0.5.
+    d = np.array([[np.sin(np.radians(75)), 0.0, -np.cos(np.radians(75))]])
+    assert nape_radius(d, np.array([top]), np.array([neck]), drop)[0] == pytest.approx(top * -d[0, 2] / 0.5)
+    # Nothing in front of the ears, above the horizon, or below the neck's start; poles are finite.
+    d = np.array([[0, -0.3, 0.95], [1, -0.3, 0], [0, 0.3, -0.95], [0, -0.99, -0.1], [0, -1.0, 0], [0, 1.0, 0]])
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    assert (nape_radius(d, np.full(len(d), top), np.full(len(d), neck), drop) == 0).all()
+
+
+def test_the_nape_slope_fills_under_the_back_of_the_cranium_and_leaves_the_front(astronaut_analysis):
+    lm = astronaut_analysis.landmarks_3d
+    d, _, _ = symmetric_sphere(4)
+    radius = {}
+    for slope in (0.0, 1.0):
+        init = HeadPriorInit(build_profile_config("fast", [f"init.nape_slope={slope}"]).stages["init"])
+        radius[slope] = init.prior_radius(d, lm, 0.14, 0.17)
+    assert (radius[1.0] >= radius[0.0]).all()
+    grew = radius[1.0] > radius[0.0] + 1e-9
+    assert grew.any() and (d[grew, 2] < 0).all() and (d[grew, 1] < 0).all()  # behind and below the horizon
+    assert np.isfinite(radius[1.0]).all()

@@ -38,6 +38,7 @@ HAIR_FADE_FRONT = 0.6  # and out toward the face from direction z = 0.6
 HAIR_FADE_DEPTH = 0.8  # over this change of direction z
 EAR_DIRECTION = (-0.12, -0.15)  # (y, z) of the ear centres' direction, x = +-1 before normalising
 EAR_WIDTH_RAD = 0.22  # angular radius of the ear bulge
+NAPE_SLOPE_FADE = 0.5  # the nape slope fades in behind the ears, full from direction z = -0.5 (horizontal)
 FACE_MIN_FORWARD = -0.2  # directions this far behind the centre are never face
 RING_DECAY = 0.7  # face weight kept per vertex ring outside the face
 SILHOUETTE_SCALE = (0.6, 1.8)  # the silhouette warp scales each image angle within this range
@@ -66,6 +67,13 @@ class HeadPriorInit:
         skull_back: float = setting(0.78, "cranium extent behind the head centre, in face widths", gt=0, le=2)
         hair_thickness: float = setting(0.06, "hair layer on top and back, in face widths", ge=0, le=1)
         neck_radius: float = setting(0.36, "neck radius, in face widths", gt=0, le=1)
+        nape_slope: float = setting(
+            0.0,
+            "behind the ears, how far the back of the head (hair included) runs down in a straight slope to the "
+            "neck at the chin's height, instead of curving in under the cranium (0: an egg on a neck column)",
+            ge=0,
+            le=1,
+        )
         neck_length: float = setting(0.5, "neck below the chin, in face heights", ge=0, le=2)
         ear_size: float = setting(0.09, "ear region bulge, in face widths", ge=0, le=0.5)
         blend_rings: int = setting(4, "vertex rings blending face and prior", ge=0, le=32)
@@ -107,16 +115,10 @@ class HeadPriorInit:
     def prior_radius(self, d: np.ndarray, lm: np.ndarray, fw: float, fh: float) -> np.ndarray:
         """Radius ``(N,)`` of the head prior along unit directions ``(N, 3)``."""
         cfg = self.cfg
-        front = max(float(lm[FOREHEAD, 2]), CRANIUM_FRONT_MIN * fw) + CRANIUM_FRONT_MARGIN * fw
-        ax = cfg.skull_breadth * fw
-        ay = np.where(d[:, 1] > 0, cfg.skull_top * fh, cfg.skull_bottom * fh)
-        az = np.where(d[:, 2] > 0, front, cfg.skull_back * fw)
-        r = 1.0 / np.sqrt((d[:, 0] / ax) ** 2 + (d[:, 1] / ay) ** 2 + (d[:, 2] / az) ** 2)
-        # Hair layer over the top and back, fading toward the face and the nape.
-        hair = np.clip((d[:, 1] + HAIR_FADE_BELOW) / HAIR_FADE_HEIGHT, 0, 1) * np.clip(
-            (HAIR_FADE_FRONT - d[:, 2]) / HAIR_FADE_DEPTH, 0, 1
-        )
-        r = r + cfg.hair_thickness * fw * hair
+        r = self.cranium_radius(d, lm, fw, fh)
+        drop = max(-float(lm[CHIN, 1]), 0.1 * fh)
+        top = self.cranium_radius(horizontal(d), lm, fw, fh)
+        r = np.maximum(r, cfg.nape_slope * nape_radius(d, top, np.minimum(cfg.neck_radius * fw, top), drop))
         # Ear regions on both sides, slightly behind and below the centre.
         for sx in (-1.0, 1.0):
             c = np.array([sx, *EAR_DIRECTION])
@@ -129,6 +131,20 @@ class HeadPriorInit:
         down = np.clip(-d[:, 1], 1e-9, None)
         r_neck = np.where(d[:, 1] < 0, np.minimum(cfg.neck_radius * fw / np.maximum(horiz, 1e-9), bottom / down), 0)
         return np.maximum(r, r_neck)
+
+    def cranium_radius(self, d: np.ndarray, lm: np.ndarray, fw: float, fh: float) -> np.ndarray:
+        """Radius ``(N,)`` of the egg-shaped cranium with its hair layer over the top and back."""
+        cfg = self.cfg
+        front = max(float(lm[FOREHEAD, 2]), CRANIUM_FRONT_MIN * fw) + CRANIUM_FRONT_MARGIN * fw
+        ax = cfg.skull_breadth * fw
+        ay = np.where(d[:, 1] > 0, cfg.skull_top * fh, cfg.skull_bottom * fh)
+        az = np.where(d[:, 2] > 0, front, cfg.skull_back * fw)
+        r = 1.0 / np.sqrt((d[:, 0] / ax) ** 2 + (d[:, 1] / ay) ** 2 + (d[:, 2] / az) ** 2)
+        # The hair fades toward the face and the nape.
+        hair = np.clip((d[:, 1] + HAIR_FADE_BELOW) / HAIR_FADE_HEIGHT, 0, 1) * np.clip(
+            (HAIR_FADE_FRONT - d[:, 2]) / HAIR_FADE_DEPTH, 0, 1
+        )
+        return r + cfg.hair_thickness * fw * hair
 
     def fit_face(
         self, dirs: np.ndarray, faces: np.ndarray, r_prior: np.ndarray, lm: np.ndarray
@@ -198,6 +214,31 @@ class HeadPriorInit:
             off[:, 2] *= 1 + (kv - 1) * self.cfg.depth_follow
             verts = off @ small.R
         return verts
+
+
+def horizontal(d: np.ndarray) -> np.ndarray:
+    """Unit directions ``(N, 3)`` -> the horizontal unit directions of their azimuths ``(N, 3)`` (+Z at the poles)."""
+    h = d * [1.0, 0.0, 1.0]
+    n = np.linalg.norm(h, axis=1, keepdims=True)
+    return np.where(n > 1e-6, h / np.maximum(n, 1e-12), [0.0, 0.0, 1.0])
+
+
+def nape_radius(d: np.ndarray, top: np.ndarray, neck: np.ndarray, drop: float) -> np.ndarray:
+    """Radius ``(N,)`` along unit directions ``(N, 3)`` of the slope behind the ears: at each azimuth a
+    straight line from the head's radius ``top`` at the horizon down to radius ``neck`` at ``drop``
+    below the centre, fading out toward the ears; 0 in front, above the horizon and below ``drop``.
+
+    Example:
+        >>> d = np.array([[0.0, -0.6, -0.8]])  # straight back, below the horizon
+        >>> float(nape_radius(d, top=np.array([1.0]), neck=np.array([0.8]), drop=0.6)[0])  # at (0, -0.6, -0.8)
+        1.0
+    """
+    hz = horizontal(d)[:, 2]
+    h = np.linalg.norm(d[:, [0, 2]], axis=1)
+    down = np.clip(-d[:, 1], 0, None)
+    t = top / np.maximum(h + (top - neck) * down / drop, 1e-12)
+    behind = np.clip(-hz / NAPE_SLOPE_FADE, 0, 1)
+    return np.where((d[:, 1] <= 0) & (t * down <= drop), t * behind, 0.0)
 
 
 def polar_radius(mask: np.ndarray, center: np.ndarray, bins: int = 360) -> np.ndarray | None:
