@@ -59,7 +59,7 @@ def _elevation_deg(p):
 )
 def test_leveling_rotation_levels_the_eye_up_to_the_cap(yaw, pitch, cap, expected):
     eye = Camera.orbit(yaw, pitch, 1.1, 28, 64).center
-    L = leveling_rotation(eye, cap)
+    L, _ = leveling_rotation(eye, cap)
     assert np.allclose(L @ L.T, np.eye(3)) and math.isclose(np.linalg.det(L), 1.0)
     moved = L @ eye
     assert math.isclose(_elevation_deg(moved), expected, abs_tol=1e-9)
@@ -71,5 +71,5 @@ def test_leveling_rotation_levels_the_eye_up_to_the_cap(yaw, pitch, cap, expecte
 def test_leveling_rotation_is_a_pitch_for_a_frontal_eye():
     # A camera straight in front at elevation e: the turn is a pitch of the head by e about +X.
     eye = Camera.orbit(0, 7, 1.0, 28, 64).center
-    np.testing.assert_allclose(leveling_rotation(eye, 30), rotation_ypr(0, 7, 0), atol=1e-12)
-    assert np.array_equal(leveling_rotation([0.0, 2.0, 0.0], 30), np.eye(3))  # straight above: no azimuth
+    np.testing.assert_allclose(leveling_rotation(eye, 30)[0], rotation_ypr(0, 7, 0), atol=1e-12)
+    assert np.array_equal(leveling_rotation([0.0, 2.0, 0.0], 30)[0], np.eye(3))  # straight above: no azimuth

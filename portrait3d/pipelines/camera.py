@@ -42,14 +42,14 @@ def rotation_ypr(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.
     return ry @ rx @ rz
 
 
-def leveling_rotation(eye: ArrayLike, max_deg: float) -> np.ndarray:
+def leveling_rotation(eye: ArrayLike, max_deg: float) -> tuple[np.ndarray, float]:
     """``(3, 3)`` rotation about a horizontal axis through the origin that brings the point ``eye``
     ``(3,)`` down (or up) to elevation 0, turning by at most ``max_deg`` degrees. The axis is
-    perpendicular to ``eye``'s horizontal direction, so its azimuth does not change. Identity when
-    ``eye`` is on the vertical axis.
+    perpendicular to ``eye``'s horizontal direction, so its azimuth does not change; and the angle
+    turned, degrees. Identity (0 degrees) when ``eye`` is on the vertical axis.
 
     Example:
-        >>> L = leveling_rotation([0.0, 0.1, 1.0], 30.0)
+        >>> L, deg = leveling_rotation([0.0, 0.1, 1.0], 30.0)
         >>> bool(abs((L @ [0.0, 0.1, 1.0])[1]) < 1e-12)
         True
     """
@@ -59,10 +59,10 @@ def leveling_rotation(eye: ArrayLike, max_deg: float) -> np.ndarray:
     flat = np.array([eye[0], 0.0, eye[2]])
     axis = np.cross(eye, flat)
     if np.linalg.norm(flat) < 1e-12 or np.linalg.norm(axis) < 1e-12:
-        return np.eye(3)
+        return np.eye(3), 0.0
     elevation = math.atan2(abs(eye[1]), float(np.linalg.norm(flat)))
     angle = min(elevation, math.radians(max_deg))
-    return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
+    return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix(), math.degrees(angle)
 
 
 def ypr_from_rotation(rot: np.ndarray) -> tuple[float, float, float]:

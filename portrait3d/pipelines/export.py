@@ -13,12 +13,10 @@ says by how much; the reference camera, landmarks and pose in it are in the expo
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 import trimesh
 from PIL import Image
 
@@ -88,7 +86,7 @@ def level_with_camera(
     """The analysis and head turned about the head centre so that the reference camera is at
     elevation 0 (at most ``max_deg``), and the angle turned in degrees. Every pixel of the reference
     view sees the same point as before."""
-    L = leveling_rotation(a.camera.center, max_deg)
+    L, angle = leveling_rotation(a.camera.center, max_deg)
     rotation = a.rotation @ L.T
     a = replace(
         a,
@@ -98,7 +96,6 @@ def level_with_camera(
         landmarks_3d=a.landmarks_3d @ L.T,
     )
     mesh = replace(head.mesh, vertices=(head.mesh.vertices @ L.T).astype(head.mesh.vertices.dtype))
-    angle = math.degrees(math.acos(float(np.clip((np.trace(L) - 1) / 2, -1.0, 1.0))))
     return a, replace(head, mesh=mesh), angle
 
 

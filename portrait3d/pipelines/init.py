@@ -116,9 +116,10 @@ class HeadPriorInit:
         """Radius ``(N,)`` of the head prior along unit directions ``(N, 3)``."""
         cfg = self.cfg
         r = self.cranium_radius(d, lm, fw, fh)
-        drop = max(-float(lm[CHIN, 1]), 0.1 * fh)
-        top = self.cranium_radius(horizontal(d), lm, fw, fh)
-        r = np.maximum(r, cfg.nape_slope * nape_radius(d, top, np.minimum(cfg.neck_radius * fw, top), drop))
+        if cfg.nape_slope > 0:
+            drop = max(-float(lm[CHIN, 1]), 0.1 * fh)
+            top = self.cranium_radius(horizontal(d), lm, fw, fh)
+            r = np.maximum(r, cfg.nape_slope * nape_radius(d, top, np.minimum(cfg.neck_radius * fw, top), drop))
         # Ear regions on both sides, slightly behind and below the centre.
         for sx in (-1.0, 1.0):
             c = np.array([sx, *EAR_DIRECTION])
