@@ -241,7 +241,8 @@ def test_list_pages_newest_first(service):
 
 
 def test_events_follow_a_job_to_the_end(service):
-    job = submit(service).json()
+    # seconds of sculpting, so that the stream is open before the job leaves the geometry stage
+    job = submit(service, settings=["sculpt.steps=300"]).json()
     seen = []
     with requests.get(
         f"{service.url}/v1/heads/{job['id']}/events", headers=service.auth, stream=True, timeout=120
