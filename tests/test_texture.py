@@ -9,7 +9,7 @@ from portrait3d.pipelines.init import HeadPriorInit
 from portrait3d.pipelines.mesh import symmetric_sphere
 from portrait3d.pipelines.stage import CancelToken, Reporter
 from portrait3d.pipelines.texture import ClassicalTexture
-from portrait3d.pipelines.texturing import push_pull, ring_prior, skin_like
+from portrait3d.pipelines.texturing import push_pull, ring_prior, sample_across_stretch, sample_bilinear, skin_like
 from portrait3d.pipelines.types import InitInput, TextureInput
 from portrait3d.pipelines.uv_unwrap import UVUnwrapper, xatlas_unwrap
 
@@ -25,6 +25,26 @@ def test_push_pull_fills_everything_and_keeps_known():
     const = np.zeros_like(img)
     const[known] = (10, 200, 30)
     assert np.allclose(push_pull(const, known), (10, 200, 30), atol=1e-3)
+
+
+def test_the_grazing_average_runs_across_the_stretch_only(astronaut_analysis):
+    crop = astronaut_analysis.crop.astype(np.float32)
+    rng = np.random.default_rng(1)
+    pix = rng.uniform(40, crop.shape[0] - 40, (500, 2))
+    angle = rng.uniform(0, 2 * np.pi, 500)
+    stretch = np.stack([np.cos(angle), np.sin(angle)], 1)
+    # Zero length: the photo's own bilinear colour.
+    assert np.allclose(sample_across_stretch(crop, pix, stretch, np.zeros(500)), sample_bilinear(crop, pix), atol=1e-3)
+    # A photo that changes only along the stretch keeps its colour at every length.
+    ramp = (np.arange(crop.shape[1], dtype=np.float32)[None, :, None] * np.ones((crop.shape[0], 1, 1))).repeat(3, 2)
+    along_x = np.tile([[1.0, 0.0]], (500, 1))
+    got = sample_across_stretch(ramp, pix, along_x, np.full(500, 12.0))
+    assert np.allclose(got, sample_bilinear(ramp, pix), atol=1e-3)
+    # On the real photo, a longer average is a smoother one: less variance between neighbouring samples.
+    rows = np.stack([np.full(200, 256.0), np.linspace(100, 400, 200)], 1)
+    short = sample_across_stretch(crop, rows, np.tile([[1.0, 0.0]], (200, 1)), np.zeros(200))
+    long = sample_across_stretch(crop, rows, np.tile([[1.0, 0.0]], (200, 1)), np.full(200, 16.0))
+    assert np.abs(np.diff(long, axis=0)).mean() < 0.5 * np.abs(np.diff(short, axis=0)).mean()
 
 
 @pytest.fixture(scope="module")

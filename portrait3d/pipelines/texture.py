@@ -1,7 +1,8 @@
 """Stage 5, texture (``fast``: back-projection + mirroring + progressive classical inpainting).
 
 1. UV atlas with xatlas; every texel of the atlas knows its surface point and normal.
-2. Back-projection of the photo from the reference view onto visible, camera-facing texels.
+2. Back-projection of the photo from the reference view onto visible texels facing the camera within
+   ~66 degrees; a texel seen obliquely averages the photo across its stretch (no streaks at the sides).
 3. Mirroring: texels still empty take the colour of their left/right mirror point when that one
    was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly).
 4. Progressive inpainting along the paper's camera trajectory (front, sides, back, then from above):
@@ -64,9 +65,9 @@ class ClassicalTexture:
         atlas_padding: int = setting(4, "texels between UV charts", ge=0, le=64)
         view_size: int = setting(320, "render side of each inpainting view", ge=32, le=4096)
         min_facing: float = setting(
-            0.1,
-            "cos(normal, view) below which the photo is not projected on the face (a face texel the photo sees "
-            "at a grazing angle still holds the photo's own pixel at the reference view)",
+            0.4,
+            "cos(normal, view) below which the photo is not projected on the face: lower keeps more of the photo "
+            "at the reference view, but what it sees beyond ~66 deg shows as streaks and ghost features at the sides",
             ge=-1,
             le=1,
         )
@@ -102,6 +103,13 @@ class ClassicalTexture:
         inpaint_radius: int = setting(6, "Telea inpainting radius, view pixels", ge=1, le=100)
         feather: float = setting(3.0, "seam blur sigma at filled regions, texels", ge=0, le=100)
         mask_erode: int = setting(3, "head-mask erosion before projecting the photo, crop pixels", ge=0, le=100)
+        grazing_blur: float = setting(
+            1.0,
+            "a texel the photo sees at a grazing angle averages the photo across its stretch over this many "
+            "times (1/cos - 1) pixels, so the sides show soft colour rather than streaks (0: off)",
+            ge=0,
+            le=10,
+        )
 
     def __init__(self, cfg: ClassicalTexture.Config) -> None:
         self.cfg = cfg
@@ -146,7 +154,9 @@ class ClassicalTexture:
         cam = a.camera
         fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
         facing = cfg.prior_min_facing + (cfg.min_facing - cfg.prior_min_facing) * np.clip(fw, 0, 1)
-        vis, cos, mask, ref_depth = project_photo(self.raster, a, mesh, at, colors, facing, cfg.mask_erode)
+        vis, cos, mask, ref_depth = project_photo(
+            self.raster, a, mesh, at, colors, facing, cfg.mask_erode, cfg.grazing_blur
+        )
         known |= vis
         source[vis] = PHOTO
         report(0.2, "mirror")

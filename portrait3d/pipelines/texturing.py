@@ -168,18 +168,50 @@ def project_photo(
     colors: np.ndarray,
     min_facing: float | np.ndarray,
     mask_erode: int,
+    grazing_blur: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The photo's colours into ``colors (P, 3)`` at the texels seen from the reference view inside the
-    head mask (eroded by ``mask_erode`` crop pixels). Returns (seen ``(P,)``, facing cos ``(P,)``,
-    eroded head mask, reference depth map)."""
+    head mask (eroded by ``mask_erode`` crop pixels). With ``grazing_blur > 0`` a texel seen at a grazing
+    angle averages the photo along the image direction its surface is not stretched in, over
+    ``grazing_blur * (1 / cos - 1)`` pixels (:func:`sample_across_stretch`). Returns (seen ``(P,)``,
+    facing cos ``(P,)``, eroded head mask, reference depth map)."""
     cam = a.camera
     k = mask_erode * 2 + 1
     mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     ref_depth = depth_map(raster, mesh, cam)
     pix, vis, cos = visible_texels(atlas.pts, atlas.nrm, cam, ref_depth, min_facing)
     vis &= mask[pixel_index(pix, cam.width, cam.height)]
-    colors[vis] = sample_bilinear(a.crop, pix[vis])
+    if grazing_blur > 0:
+        step, _ = cam.project(atlas.pts[vis] + atlas.nrm[vis] * 1e-3)
+        length = grazing_blur * (1.0 / np.maximum(cos[vis], 0.05) - 1.0)
+        colors[vis] = sample_across_stretch(a.crop, pix[vis], step - pix[vis], length)
+    else:
+        colors[vis] = sample_bilinear(a.crop, pix[vis])
     return vis, cos, mask, ref_depth
+
+
+def sample_across_stretch(
+    img: np.ndarray, pix: np.ndarray, stretch: np.ndarray, length: np.ndarray, taps: int = 9
+) -> np.ndarray:
+    """Colours ``(P, C)`` of ``img (H, W, C)`` at pixels ``pix (P, 2)``, each the mean of ``taps``
+    bilinear samples on a segment of ``length (P,)`` pixels centred on it, perpendicular to the image
+    direction ``stretch (P, 2)`` (the projected surface normal: the direction a grazing surface is
+    stretched in). A photo pixel covers ``1 / cos`` times more surface along the stretch than across
+    it; averaging across evens the two, so a grazing surface seen from the side shows soft colour
+    instead of streaks of single pixel rows.
+
+    Example:
+        >>> img = np.zeros((8, 8, 1)); img[4] = 9.0  # one bright row, centred at y = 4.5
+        >>> pix, along_x = np.array([[4.0, 4.5]]), np.array([[1.0, 0.0]])
+        >>> [float(sample_across_stretch(img, pix, along_x, np.array([n]))[0, 0]) for n in (0.0, 4.0)]
+        [9.0, 2.0]
+    """
+    d = stretch / np.maximum(np.linalg.norm(stretch, axis=1, keepdims=True), 1e-12)
+    t = np.stack([-d[:, 1], d[:, 0]], 1)
+    acc = np.zeros((len(pix), img.shape[2]), np.float32)
+    for f in np.linspace(-0.5, 0.5, taps):
+        acc += sample_bilinear(img, pix + t * (f * length)[:, None])
+    return acc / taps
 
 
 def mirror_points(mesh: HeadMesh, tids: np.ndarray, bary: np.ndarray) -> np.ndarray:
