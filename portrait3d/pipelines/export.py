@@ -6,9 +6,10 @@ the base-colour texture embedded.
 
 The stages build the head in the face's own frame (up from chin to forehead). A portrait's camera is
 level (its horizon is horizontal), so whatever elevation the photo's camera has in that frame is the
-head's own pitch: export can turn the head by it (up to ``level_max_deg``, off by default), so that the head stands as
-photographed and its front view at eye level is the photo's view. ``head.json`` (``axes.levelled_deg``)
-says by how much; the reference camera, landmarks and pose in it are in the exported frame.
+head's own pitch: export turns the head by it (up to ``level_max_deg``, 30 degrees by default), so
+that the head stands as photographed and its front view at eye level is the photo's view.
+``head.json`` (``axes.levelled_deg``) says by how much; the reference camera, landmarks and pose in it
+are in the exported frame.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class GlbExport:
     class Config:
         view_size: int = setting(256, "side of each render in views.png, pixels", ge=32, le=2048)
         level_max_deg: float = setting(
-            0.0,
+            30.0,
             "turn the head by the photo camera's elevation, up to this many degrees, so that it stands as "
             "photographed (a portrait's camera is level) and its eye-level front view is the photo's; "
             "0 keeps the face's own frame (chin-to-forehead vertical)",

@@ -68,7 +68,7 @@ class HeadPriorInit:
         hair_thickness: float = setting(0.06, "hair layer on top and back, in face widths", ge=0, le=1)
         neck_radius: float = setting(0.36, "neck radius, in face widths", gt=0, le=1)
         nape_slope: float = setting(
-            0.0,
+            1.0,
             "behind the ears, how far the back of the head (hair included) runs down in a straight slope to the "
             "neck at the chin's height, instead of curving in under the cranium (0: an egg on a neck column)",
             ge=0,
