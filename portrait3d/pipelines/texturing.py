@@ -154,7 +154,7 @@ def sample_bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
     x0 = np.minimum(x.astype(int), W - 2)
     y0 = np.minimum(y.astype(int), H - 2)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    im = img.astype(np.float32)
+    im = img.astype(np.float32, copy=False)
     top = im[y0, x0] * (1 - fx) + im[y0, x0 + 1] * fx
     bot = im[y0 + 1, x0] * (1 - fx) + im[y0 + 1, x0 + 1] * fx
     return top * (1 - fy) + bot * fy
@@ -208,9 +208,10 @@ def sample_across_stretch(
     """
     d = stretch / np.maximum(np.linalg.norm(stretch, axis=1, keepdims=True), 1e-12)
     t = np.stack([-d[:, 1], d[:, 0]], 1)
+    im = img.astype(np.float32, copy=False)
     acc = np.zeros((len(pix), img.shape[2]), np.float32)
     for f in np.linspace(-0.5, 0.5, taps):
-        acc += sample_bilinear(img, pix + t * (f * length)[:, None])
+        acc += sample_bilinear(im, pix + t * (f * length)[:, None])
     return acc / taps
 
 
