@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portrait3d.errors import FaceTooSmallError, NoFaceError
+from portrait3d.errors import ConfigError, FaceTooSmallError, NoFaceError
 from portrait3d.pipelines.camera import rotation_ypr
+from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import MESH_POINTS, head_rotation, lift_landmarks
 
 from .conftest import analyze, astronaut, grace_hopper_path, png_bytes
@@ -78,15 +79,41 @@ def test_small_face_is_accepted_with_a_note(analysis_stage):
     assert a.crop.shape == (512, 512, 3) and a.identity is not None
 
 
-def test_largest_of_several_faces_is_used(analysis_stage):
+def _two_astronauts() -> np.ndarray:
+    """The astronaut (512 px, left) beside herself at 384 px (right), on grey."""
     big = astronaut()
     small = np.asarray(Image.fromarray(big).resize((384, 384), Image.LANCZOS))
     canvas = np.full((512, 512 + 384, 3), 200, np.uint8)
     canvas[:, :512] = big
     canvas[:384, 512:] = small
-    a = analyze(analysis_stage, png_bytes(canvas))
-    assert any("2 faces" in n for n in a.notes)
+    return canvas
+
+
+def test_largest_of_several_faces_is_used(analysis_stage):
+    a = analyze(analysis_stage, png_bytes(_two_astronauts()))
+    assert "2 faces found; used the largest" in a.notes
     assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one
+
+
+def test_the_face_setting_picks_another_face():
+    from portrait3d.pipelines.analysis import MediapipeAnalysis
+
+    photo = png_bytes(_two_astronauts())
+    stage = MediapipeAnalysis(MediapipeAnalysis.Config(face="1"))
+    try:
+        a = analyze(stage, photo)
+        assert "2 faces found; used face 1 from the left (from 0)" in a.notes
+        assert a.crop_box[0] > 512  # the small face, right of the big one
+    finally:
+        stage.close()
+    stage = MediapipeAnalysis(MediapipeAnalysis.Config(face="2"))
+    try:
+        with pytest.raises(NoFaceError, match="has 2 face"):
+            analyze(stage, photo)
+    finally:
+        stage.close()
+    with pytest.raises(ConfigError, match="analysis.face"):
+        build_profile_config("fast", ["analysis.face=widest"])
 
 
 def _relief(lm3d: np.ndarray, point: int) -> float:

@@ -1,6 +1,6 @@
 """Stage 1, portrait analysis (``fast``: mediapipe + dlib, models that ship inside the wheels).
 
-Face detection on the whole image (full-range model, the largest face when several), a square
+Face detection on the whole image (full-range model; when several faces, the one ``face`` picks), a square
 head-and-shoulders crop around it, 478 landmarks on the crop, head pose and the reference camera,
 a head mask (the person segmentation of the one person the pose model segments, hands cut out,
 within a head's reach of the face, cut at the neck), a canny map, and an identity embedding.
@@ -26,6 +26,39 @@ from .settings import ModelRootSettings, setting
 from .stage import Reporter
 from .types import AnalysisInput, PortraitAnalysis
 
+FACE_CHOICES = ("largest", "most-confident", "central")
+
+Detection = tuple[float, tuple[float, float, float, float]]
+
+
+def choose_face(faces: list[Detection], how: str, width: int, height: int, source: str = "the photo") -> Detection:
+    """The face ``how`` picks among detections ``[(score, (x0, y0, x1, y1))]`` (pixels) in a
+    ``width`` x ``height`` photo: ``largest`` (box area), ``most-confident``, ``central`` (box centre
+    nearest the photo's centre) or a decimal index from the left. Raises NoFaceError for an index
+    past the last face.
+
+    Example:
+        >>> faces = [(0.9, (100, 0, 200, 100)), (0.95, (0, 0, 50, 50)), (0.8, (220, 120, 280, 180))]
+        >>> [choose_face(faces, h, 400, 300)[0] for h in ("largest", "most-confident", "central", "0", "2")]
+        [0.9, 0.95, 0.8, 0.95, 0.8]
+    """
+    if how.isdigit():
+        by_left = sorted(faces, key=lambda f: (f[1][0] + f[1][2], f[1][1] + f[1][3]))
+        if int(how) >= len(by_left):
+            raise NoFaceError(f"analysis.face = {how} (from 0, from the left), but {source} has {len(faces)} face(s)")
+        return by_left[int(how)]
+    keys = {
+        "largest": lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1]),
+        "most-confident": lambda f: -f[0],
+        "central": lambda f: ((f[1][0] + f[1][2]) / 2 - width / 2) ** 2 + ((f[1][1] + f[1][3]) / 2 - height / 2) ** 2,
+    }
+    return min(faces, key=keys[how])
+
+
+def describe_choice(how: str) -> str:
+    """``'largest'`` -> ``'the largest'``; ``'2'`` -> ``'face 2 from the left (from 0)'`` (for head.json notes)."""
+    return f"face {how} from the left (from 0)" if how.isdigit() else "the " + how.replace("-", " ")
+
 
 @register("analysis", "mediapipe")
 class MediapipeAnalysis:
@@ -40,6 +73,11 @@ class MediapipeAnalysis:
             64, "faces smaller than this are accepted with a note that the head has little detail", ge=8, le=4096
         )
         detection_confidence: float = setting(0.5, "face detector threshold", ge=0, le=1)
+        face: str = setting(
+            "largest",
+            "which face when the photo has several: 'largest', 'most-confident' (the detector's top score), "
+            "'central' (nearest the photo's centre), or N (the N-th from the left, from 0)",
+        )
         fovy_deg: float = setting(20.0, "vertical field of view of the reference camera over the crop", ge=5, le=90)
         eye_width_m: float = setting(
             0.09, "prior on the outer eye-corner distance, metres (sets the scale)", gt=0, le=0.5
@@ -94,6 +132,10 @@ class MediapipeAnalysis:
         )
 
         def validate(self) -> None:
+            if self.face not in FACE_CHOICES and not self.face.isdigit():
+                raise ConfigError(
+                    f"analysis.face = {self.face!r}: use {', '.join(FACE_CHOICES)}, or a face's index from the left"
+                )
             if self.canny_low > self.canny_high:
                 raise ConfigError("analysis.canny_low must not exceed analysis.canny_high")
             if self.identity not in ("dlib", "arcface") and not self.identity.lower().endswith(".onnx"):
@@ -159,7 +201,7 @@ class MediapipeAnalysis:
             if m is not None:
                 m.close()
 
-    def detect_faces(self, image: np.ndarray) -> list[tuple[float, tuple[float, float, float, float]]]:
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
         """``(H, W, 3)`` uint8 -> ``[(score, (x0, y0, x1, y1))]`` in pixels, largest first."""
         H, W = image.shape[:2]
         res = self._detector.process(np.ascontiguousarray(image))
@@ -179,9 +221,9 @@ class MediapipeAnalysis:
         if not faces:
             raise NoFaceError(f"no face found in {image.source}")
         notes = []
+        score, (x0, y0, x1, y1) = choose_face(faces, cfg.face, W, H, image.source)
         if len(faces) > 1:
-            notes.append(f"{len(faces)} faces found; used the largest")
-        score, (x0, y0, x1, y1) = faces[0]
+            notes.append(f"{len(faces)} faces found; used {describe_choice(cfg.face)}")
         side = max(x1 - x0, y1 - y0)
         if side < cfg.min_face_px:
             raise FaceTooSmallError(
