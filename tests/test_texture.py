@@ -9,7 +9,14 @@ from portrait3d.pipelines.init import HeadPriorInit
 from portrait3d.pipelines.mesh import symmetric_sphere
 from portrait3d.pipelines.stage import CancelToken, Reporter
 from portrait3d.pipelines.texture import ClassicalTexture
-from portrait3d.pipelines.texturing import push_pull, ring_prior, sample_across_stretch, sample_bilinear, skin_like
+from portrait3d.pipelines.texturing import (
+    drop_background_rim,
+    push_pull,
+    ring_prior,
+    sample_across_stretch,
+    sample_bilinear,
+    skin_like,
+)
 from portrait3d.pipelines.types import InitInput, TextureInput
 from portrait3d.pipelines.uv_unwrap import UVUnwrapper, xatlas_unwrap
 
@@ -25,6 +32,25 @@ def test_push_pull_fills_everything_and_keeps_known():
     const = np.zeros_like(img)
     const[known] = (10, 200, 30)
     assert np.allclose(push_pull(const, known), (10, 200, 30), atol=1e-3)
+
+
+@pytest.mark.parametrize("overshoot", [3, 6, 9])
+def test_a_mask_grown_past_the_head_loses_the_background_it_took(astronaut_analysis, overshoot):
+    import cv2
+
+    from portrait3d.pipelines.face_geometry import CHIN
+
+    a = astronaut_analysis
+    mask = a.head_mask.astype(bool)
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * overshoot + 1,) * 2, np.uint8)) > 0
+    kept = drop_background_rim(a.crop, grown, 12)
+    # Above the chin: below it the mask's sides are the neck's cut, with the suit on both sides.
+    above = np.arange(mask.shape[0])[:, None] <= a.landmarks_px[CHIN, 1]
+    band, head = grown & ~mask & above, mask & above
+    # The wall and flag beside the head go (measured 0.90-0.95); the head keeps nearly all (1% lost).
+    assert (band & ~kept).sum() / band.sum() > 0.85
+    assert (head & ~kept).sum() / head.sum() < 0.02
+    assert not (kept & ~grown).any()
 
 
 def test_the_grazing_average_runs_across_the_stretch_only(astronaut_analysis):

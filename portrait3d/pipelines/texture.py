@@ -3,6 +3,8 @@
 1. UV atlas with xatlas; every texel of the atlas knows its surface point and normal.
 2. Back-projection of the photo from the reference view onto visible texels facing the camera within
    ~66 degrees; a texel seen obliquely averages the photo across its stretch (no streaks at the sides).
+   Head-mask pixels at its edge that look like the background beside them are not projected: the
+   outermost seen texels continue around the head (the ring prior), so a wall there would too.
 3. Mirroring: texels still empty take the colour of their left/right mirror point when that one
    was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly).
 4. Progressive inpainting along the paper's camera trajectory (front, sides, back, then from above):
@@ -103,6 +105,14 @@ class ClassicalTexture:
         inpaint_radius: int = setting(6, "Telea inpainting radius, view pixels", ge=1, le=100)
         feather: float = setting(3.0, "seam blur sigma at filled regions, texels", ge=0, le=100)
         mask_erode: int = setting(3, "head-mask erosion before projecting the photo, crop pixels", ge=0, le=100)
+        background_rim: int = setting(
+            12,
+            "head-mask pixels above the chin within this many crop pixels of its edge nearer in colour to the "
+            "background beside them than to the head are not projected (a mask that overshoots the hair or "
+            "cheek would paint the wall behind onto the sides; 0: off)",
+            ge=0,
+            le=100,
+        )
         grazing_blur: float = setting(
             1.0,
             "a texel the photo sees at a grazing angle averages the photo across its stretch over this many "
@@ -155,7 +165,7 @@ class ClassicalTexture:
         fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
         facing = cfg.prior_min_facing + (cfg.min_facing - cfg.prior_min_facing) * np.clip(fw, 0, 1)
         vis, cos, mask, ref_depth = project_photo(
-            self.raster, a, mesh, at, colors, facing, cfg.mask_erode, cfg.grazing_blur
+            self.raster, a, mesh, at, colors, facing, cfg.mask_erode, cfg.grazing_blur, cfg.background_rim
         )
         known |= vis
         source[vis] = PHOTO

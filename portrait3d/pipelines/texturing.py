@@ -21,6 +21,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .camera import Camera
+from .face_geometry import CHIN
 from .mesh import vertex_normals
 from .render import Rasterizer
 from .types import HeadMesh, PortraitAnalysis
@@ -169,15 +170,23 @@ def project_photo(
     min_facing: float | np.ndarray,
     mask_erode: int,
     grazing_blur: float = 0.0,
+    background_rim: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The photo's colours into ``colors (P, 3)`` at the texels seen from the reference view inside the
     head mask (eroded by ``mask_erode`` crop pixels). With ``grazing_blur > 0`` a texel seen at a grazing
     angle averages the photo along the image direction its surface is not stretched in, over
-    ``grazing_blur * (1 / cos - 1)`` pixels (:func:`sample_across_stretch`). Returns (seen ``(P,)``,
-    facing cos ``(P,)``, eroded head mask, reference depth map)."""
+    ``grazing_blur * (1 / cos - 1)`` pixels (:func:`sample_across_stretch`). With ``background_rim > 0``
+    the mask's pixels above the chin within that many of its edge that look like the background are left
+    out first (:func:`drop_background_rim`). Returns (seen ``(P,)``, facing cos ``(P,)``, eroded head
+    mask, reference depth map)."""
     cam = a.camera
+    head = a.head_mask.astype(bool)
+    if background_rim > 0:
+        # Below the chin the mask's sides are the neck's cut, with clothes on both sides of it.
+        neck = np.arange(head.shape[0])[:, None] > a.landmarks_px[CHIN, 1]
+        head = drop_background_rim(a.crop, head, background_rim) | (head & neck)
     k = mask_erode * 2 + 1
-    mask = cv2.erode(a.head_mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    mask = cv2.erode(head.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     ref_depth = depth_map(raster, mesh, cam)
     pix, vis, cos = visible_texels(atlas.pts, atlas.nrm, cam, ref_depth, min_facing)
     vis &= mask[pixel_index(pix, cam.width, cam.height)]
@@ -188,6 +197,42 @@ def project_photo(
     else:
         colors[vis] = sample_bilinear(a.crop, pix[vis])
     return vis, cos, mask, ref_depth
+
+
+def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+    """``mask (H, W)`` bool without the pixels within ``width`` of its edge whose colour is nearer (in
+    CIELAB) the local background than the local foreground of ``img (H, W, 3)`` uint8: a person mask
+    that reaches a few pixels past the hair or cheek would paint the wall or flag behind onto the head's
+    sides. The local colours are Gaussian averages (sigma ``2 * width``) of the pixels ``width`` to
+    ``2 * width`` outside the mask (background) and more than ``width`` inside it (foreground).
+
+    Example:
+        >>> img = np.zeros((64, 64, 3), np.uint8); img[:, 32:] = 255    # a black head on a white wall
+        >>> mask = np.zeros((64, 64), bool); mask[:, :36] = True        # the mask overshoots by 4 px
+        >>> out = drop_background_rim(img, mask, 8)
+        >>> bool(out[:, :32].all()), bool(out[:, 32:].any())
+        (True, False)
+    """
+    m = mask.astype(np.uint8)
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    inner = cv2.erode(m, kernel)
+    grown = cv2.dilate(m, kernel)
+    outer = cv2.dilate(grown, kernel) & ~grown & 1
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+
+    def local_mean(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 2 * width)
+        mean = cv2.GaussianBlur(lab * region[..., None], (0, 0), 2 * width) / np.maximum(w, 1e-6)[..., None]
+        return mean, w
+
+    (bg, w_bg), (fg, w_fg) = local_mean(outer), local_mean(inner)
+    # Only where both sides are near: at the photo's border there is no background to compare with.
+    rim = mask & ~inner.astype(bool) & (w_bg > MIN_LOCAL_WEIGHT) & (w_fg > MIN_LOCAL_WEIGHT)
+    nearer_bg = np.linalg.norm(lab - bg, axis=2) < np.linalg.norm(lab - fg, axis=2)
+    return mask & ~(rim & nearer_bg)
+
+
+MIN_LOCAL_WEIGHT = 0.05  # share of a pixel's Gaussian neighbourhood that must be background (or foreground)
 
 
 def sample_across_stretch(
