@@ -77,6 +77,7 @@ def row_metrics(report: dict, yaw: float) -> dict:
         "same_person": all(d is not None and d < 0.6 for d in [v["0"]["id_distance"], *side]) if has_ref else None,
         "mp60": [bool(v[k]["mediapipe"]["detected"]) for k in ("60", "-60")],
         "back_face": bool(s["janus_fail"]),
+        "back_oblique_face": any(abs(y) != 180 for y in s["back_views_with_face"]),
         "side_front": s["side_front_area_ratio"],
         "depth": s["depth_ratio"],
         "id_score": s["id_score"],
@@ -98,6 +99,11 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool]]:
         ("mean identity distance at yaw +-30", f"{mean(d30):.3f}", mean(d30) <= 0.32),
         ("identity distance at the photo's pose (mean)", f"{mean(dpose):.3f}", mean(dpose) <= 0.20),
         ("heads with a face in the back view", _count(ok, "back_face"), not any(r["back_face"] for r in ok)),
+        (
+            "heads with a face at yaw +-135 (not an issue figure)",
+            _count(ok, "back_oblique_face"),
+            not any(r.get("back_oblique_face") for r in ok),
+        ),
         ("mediapipe face at yaw +-60 (sides)", f"{mean(sides):.2f}", mean(sides) >= 0.95),
         ("side/front area and depth ratio in 0.8-1.3", f"{sum(shape)}/{len(ok)}", all(shape)),
         ("mean seconds per head", f"{mean([r['secs'] for r in ok]):.1f}", mean([r["secs"] for r in ok]) <= 30),
@@ -105,7 +111,7 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool]]:
 
 
 def _count(rows: list[dict], key: str) -> str:
-    return f"{sum(bool(r[key]) for r in rows)}/{len(rows)}"
+    return f"{sum(bool(r.get(key)) for r in rows)}/{len(rows)}"
 
 
 def contact_sheet(rows: list[dict], out: Path, cell: int = 128) -> None:
