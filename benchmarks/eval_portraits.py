@@ -38,7 +38,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--harness", type=Path, default=HARNESS)
     ap.add_argument("--out", type=Path, help="folder for bundles and reports (default: a new temporary one)")
     ap.add_argument("--sheet", type=Path, help="write a contact sheet of the heads' views here")
-    ap.add_argument("--table-only", action="store_true", help="only print the table of --out's summary.json")
+    ap.add_argument("--table-only", action="store_true", help="only print the table of --out's heads")
     ap.add_argument("-c", dest="overrides", action="append", default=[], help="settings override key=value")
     return ap.parse_args()
 
@@ -158,6 +158,9 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="p3d-eval-"))
     if args.table_only:
         rows = [{**r, "bundle": out / r["name"]} for r in json.loads((out / "summary.json").read_text())]
+        for r in rows:  # the figures again from the reports, so a figure added since is there too
+            if "error" not in r:
+                r.update(row_metrics(json.loads((r["bundle"] / "report.json").read_text()), photo_yaw(r["bundle"])))
         return finish(args, rows, out)
     photos = args.photos or evaluation_set(out / "photos")
     p3d = Portrait3D(build_profile_config("fast", overrides=args.overrides))
