@@ -116,6 +116,24 @@ def test_the_face_setting_picks_another_face():
         build_profile_config("fast", ["analysis.face=widest"])
 
 
+def test_tiles_find_every_face_of_a_group_photo(analysis_stage):
+    from portrait3d.pipelines.analysis import box_overlap
+    from portrait3d.testing import card_table_photo
+
+    photo = card_table_photo()  # six people around a table
+    whole = analysis_stage.detect_faces(photo)
+    tiled = analysis_stage.detect_faces(photo, 2)
+    assert len(whole) == 3  # the whole-photo pass misses half of them
+    assert len(tiled) == 6
+    assert all(f in tiled for f in whole)  # a face found in the whole photo keeps its box
+    assert all(box_overlap(a[1], b[1]) < 0.5 for i, a in enumerate(tiled) for b in tiled[i + 1 :])
+    # One face per person: the centres lie apart by more than a face's width.
+    xs = sorted((f[1][0] + f[1][2]) / 2 for f in tiled)
+    assert min(np.diff(xs)) > 100
+    a = analyze(analysis_stage, png_bytes(photo))
+    assert "6 faces found; used the largest" in a.notes
+
+
 def _relief(lm3d: np.ndarray, point: int) -> float:
     """Depth of a landmark in front of the outer eye corners, in eye-corner distances."""
     eyes = lm3d[[33, 263]]

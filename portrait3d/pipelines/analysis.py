@@ -1,9 +1,10 @@
 """Stage 1, portrait analysis (``fast``: mediapipe + dlib, models that ship inside the wheels).
 
-Face detection on the whole image (full-range model; when several faces, the one ``face`` picks), a square
-head-and-shoulders crop around it, 478 landmarks on the crop, head pose and the reference camera,
-a head mask (the person segmentation of the one person the pose model segments, hands cut out,
-within a head's reach of the face, cut at the neck), a canny map, and an identity embedding.
+Face detection on the whole image and on overlapping tiles of it (full-range model; when several
+faces, the one ``face`` picks), a square head-and-shoulders crop around it, 478 landmarks on the
+crop, head pose and the reference camera, a head mask (the person segmentation of the one person
+the pose model segments, hands cut out, within a head's reach of the face, cut at the neck), a canny
+map, and an identity embedding.
 
 Example:
     >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())                       # doctest: +SKIP
@@ -55,6 +56,39 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
     return min(faces, key=keys[how])
 
 
+TILE_OVERLAP = 0.3  # each tile is this much wider (and taller) than a 1/N share of the photo
+SAME_FACE = 0.5  # boxes whose intersection covers this share of the smaller one are one face
+
+
+def tile_boxes(width: int, height: int, n: int) -> list[tuple[int, int, int, int]]:
+    """``n x n`` overlapping tiles ``(x0, y0, x1, y1)`` covering a ``width`` x ``height`` photo, each
+    ``1 + TILE_OVERLAP`` times a 1/n share of it per side, spread evenly from edge to edge; none for n = 1.
+
+    Example:
+        >>> tile_boxes(100, 60, 2)
+        [(0, 0, 65, 39), (0, 21, 65, 60), (35, 0, 100, 39), (35, 21, 100, 60)]
+    """
+    if n <= 1:
+        return []
+    tw, th = min(width, round(width / n * (1 + TILE_OVERLAP))), min(height, round(height / n * (1 + TILE_OVERLAP)))
+    xs = [round(i * (width - tw) / (n - 1)) for i in range(n)]
+    ys = [round(j * (height - th) / (n - 1)) for j in range(n)]
+    return [(x, y, x + tw, y + th) for x in xs for y in ys]
+
+
+def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection of boxes ``(x0, y0, x1, y1)`` over the smaller one's area (1: one holds the other).
+
+    Example:
+        >>> box_overlap((0, 0, 10, 10), (5, 0, 10, 5)), box_overlap((0, 0, 10, 10), (20, 20, 30, 30))
+        (1.0, 0.0)
+    """
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / max(smaller, 1e-9)
+
+
 def describe_choice(how: str) -> str:
     """``'largest'`` -> ``'the largest'``; ``'2'`` -> ``'face 2 from the left (from 0)'`` (for head.json notes)."""
     return f"face {how} from the left (from 0)" if how.isdigit() else "the " + how.replace("-", " ")
@@ -73,6 +107,13 @@ class MediapipeAnalysis:
             64, "faces smaller than this are accepted with a note that the head has little detail", ge=8, le=4096
         )
         detection_confidence: float = setting(0.5, "face detector threshold", ge=0, le=1)
+        face_tiles: int = setting(
+            2,
+            "also look for faces in N x N overlapping tiles of the photo: in a group photo the whole-photo pass "
+            "misses the smaller faces (1: the whole photo only)",
+            ge=1,
+            le=8,
+        )
         face: str = setting(
             "largest",
             "which face when the photo has several: 'largest', 'most-confident' (the detector's top score), "
@@ -201,15 +242,26 @@ class MediapipeAnalysis:
             if m is not None:
                 m.close()
 
-    def detect_faces(self, image: np.ndarray) -> list[Detection]:
-        """``(H, W, 3)`` uint8 -> ``[(score, (x0, y0, x1, y1))]`` in pixels, largest first."""
+    def detect_faces(self, image: np.ndarray, tiles: int = 1) -> list[Detection]:
+        """``(H, W, 3)`` uint8 -> ``[(score, (x0, y0, x1, y1))]`` in pixels, largest first. With ``tiles > 1``
+        also in ``tiles x tiles`` overlapping tiles (:func:`tile_boxes`): a face found there that overlaps
+        one found already (:data:`SAME_FACE`) is the same face and is dropped."""
+        found = self._detect(image, 0, 0)
+        for x0, y0, x1, y1 in tile_boxes(image.shape[1], image.shape[0], tiles):
+            for face in self._detect(image[y0:y1, x0:x1], x0, y0):
+                if all(box_overlap(face[1], f[1]) < SAME_FACE for f in found):
+                    found.append(face)
+        found.sort(key=lambda s: -(s[1][2] - s[1][0]) * (s[1][3] - s[1][1]))
+        return found
+
+    def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
+        """Faces in ``image``, their boxes shifted by ``(x0, y0)``."""
         H, W = image.shape[:2]
-        res = self._detector.process(np.ascontiguousarray(image))
         out = []
-        for d in res.detections or []:
+        for d in self._detector.process(np.ascontiguousarray(image)).detections or []:
             b = d.location_data.relative_bounding_box
-            out.append((float(d.score[0]), (b.xmin * W, b.ymin * H, (b.xmin + b.width) * W, (b.ymin + b.height) * H)))
-        out.sort(key=lambda s: -(s[1][2] - s[1][0]) * (s[1][3] - s[1][1]))
+            box = (x0 + b.xmin * W, y0 + b.ymin * H, x0 + (b.xmin + b.width) * W, y0 + (b.ymin + b.height) * H)
+            out.append((float(d.score[0]), box))
         return out
 
     def __call__(self, inputs: AnalysisInput, report: Reporter) -> PortraitAnalysis:
@@ -217,7 +269,7 @@ class MediapipeAnalysis:
         image = inputs.image
         img = image.pixels
         H, W = img.shape[:2]
-        faces = self.detect_faces(img)
+        faces = self.detect_faces(img, cfg.face_tiles)
         if not faces:
             raise NoFaceError(f"no face found in {image.source}")
         notes = []
