@@ -49,7 +49,7 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
             raise NoFaceError(f"analysis.face = {how} (from 0, from the left), but {source} has {len(faces)} face(s)")
         return by_left[int(how)]
     keys = {
-        "largest": lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1]),
+        "largest": lambda f: -box_area(f[1]),
         "most-confident": lambda f: -f[0],
         "central": lambda f: ((f[1][0] + f[1][2]) / 2 - width / 2) ** 2 + ((f[1][1] + f[1][3]) / 2 - height / 2) ** 2,
     }
@@ -85,8 +85,12 @@ def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return w * h / max(smaller, 1e-9)
+    return w * h / max(min(box_area(a), box_area(b)), 1e-9)
+
+
+def box_area(b: tuple[float, ...]) -> float:
+    """Area of a box ``(x0, y0, x1, y1)``."""
+    return (b[2] - b[0]) * (b[3] - b[1])
 
 
 def describe_choice(how: str) -> str:
@@ -251,7 +255,7 @@ class MediapipeAnalysis:
             for face in self._detect(image[y0:y1, x0:x1], x0, y0):
                 if all(box_overlap(face[1], f[1]) < SAME_FACE for f in found):
                     found.append(face)
-        found.sort(key=lambda s: -(s[1][2] - s[1][0]) * (s[1][3] - s[1][1]))
+        found.sort(key=lambda f: -box_area(f[1]))
         return found
 
     def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
