@@ -1,4 +1,4 @@
-"""``portrait3d``: one command with subcommands (generate, batch, serve, eval, info, models).
+"""``portrait3d``: one command with subcommands (generate, batch, serve, faces, eval, info, models).
 
 Commands check what they can before anything heavy loads: ``generate`` reads and validates the
 photo and the output folder first (PIL and NumPy only), then the settings, then the models.
@@ -242,6 +242,48 @@ def batch(
     )
     _print_result(summary.manifest_uri)
     raise typer.Exit(1 if p.failed else 0)
+
+
+@app.command()
+def faces(
+    image: Path = typer.Argument(..., help="a photo, e.g. a group photo"),
+    config: list[str] | None = typer.Option(
+        None, "--config", "-c", help="analysis settings, e.g. analysis.face=2 or analysis.face_tiles=1; repeatable"
+    ),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """The faces the analysis finds in a photo, numbered from the left, and the one it would make a head of
+    (`analysis.face`: largest by default; pick another with `generate -c analysis.face=N`)."""
+    from .pipelines.analysis import MediapipeAnalysis, box_area, choose_face, faces_from_left
+    from .pipelines.config import build_profile_config
+    from .pipelines.image_io import load_image
+
+    overrides = config or []
+    with _quiet(verbose):
+        try:
+            photo = load_image(image, max_megapixels=_max_megapixels(overrides))
+            cfg = build_profile_config("fast", overrides).stages["analysis"]
+            stage = MediapipeAnalysis(cfg)
+            try:
+                found = stage.detect_faces(photo.pixels, cfg.face_tiles)
+            finally:
+                stage.close()
+            if not found:
+                from .errors import NoFaceError
+
+                raise NoFaceError(f"no face found in {photo.source}")
+            H, W = photo.pixels.shape[:2]
+            picked = choose_face(found, cfg.face, W, H, photo.source)
+        except Portrait3DError as e:
+            _fail(e)
+    table = Table(title=f"{len(found)} face(s) in {image.name}, N from the left", title_justify="left")
+    for col in ("N", "box (x0, y0, x1, y1)", "side", "score", ""):
+        table.add_column(col)
+    for n, (score, box) in enumerate(faces_from_left(found)):
+        mark = f"[green]picked ({escape(cfg.face)})[/]" if (score, box) == picked else ""
+        side = f"{box_area(box) ** 0.5:.0f}"
+        table.add_row(str(n), ", ".join(f"{v:.0f}" for v in box), side, f"{score:.2f}", mark)
+    out.print(table)
 
 
 @app.command("eval")

@@ -198,3 +198,28 @@ def test_each_hand_is_grown_by_its_own_margin():
     alone = hand_regions([small], 128)
     both = hand_regions([small, big], 128)
     assert np.array_equal(both[:40, :40], alone[:40, :40])  # the big hand does not grow the small one
+
+
+def test_the_faces_command_lists_a_group_photos_faces_and_the_one_picked(tmp_path):
+    from typer.testing import CliRunner
+
+    from portrait3d.cli import app
+    from portrait3d.testing import card_table_photo
+
+    photo = tmp_path / "card_table.png"
+    Image.fromarray(card_table_photo()).save(photo)
+    runner = CliRunner()
+    res = runner.invoke(app, ["faces", str(photo)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert [r for r in rows if "picked (largest)" in r] == [rows[4]]  # the largest box, 135 px
+    res = runner.invoke(app, ["faces", str(photo), "-c", "analysis.face=0"], terminal_width=200)
+    assert "picked (0)" in [r for r in res.output.splitlines() if r.startswith("│")][0]
+    res = runner.invoke(app, ["faces", str(photo), "-c", "analysis.face=6"], terminal_width=200)
+    assert res.exit_code == NoFaceError.exit_code and "has 6 face(s)" in res.output
+    coffee = tmp_path / "coffee.png"
+    import skimage.data
+
+    Image.fromarray(skimage.data.coffee()).save(coffee)
+    assert runner.invoke(app, ["faces", str(coffee)]).exit_code == NoFaceError.exit_code

@@ -44,7 +44,7 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
         [0.9, 0.95, 0.8, 0.95, 0.8]
     """
     if how.isdigit():
-        by_left = sorted(faces, key=lambda f: (f[1][0] + f[1][2], f[1][1] + f[1][3]))
+        by_left = faces_from_left(faces)
         if int(how) >= len(by_left):
             raise NoFaceError(f"analysis.face = {how} (from 0, from the left), but {source} has {len(faces)} face(s)")
         return by_left[int(how)]
@@ -54,6 +54,11 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
         "central": lambda f: ((f[1][0] + f[1][2]) / 2 - width / 2) ** 2 + ((f[1][1] + f[1][3]) / 2 - height / 2) ** 2,
     }
     return min(faces, key=keys[how])
+
+
+def faces_from_left(faces: list[Detection]) -> list[Detection]:
+    """Detections ordered by their box centre, left to right (then top to bottom): ``analysis.face=N``'s order."""
+    return sorted(faces, key=lambda f: (f[1][0] + f[1][2], f[1][1] + f[1][3]))
 
 
 TILE_OVERLAP = 0.3  # each tile is this much wider (and taller) than a 1/N share of the photo
