@@ -268,10 +268,6 @@ def faces(
                 found = stage.detect_faces(photo.pixels, cfg.face_tiles)
             finally:
                 stage.close()
-            if not found:
-                from .errors import NoFaceError
-
-                raise NoFaceError(f"no face found in {photo.source}")
             H, W = photo.pixels.shape[:2]
             picked = choose_face(found, cfg.face, W, H, photo.source)
         except Portrait3DError as e:

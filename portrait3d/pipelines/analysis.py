@@ -35,14 +35,16 @@ Detection = tuple[float, tuple[float, float, float, float]]
 def choose_face(faces: list[Detection], how: str, width: int, height: int, source: str = "the photo") -> Detection:
     """The face ``how`` picks among detections ``[(score, (x0, y0, x1, y1))]`` (pixels) in a
     ``width`` x ``height`` photo: ``largest`` (box area), ``most-confident``, ``central`` (box centre
-    nearest the photo's centre) or a decimal index from the left. Raises NoFaceError for an index
-    past the last face.
+    nearest the photo's centre) or a decimal index from the left. Raises NoFaceError when there is no
+    face, or for an index past the last one.
 
     Example:
         >>> faces = [(0.9, (100, 0, 200, 100)), (0.95, (0, 0, 50, 50)), (0.8, (220, 120, 280, 180))]
         >>> [choose_face(faces, h, 400, 300)[0] for h in ("largest", "most-confident", "central", "0", "2")]
         [0.9, 0.95, 0.8, 0.95, 0.8]
     """
+    if not faces:
+        raise NoFaceError(f"no face found in {source}")
     if how.isdigit():
         by_left = faces_from_left(faces)
         if int(how) >= len(by_left):
@@ -279,8 +281,6 @@ class MediapipeAnalysis:
         img = image.pixels
         H, W = img.shape[:2]
         faces = self.detect_faces(img, cfg.face_tiles)
-        if not faces:
-            raise NoFaceError(f"no face found in {image.source}")
         notes = []
         score, (x0, y0, x1, y1) = choose_face(faces, cfg.face, W, H, image.source)
         if len(faces) > 1:
