@@ -23,6 +23,7 @@ from .caption import TEMPLATE
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, lift_landmarks
 from .identity import load_identity_encoder
 from .registry import register
+from .resample import shrink_crop
 from .settings import ModelRootSettings, setting
 from .stage import Reporter
 from .types import AnalysisInput, PortraitAnalysis
@@ -301,9 +302,13 @@ class MediapipeAnalysis:
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - cfg.crop_shift * (y1 - y0)
         box = (cx - crop_side / 2, cy - crop_side / 2, cx + crop_side / 2, cy + crop_side / 2)
         scale = S / crop_side
-        M = np.array([[scale, 0, -box[0] * scale], [0, scale, -box[1] * scale]])
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        crop = cv2.warpAffine(img, M, (S, S), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+        if scale < 1:  # a large photo: whole source pixels, each crop pixel their mean (no aliasing)
+            bx, by, side_px = round(box[0]), round(box[1]), round(crop_side)
+            box, scale = (bx, by, bx + side_px, by + side_px), S / side_px
+            crop = shrink_crop(img, bx, by, side_px, S)
+        else:
+            M = np.array([[scale, 0, -box[0] * scale], [0, scale, -box[1] * scale]])
+            crop = cv2.warpAffine(img, M, (S, S), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         face_box = tuple(
             float(v)
             for v in ((x0 - box[0]) * scale, (y0 - box[1]) * scale, (x1 - box[0]) * scale, (y1 - box[1]) * scale)

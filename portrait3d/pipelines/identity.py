@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from .resample import warp_affine_area
 
 # ArcFace's 112x112 alignment template (insightface), for eye centres, nose tip, mouth corners.
 ARCFACE_TEMPLATE = np.array(
@@ -110,7 +111,7 @@ class ArcFaceOnnx(IdentityEncoder):
         M, _ = cv2.estimateAffinePartial2D(src, ARCFACE_TEMPLATE[:3])
         if M is None:
             return None
-        face = cv2.warpAffine(image, M, (112, 112), borderMode=cv2.BORDER_REPLICATE)
+        face = warp_affine_area(image, M, (112, 112), upscale=cv2.INTER_LINEAR)
         x = ((face.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
         out = self.session.run(None, {self.input_name: x})[0][0].astype(np.float32)
         return out / max(float(np.linalg.norm(out)), 1e-12)
