@@ -152,7 +152,10 @@ def generate(
 @app.command()
 def batch(
     inputs: str = typer.Argument(
-        ..., metavar="INPUT", help="folder, glob, CSV/Parquet manifest of URIs, or s3:// prefix of portraits"
+        ...,
+        metavar="INPUT",
+        help="folder, glob, CSV/Parquet manifest of URIs (an optional face column picks each photo's face, "
+        "as analysis.face does), or s3:// prefix of portraits",
     ),
     output: str = typer.Argument(..., metavar="OUTPUT", help="local folder or s3:// prefix for the heads"),
     profile: str = typer.Option("fast", "--profile", "-p", help="method profile (see `portrait3d info`)"),

@@ -17,6 +17,16 @@ def astronaut() -> np.ndarray:
     return skimage.data.astronaut()
 
 
+def two_astronauts() -> np.ndarray:
+    """The astronaut (512 px, left) beside herself at 384 px (right), on grey: two faces."""
+    big = astronaut()
+    small = np.asarray(Image.fromarray(big).resize((384, 384), Image.LANCZOS))
+    canvas = np.full((512, 512 + 384, 3), 200, np.uint8)
+    canvas[:, :512] = big
+    canvas[:384, 512:] = small
+    return canvas
+
+
 def grace_hopper_path() -> Path:
     import matplotlib
 

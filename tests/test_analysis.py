@@ -7,7 +7,7 @@ from portrait3d.pipelines.camera import rotation_ypr
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import MESH_POINTS, head_rotation, lift_landmarks
 
-from .conftest import analyze, astronaut, grace_hopper_path, png_bytes
+from .conftest import analyze, astronaut, grace_hopper_path, png_bytes, two_astronauts
 
 
 def test_astronaut_analysis(astronaut_analysis):
@@ -79,18 +79,8 @@ def test_small_face_is_accepted_with_a_note(analysis_stage):
     assert a.crop.shape == (512, 512, 3) and a.identity is not None
 
 
-def _two_astronauts() -> np.ndarray:
-    """The astronaut (512 px, left) beside herself at 384 px (right), on grey."""
-    big = astronaut()
-    small = np.asarray(Image.fromarray(big).resize((384, 384), Image.LANCZOS))
-    canvas = np.full((512, 512 + 384, 3), 200, np.uint8)
-    canvas[:, :512] = big
-    canvas[:384, 512:] = small
-    return canvas
-
-
 def test_largest_of_several_faces_is_used(analysis_stage):
-    a = analyze(analysis_stage, png_bytes(_two_astronauts()))
+    a = analyze(analysis_stage, png_bytes(two_astronauts()))
     assert "2 faces found; used the largest" in a.notes
     assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one
 
@@ -98,7 +88,7 @@ def test_largest_of_several_faces_is_used(analysis_stage):
 def test_the_face_setting_picks_another_face():
     from portrait3d.pipelines.analysis import MediapipeAnalysis
 
-    photo = png_bytes(_two_astronauts())
+    photo = png_bytes(two_astronauts())
     stage = MediapipeAnalysis(MediapipeAnalysis.Config(face="1"))
     try:
         a = analyze(stage, photo)

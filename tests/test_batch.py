@@ -26,7 +26,7 @@ from portrait3d.engine.config import build_engine_config
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.testing import portrait_dataset
 
-from .conftest import QUICK_HEAD
+from .conftest import QUICK_HEAD, two_astronauts
 
 pytestmark = pytest.mark.slow
 POOLS = {"analysis", "geometry", "texture", "export"}
@@ -130,6 +130,35 @@ def test_folder_with_broken_files_then_rerun(ray_local, tmp_path):
     assert all(rows2[p.name]["reused"] and rows2[p.name]["glb_uri"] == rows[p.name]["glb_uri"] for p in inputs[:4])
     assert all(json.loads(rows2[p.name]["workers_json"]) == {} for p in inputs[:4])
     assert {p: p.stat().st_mtime_ns for p in out.glob("heads/*/*")} == mtimes  # nothing rewritten
+
+
+def test_a_manifest_row_picks_the_face_of_a_group_photo(ray_local, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(two_astronauts()).save(tmp_path / "in" / "two.png")
+    manifest = tmp_path / "in" / "faces.csv"
+    manifest.write_text("path,face\ntwo.png,\ntwo.png,0\ntwo.png,1\ntwo.png,1\ntwo.png,2\ntwo.png,widest\n")
+    out = tmp_path / "out"
+    s = run_batch(str(manifest), str(out), quick(), build_engine_config("fast"))
+    rows = pq.read_table(s.manifest_uri).to_pylist()
+    assert [r["face"] for r in rows] == ["", "0", "1", "1", "2", "widest"]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] * 2
+    assert (s.progress.made, s.progress.reused) == (3, 1)  # the second "1" is the first one's head
+    assert rows[4]["error_type"] == "NoFaceError" and "has 2 face(s)" in rows[4]["error_message"]
+    assert rows[5]["error_type"] == "ConfigError" and "widest" in rows[5]["error_message"]
+    heads = [json.loads(Path(r["json_uri"]).read_text()) for r in rows[:4]]
+    assert len({r["bundle_uri"] for r in rows[:3]}) == 3 and rows[3]["bundle_uri"] == rows[2]["bundle_uri"]
+    # Face 0 (left) is the largest, the run's choice; face 1 is the small one on the right.
+    assert heads[0]["crop_box"] == heads[1]["crop_box"] and heads[1]["crop_box"][2] < 700
+    assert heads[2]["crop_box"][0] > 512
+    assert "2 faces found; used face 1 from the left (from 0)" in heads[2]["notes"]
+    assert all(h["input_sha256"] == rows[0]["content_hash"] for h in heads)
+
+    with PoolWatch() as watch:  # a rerun takes every head, and face 2's error, from the first run
+        s2 = run_batch(str(manifest), str(out), quick(), build_engine_config("fast"))
+    assert watch.seen == set(), "a rerun with nothing to make started a worker pool"
+    rows2 = pq.read_table(s2.manifest_uri).to_pylist()
+    assert [r["status"] for r in rows2] == [r["status"] for r in rows] and s2.progress.reused == 4
+    assert [r["glb_uri"] for r in rows2] == [r["glb_uri"] for r in rows]
 
 
 def test_rerun_trusts_listed_size_and_mtime_unless_told_not_to(ray_local, tmp_path):

@@ -82,6 +82,19 @@ def test_list_inputs_folder_glob_manifests(tmp_path):
     assert list_inputs(str(tmp_path / "b.webp"))[0] == [str(tmp_path / "b.webp")]
 
 
+def test_a_manifest_picks_a_face_per_photo(tmp_path):
+    from portrait3d.engine.batch import list_input_table
+
+    (tmp_path / "m.csv").write_text("path,face\ng.jpg,1\ng.jpg,\ng.jpg, Central \ng.jpg,widest\n")
+    listing, _ = list_input_table(str(tmp_path / "m.csv"))
+    assert listing.column("face").to_pylist() == ["1", "", "central", "widest"]
+    # A Parquet column of integers (nulls for the run's choice), and a manifest with no face column.
+    pq.write_table(pa.table({"uri": ["a.jpg", "b.jpg"], "face": pa.array([2, None], pa.int64())}), tmp_path / "f.pq")
+    assert list_input_table(str(tmp_path / "f.pq"))[0].column("face").to_pylist() == ["2", ""]
+    (tmp_path / "n.csv").write_text("path\na.jpg\n")
+    assert list_input_table(str(tmp_path / "n.csv"))[0].column("face").to_pylist() == [""]
+
+
 def test_list_inputs_errors(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         list_inputs(str(tmp_path / "missing"))
@@ -163,7 +176,12 @@ def test_manifest_is_compacted_from_parts_and_remembered_by_stat(tmp_path):
     assert table.column("input_size").to_pylist() == [100, 101, 102, 103]
     prev = Previous.load(str(tmp_path), fp)
     assert prev.hashes == {("0.jpg", 100, 7): "1" * 64, ("1.jpg", 101, 7): "2" * 64}
-    assert prev.errors == {"2" * 64: ("NoFaceError", "no face", "analysis")}
+    assert prev.errors == {("2" * 64, ""): ("NoFaceError", "no face", "analysis")}
+    # An error of one face of a photo is not the error of its other faces.
+    row = new_row(9, "other.jpg", face="") | {"content_hash": "2" * 64}
+    assert prev.mark_known_error(row) and row["error_type"] == "NoFaceError"
+    row = new_row(9, "other.jpg", face="1") | {"content_hash": "2" * 64}
+    assert not prev.mark_known_error(row) and row["status"] == "pending"
     assert Previous.load(str(tmp_path), "cd" * 32).hashes == {}  # other settings: nothing is taken
 
 

@@ -100,7 +100,11 @@ class BatchSummary:
         return pq.read_table(io.BytesIO(storage.read_bytes(self.manifest_uri))).to_pylist()
 
 
-LISTING_SCHEMA = pa.schema([("input_uri", pa.string()), ("input_size", pa.int64()), ("input_mtime_ns", pa.int64())])
+LISTING_SCHEMA = pa.schema(
+    [("input_uri", pa.string()), ("input_size", pa.int64()), ("input_mtime_ns", pa.int64()), ("face", pa.string())]
+)
+#: A manifest's optional column: which face of each photo to make a head of (as ``analysis.face``).
+FACE_COLUMN = "face"
 
 
 def list_inputs(spec: str) -> tuple[list[str], list[str]]:
@@ -108,7 +112,8 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
 
     Folders, prefixes and globs give the files with an image suffix; other files are reported as
     skipped. A manifest names its images in a column ``input_uri``, ``uri``, ``path``, ``image`` or
-    ``file``; relative paths in it are relative to the manifest's folder.
+    ``file``; relative paths in it are relative to the manifest's folder. Its optional ``face`` column
+    picks a face per photo (``largest``, ``central``, ``2`` ..., as ``analysis.face``; empty: the run's).
     """
     listing, skipped = list_input_table(spec)
     return listing.column("input_uri").to_pylist(), skipped
@@ -116,12 +121,13 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
 
 def list_input_table(spec: str | list[str]) -> tuple[pa.Table, list[str]]:
     """:func:`list_inputs` as an Arrow table (``LISTING_SCHEMA``) with each file's size and mtime from
-    the listing (-1 for inputs named by a manifest or a list, which the listing does not stat)."""
+    the listing (-1 for inputs named by a manifest or a list, which the listing does not stat) and the
+    face a manifest picks for it ('' for the run's ``analysis.face``)."""
     if isinstance(spec, list):
         return _listing([(str(u), -1, -1) for u in spec]), []
     spec = str(spec)
     if spec.lower().endswith(MANIFEST_SUFFIXES) and not any(c in spec for c in "*?["):
-        return _listing([(u, -1, -1) for u in _read_manifest(spec)]), []
+        return _listing([(u, -1, -1, face) for u, face in _read_manifest(spec)]), []
     if any(c in spec for c in "*?[") or storage.is_dir(spec) or (storage.is_s3(spec) and not storage.exists(spec)):
         files = storage.list_file_stats(spec)
         images = [f for f in files if f[0].lower().endswith(IMAGE_SUFFIXES)]
@@ -133,13 +139,31 @@ def list_input_table(spec: str | list[str]) -> tuple[pa.Table, list[str]]:
     raise InputError(f"input {spec} is not a folder, prefix, glob, manifest or file")
 
 
-def _listing(files: list[tuple[str, int, int]]) -> pa.Table:
-    cols = list(zip(*files, strict=True)) if files else [[], [], []]
+def _listing(files: list[tuple[str, int, int]] | list[tuple[str, int, int, str]]) -> pa.Table:
+    """``(URI, size, mtime[, face])`` per input -> a ``LISTING_SCHEMA`` table."""
+    rows = [(*f, "")[:4] for f in files]
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
     arrays = [pa.array(c, type=f.type) for c, f in zip(cols, LISTING_SCHEMA, strict=True)]
     return pa.table(arrays, schema=LISTING_SCHEMA)
 
 
-def _read_manifest(uri: str) -> list[str]:
+def face_cell(value: object) -> str:
+    """A manifest's face cell as ``analysis.face`` spells it: ``2``, ``2.0`` and ``" 2 "`` -> ``'2'``,
+    ``'Largest'`` -> ``'largest'``; empty, null or NaN -> ``''`` (the run's setting). Other values pass
+    as they are: the precheck gives their rows a ConfigError.
+
+    Example:
+        >>> [face_cell(v) for v in (2, 2.0, " Central ", None, float("nan"), "", "widest")]
+        ['2', '2', 'central', '', '', '', 'widest']
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().lower()
+
+
+def _read_manifest(uri: str) -> list[tuple[str, str]]:
     data = storage.read_bytes(uri)
     try:
         table = (
@@ -154,15 +178,15 @@ def _read_manifest(uri: str) -> list[str]:
             f"it has {', '.join(table.column_names)}"
         )
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else os.path.dirname(storage.normalize(uri))
+    faces = table.column(FACE_COLUMN).to_pylist() if FACE_COLUMN in table.column_names else [None] * table.num_rows
     uris = []
-    for v in table.column(col).to_pylist():
+    for v, face in zip(table.column(col).to_pylist(), faces, strict=True):
         if not v:
             continue
         v = str(v)
-        if storage.is_s3(v) or os.path.isabs(v):
-            uris.append(v)
-        else:
-            uris.append(f"{base}/{v}" if storage.is_s3(base) else os.path.normpath(os.path.join(base, v)))
+        if not (storage.is_s3(v) or os.path.isabs(v)):
+            v = f"{base}/{v}" if storage.is_s3(base) else os.path.normpath(os.path.join(base, v))
+        uris.append((v, face_cell(face)))
     if not uris:
         raise InputError(f"manifest {uri} lists no inputs")
     return uris
@@ -237,8 +261,8 @@ class RowSink:
         self.parts, self.on_row = parts, on_row
         self.progress = BatchProgress(total=total)
         self.finished = np.zeros(total, dtype=bool)
-        self.seen: set[str] = set()  # content hashes sent to the pools
-        self.twins: dict[str, list[dict[str, Any]]] = {}  # later rows with the same bytes
+        self.seen: set[str] = set()  # head keys (content hash, face) sent to the pools
+        self.twins: dict[str, list[dict[str, Any]]] = {}  # later rows with the same bytes and face
         self.to_make: list[Any] = []
 
     def emit(self, row: dict[str, Any]) -> None:
@@ -254,15 +278,16 @@ class RowSink:
 
         make = []
         for row in rows:
-            digest = row["content_hash"]
             if row["status"] == "pending":
                 previous.mark_known_error(row)  # known bytes under another URI
             if row["status"] != "pending":
                 self.emit(row)
-            elif digest in self.seen:
-                self.twins.setdefault(digest, []).append(row)
+                continue
+            key = heads.head_key(row["content_hash"], row["face"])
+            if key in self.seen:
+                self.twins.setdefault(key, []).append(row)
             else:
-                self.seen.add(digest)
+                self.seen.add(key)
                 make.append(row)
         # one block per head, so that the pools share the heads out one at a time (Ray Data's streaming
         # repartition to one row per block needs a free CPU, which the warm pools hold)
@@ -270,7 +295,7 @@ class RowSink:
 
     def made(self, row: dict[str, Any]) -> None:
         self.emit(row)
-        for twin in self.twins.pop(row["content_hash"], []):
+        for twin in self.twins.pop(heads.head_key(row["content_hash"], row["face"]), []):
             copy_result(row, twin)
             self.emit(twin)
 
@@ -285,8 +310,8 @@ def settle_listed(listing: pa.Table, previous: Previous, sink: RowSink, chunk: i
         part = listing.slice(start, chunk)
         rows = []
         columns = (part.column(n).to_pylist() for n in LISTING_SCHEMA.names)
-        for i, (uri, size, mtime) in enumerate(zip(*columns, strict=True)):
-            row = new_row(start + i, uri, size, mtime)
+        for i, (uri, size, mtime, face) in enumerate(zip(*columns, strict=True)):
+            row = new_row(start + i, uri, size, mtime, face)
             row["content_hash"] = previous.hashes.get((uri, size, mtime), "") if size >= 0 else ""
             if row["content_hash"] and previous.mark_known_error(row):
                 sink.emit(row)
@@ -376,10 +401,10 @@ def write_unfinished(
         else f"a worker process died on this input on each of its {engine.batch.max_task_retries + 1} "
         "attempt(s) (out of memory? a crash?)"
     )
-    uris, sizes, mtimes = (listing.column(n) for n in LISTING_SCHEMA.names)
+    uris, sizes, mtimes, faces = (listing.column(n) for n in LISTING_SCHEMA.names)
     for i in map(int, np.flatnonzero(~sink.finished)):
         uri = uris[i].as_py()
-        row = new_row(i, uri, sizes[i].as_py(), mtimes[i].as_py())
+        row = new_row(i, uri, sizes[i].as_py(), mtimes[i].as_py(), faces[i].as_py())
         timed_out = heads.find_timeout(output, uri) if engine.batch.head_timeout_s else None
         if timed_out:  # the worker ended itself, with no retry left
             mark_error(row, timed_out["pool"], HeadTimeoutError.__name__, timed_out["message"])

@@ -1,4 +1,5 @@
-"""Where heads live in an output root (local or ``s3://``), keyed by the input's content hash.
+"""Where heads live in an output root (local or ``s3://``), keyed by the input's content hash (and, for
+an input whose manifest row picks a face, that choice too).
 
 ``OUTPUT/heads/<hash16>/``: ``head.glb``, ``views.png``, then ``head.json`` written last, so a bundle
 whose ``head.json`` exists is complete. ``OUTPUT/_work/<hash16>/``: intermediates passed between
@@ -19,19 +20,29 @@ from ..pipelines.outputs import BUNDLE_FILES
 KEY_CHARS = 16  # 64 bits of SHA-256: collisions are not a concern at dataset sizes
 
 
-def head_key(content_hash: str) -> str:
+def head_key(content_hash: str, face: str = "") -> str:
+    """The head's folder name: the first 16 hex digits of the input's content hash; of a head of the
+    face ``face`` (a manifest row's choice), those of the hash of both, so each face is its own head.
+
+    Example:
+        >>> digest = "ab" * 32
+        >>> head_key(digest), head_key(digest, "2")
+        ('abababababababab', 'f0be976e14306eec')
+    """
     key = content_hash[:KEY_CHARS]
     if len(key) != KEY_CHARS or any(c not in "0123456789abcdef" for c in key):
         raise StorageError(f"not a content hash: {content_hash!r}")
+    if face:
+        return hashlib.sha256(f"{content_hash}\nface={face}".encode()).hexdigest()[:KEY_CHARS]
     return key
 
 
-def bundle_uri(output: str, content_hash: str) -> str:
-    return storage.join(output, "heads", head_key(content_hash))
+def bundle_uri(output: str, content_hash: str, face: str = "") -> str:
+    return storage.join(output, "heads", head_key(content_hash, face))
 
 
-def work_uri(output: str, content_hash: str) -> str:
-    return storage.join(output, "_work", head_key(content_hash))
+def work_uri(output: str, content_hash: str, face: str = "") -> str:
+    return storage.join(output, "_work", head_key(content_hash, face))
 
 
 def _timeout_uri(output: str, input_uri: str) -> str:

@@ -136,10 +136,11 @@ Stat = tuple[str, int, int]
 class Previous:
     """What earlier runs with these settings found, kept small: ``hashes`` maps an input's
     ``(URI, size, mtime_ns)`` to its content hash (for inputs that were made, or failed with an input
-    error); ``errors`` maps a content hash to its input error ``(type, message, stage)``."""
+    error); ``errors`` maps a ``(content hash, face)`` (the row's face choice) to its input error
+    ``(type, message, stage)``."""
 
     hashes: dict[Stat, str] = field(default_factory=dict)
-    errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    errors: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, output: str, fingerprint: str) -> Previous:
@@ -155,19 +156,20 @@ class Previous:
         if not set(names) <= set(table.column_names):  # a manifest from before these columns
             return
         cols = [table.column(n).to_pylist() for n in names]
-        for uri, size, mtime, digest, status, kind, message, stage in zip(*cols, strict=True):
+        faces = table.column("face").to_pylist() if "face" in table.column_names else [""] * table.num_rows
+        for uri, size, mtime, digest, status, kind, message, stage, face in zip(*cols, faces, strict=True):
             if not digest:
                 continue
             if status == "error" and is_input_error(kind):
-                self.errors[digest] = (kind, message, stage)
+                self.errors[(digest, face or "")] = (kind, message, stage)
             elif status != "ok":
                 continue
             if size is not None and size >= 0:
                 self.hashes[(uri, size, mtime)] = digest
 
     def mark_known_error(self, row: dict[str, Any]) -> bool:
-        """Give ``row`` the input error recorded for its content hash; returns whether there was one."""
-        known = self.errors.get(row["content_hash"])
+        """Give ``row`` the input error recorded for its content hash and face; returns whether there was one."""
+        known = self.errors.get((row["content_hash"], row["face"]))
         if known is None:
             return False
         kind, message, stage = known

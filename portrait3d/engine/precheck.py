@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from .. import storage
 from ..errors import Portrait3DError
+from ..pipelines.analysis import check_face_choice
 from ..pipelines.image_io import load_image
 from . import heads
 from .rows import batch_to_rows, mark_error, rows_table
@@ -34,6 +35,8 @@ def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int
     up by it before its input is read."""
     uri = row["input_uri"]
     try:
+        if row["face"]:
+            check_face_choice(row["face"], f"the face column for {uri}")
         if row["content_hash"] and _reuse(row, output, fingerprint):
             return
         data = storage.read_bytes(uri, max_bytes=max_bytes)
@@ -47,7 +50,7 @@ def check_row(row: dict[str, Any], output: str, fingerprint: str, max_bytes: int
 
 def _reuse(row: dict[str, Any], output: str, fingerprint: str) -> bool:
     """Point ``row`` at the complete bundle of its content hash made with these settings, if any."""
-    bundle = heads.bundle_uri(output, row["content_hash"])
+    bundle = heads.bundle_uri(output, row["content_hash"], row["face"])
     record = heads.find_bundle(bundle, fingerprint)
     if record is None:
         return False

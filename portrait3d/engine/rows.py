@@ -19,6 +19,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, Any, str], ...] = (
     ("input_uri", pa.string(), "", "the portrait"),
     ("input_size", pa.int64(), -1, "its size in bytes, from the listing (-1: not listed with one)"),
     ("input_mtime_ns", pa.int64(), -1, "its modification time, ns since the epoch, from the listing (-1: none)"),
+    ("face", pa.string(), "", "which face of the photo, from the input manifest's face column ('': analysis.face)"),
     ("content_hash", pa.string(), "", "SHA-256 of the input's bytes (empty when it could not be read)"),
     ("status", pa.string(), "pending", "ok or error"),
     ("reused", pa.bool_(), False, "the bundle existed from an earlier run with the same settings"),
@@ -51,10 +52,11 @@ TIMING_COLUMNS = {
 }
 
 
-def new_row(index: int, input_uri: str, size: int = -1, mtime_ns: int = -1) -> dict[str, Any]:
+def new_row(index: int, input_uri: str, size: int = -1, mtime_ns: int = -1, face: str = "") -> dict[str, Any]:
     row = {n: d for n, _, d, _ in COLUMNS}
     row.update({n: d for n, _, d in INTERNAL})
     row.update(index=int(index), input_uri=str(input_uri), input_size=int(size), input_mtime_ns=int(mtime_ns))
+    row["face"] = str(face)
     return row
 
 

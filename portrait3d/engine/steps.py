@@ -61,9 +61,12 @@ def bundle_done(bundle_uri: str, fingerprint: str) -> bool:
     return heads.find_bundle(bundle_uri, fingerprint) is not None
 
 
-def run_analysis(p3d: Portrait3D, data: bytes, name: str, work_uri: str, ctx: RunContext) -> PortraitAnalysis:
-    """Stage 1 on the photo's bytes (``name``: where they came from, for messages)."""
-    analysis = p3d.analyze(data, ctx, name=name)
+def run_analysis(
+    p3d: Portrait3D, data: bytes, name: str, work_uri: str, ctx: RunContext, face: str = ""
+) -> PortraitAnalysis:
+    """Stage 1 on the photo's bytes (``name``: where they came from, for messages; ``face``: which face,
+    for this photo only, as ``analysis.face``)."""
+    analysis = p3d.analyze(data, ctx, name=name, face=face)
     storage.write_bytes(storage.join(work_uri, OUTPUTS["analysis"]), encode(analysis))
     return analysis
 

@@ -181,8 +181,8 @@ class AnalysisWorker(StageWorker):
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         uri = row["input_uri"]
         data = storage.read_bytes(uri, max_bytes=int(self.batch.max_input_mb * 2**20))
-        row["work_uri"] = heads.work_uri(self.output, row["content_hash"])
-        steps.run_analysis(self.p3d, data, uri, row["work_uri"], ctx)
+        row["work_uri"] = heads.work_uri(self.output, row["content_hash"], row["face"])
+        steps.run_analysis(self.p3d, data, uri, row["work_uri"], ctx, face=row["face"])
 
 
 class GeometryWorker(StageWorker):
@@ -214,7 +214,7 @@ class ExportWorker(StageWorker):
 
     def process(self, row: dict[str, Any], ctx: RunContext) -> None:
         ctx.timings.update({s: row[c] for s, c in TIMING_COLUMNS.items() if s != "export"})
-        uri = heads.bundle_uri(self.output, row["content_hash"])
+        uri = heads.bundle_uri(self.output, row["content_hash"], row["face"])
         heads.fill_outputs(row, uri, steps.run_export(self.p3d, row["work_uri"], uri, ctx))
         if not self.batch.keep_work:
             storage.delete_tree(row["work_uri"])

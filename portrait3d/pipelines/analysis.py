@@ -49,7 +49,9 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
     if how.isdigit():
         by_left = faces_from_left(faces)
         if int(how) >= len(by_left):
-            raise NoFaceError(f"analysis.face = {how} (from 0, from the left), but {source} has {len(faces)} face(s)")
+            raise NoFaceError(
+                f"face {how} (from 0, from the left) was asked for, but {source} has {len(faces)} face(s)"
+            )
         return by_left[int(how)]
     keys = {
         "largest": lambda f: -box_area(f[1]),
@@ -99,6 +101,14 @@ def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 def box_area(b: tuple[float, ...]) -> float:
     """Area of a box ``(x0, y0, x1, y1)``."""
     return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def check_face_choice(how: str, what: str = "analysis.face") -> str:
+    """``how`` when ``analysis.face`` takes it (a word of ``FACE_CHOICES`` or an index), else a ConfigError
+    naming ``what`` gave it."""
+    if how not in FACE_CHOICES and not how.isdigit():
+        raise ConfigError(f"{what} = {how!r}: use {', '.join(FACE_CHOICES)}, or a face's index from the left")
+    return how
 
 
 def describe_choice(how: str) -> str:
@@ -185,10 +195,7 @@ class MediapipeAnalysis:
         )
 
         def validate(self) -> None:
-            if self.face not in FACE_CHOICES and not self.face.isdigit():
-                raise ConfigError(
-                    f"analysis.face = {self.face!r}: use {', '.join(FACE_CHOICES)}, or a face's index from the left"
-                )
+            check_face_choice(self.face)
             if self.canny_low > self.canny_high:
                 raise ConfigError("analysis.canny_low must not exceed analysis.canny_high")
             if self.identity not in ("dlib", "arcface") and not self.identity.lower().endswith(".onnx"):
@@ -283,9 +290,10 @@ class MediapipeAnalysis:
         H, W = img.shape[:2]
         faces = self.detect_faces(img, cfg.face_tiles)
         notes = []
-        score, (x0, y0, x1, y1) = choose_face(faces, cfg.face, W, H, image.source)
-        if len(faces) > 1:
-            notes.append(f"{len(faces)} faces found; used {describe_choice(cfg.face)}")
+        how = check_face_choice(inputs.face, f"the face asked for {image.source}") if inputs.face else cfg.face
+        score, (x0, y0, x1, y1) = choose_face(faces, how, W, H, image.source)
+        if len(faces) > 1 or inputs.face:
+            notes.append(f"{len(faces)} face{'s' * (len(faces) > 1)} found; used {describe_choice(how)}")
         side = max(x1 - x0, y1 - y0)
         if side < cfg.min_face_px:
             raise FaceTooSmallError(

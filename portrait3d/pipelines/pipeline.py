@@ -217,10 +217,14 @@ class Portrait3D:
         return load_image(src, max_megapixels=self.config.stages["analysis"].max_megapixels, name=name)
 
     def analyze(
-        self, src: str | Path | bytes | DecodedImage, ctx: RunContext | None = None, name: str | None = None
+        self,
+        src: str | Path | bytes | DecodedImage,
+        ctx: RunContext | None = None,
+        name: str | None = None,
+        face: str = "",
     ) -> PortraitAnalysis:
-        """Stage 1."""
-        return self.run_stage("analysis", AnalysisInput(self.load(src, name)), ctx)
+        """Stage 1; ``face``: which face of the photo, for this photo only (as ``analysis.face``)."""
+        return self.run_stage("analysis", AnalysisInput(self.load(src, name), face), ctx)
 
     def initialize(self, analysis: PortraitAnalysis, ctx: RunContext | None = None) -> HeadMesh:
         """Stage 2."""

@@ -102,6 +102,7 @@ class Bundle:
 @dataclass(frozen=True)
 class AnalysisInput:
     image: DecodedImage
+    face: str = ""  # which face, as ``analysis.face`` takes it; '': the stage's ``analysis.face``
 
 
 @dataclass(frozen=True)
