@@ -12,6 +12,8 @@
    (OpenCV Telea), and back-projects the new pixels into the texels that are still empty.
 5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
    feathered into the photo region.
+6. The back of the head is looked at with mediapipe's face detector; where it finds a face there, the
+   painted hair behind the ears is smoothed until it finds none (``back_check``).
 
 ``stats["coverage"]`` is the share of used texels that received a colour from the photo, the mirror
 or an inpainting view (before the push-pull fill, which reaches every texel).
@@ -19,12 +21,14 @@ or an inpainting view (before the push-pull fill, which reaches every texel).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from .back_check import BACK_LEVELS, Detector, back_weight, faces_behind, mediapipe_detector, smooth_back
 from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
@@ -35,10 +39,10 @@ from .texturing import (
     NONE,
     PHOTO,
     VIEWS,
+    atlas_texture,
     build_atlas,
     coverage_stats,
     depth_map,
-    fill_atlas,
     mirror_points,
     pixel_index,
     project_photo,
@@ -55,8 +59,6 @@ from .uv_unwrap import UVUnwrapper
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
 NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
-PHOTO_KEEP_GAIN = 1.5  # how fast the photo's own texels win over the blur away from a seam
-PHOTO_KEEP_MIN = 0.85  # a texel from the photo keeps at least this much of itself
 
 
 @register("texture", "classical")
@@ -113,6 +115,11 @@ class ClassicalTexture:
             ge=0,
             le=100,
         )
+        back_check: bool = setting(
+            True,
+            "look at the textured head from behind (12 views) with mediapipe's face detector and, while it finds a "
+            "face there, smooth the painted hair behind the ears (to one colour per height, then toward one colour)",
+        )
         grazing_blur: float = setting(
             1.0,
             "a texel the photo sees at a grazing angle averages the photo across its stretch over this many "
@@ -125,9 +132,12 @@ class ClassicalTexture:
         self.cfg = cfg
         self.raster = get_rasterizer("torch")
         self.unwrapper = UVUnwrapper()
+        self._detect: Detector | None = None  # built on the first back check
+        self._close_detector: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.unwrapper.close()
+        self._close_detector()
 
     def ring_prior(
         self,
@@ -212,19 +222,45 @@ class ClassicalTexture:
             known |= todo
             source[todo] = VIEWS
         report(0.9, "atlas fill")
-
-        # 5. Atlas: unseen texels and the gutter by push-pull, then feather the filled regions.
-        tex = fill_atlas(T, idx, colors, known)
-        src_map = np.zeros(T * T, np.float32)
-        src_map[idx[source == PHOTO]] = 1.0
-        if cfg.feather > 0:
-            blurred = cv2.GaussianBlur(tex, (0, 0), cfg.feather)
-            photo = cv2.GaussianBlur(src_map.reshape(T, T), (0, 0), cfg.feather)
-            keep = np.clip(photo * PHOTO_KEEP_GAIN, 0, 1)[..., None]
-            keep = np.where(src_map.reshape(T, T)[..., None] > 0, np.maximum(keep, PHOTO_KEEP_MIN), keep)
-            tex = tex * keep + blurred * (1 - keep)
-        texture = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
+        texture = atlas_texture(T, idx, colors, known, source == PHOTO, cfg.feather)
         stats = coverage_stats(source, known)
-        return TexturedHead(
+        head = TexturedHead(
             mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex, texture=texture, stats=stats
         )
+        if cfg.back_check:
+            report(0.95, "back of the head")
+            head = self.clear_back(head, idx, pts, colors, known, source, report.check)
+        return head
+
+    def clear_back(
+        self,
+        head: TexturedHead,
+        idx: np.ndarray,
+        pts: np.ndarray,
+        colors: np.ndarray,
+        known: np.ndarray,
+        source: np.ndarray,
+        check: Callable[[], None],
+    ) -> TexturedHead:
+        """``head``, or, while mediapipe finds a face on its back (:func:`faces_behind`), the same with the
+        painted texels behind the ears smoothed one level more (:func:`smooth_back`); of the levels tried,
+        the least smoothed of those with the fewest views with a face (where smoothing does not help, the
+        face is not in the hair: the head is kept as it was). ``stats`` gets ``back_smoothing`` (0: as
+        painted) and ``back_faces`` (how many of the back views still show a face)."""
+        if self._detect is None:
+            self._detect, self._close_detector = mediapipe_detector()
+        weight = back_weight(pts, source != PHOTO)
+        found = faces_behind(head, self._detect)
+        best = (len(found), 0, head)
+        for level in range(1, BACK_LEVELS + 1):
+            if not found:
+                break
+            check()
+            smoothed = smooth_back(pts, colors, weight, level)
+            texture = atlas_texture(head.texture.shape[0], idx, smoothed, known, source == PHOTO, self.cfg.feather)
+            tried = dataclasses.replace(head, texture=texture, stats=dict(head.stats))
+            found = faces_behind(tried, self._detect)
+            best = min(best, (len(found), level, tried), key=lambda b: b[:2])
+        faces, level, head = best
+        head.stats.update(back_smoothing=level, back_faces=faces)
+        return head

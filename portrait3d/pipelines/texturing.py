@@ -296,6 +296,28 @@ def fill_atlas(size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray
     return push_pull(tex, grown)
 
 
+def atlas_texture(
+    size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray, photo: np.ndarray, feather: float
+) -> np.ndarray:
+    """The ``size x size`` uint8 texture of the texels ``idx (P,)`` with ``colors (P, 3)``: the unknown ones
+    and the gutter by push-pull (:func:`fill_atlas`), then the regions not from the photo (``photo (P,)``)
+    blurred by ``feather`` texels, the photo's own texels kept (at least ``PHOTO_KEEP_MIN`` of each)."""
+    tex = fill_atlas(size, idx, colors, known)
+    if feather > 0:
+        src = np.zeros(size * size, np.float32)
+        src[idx[photo]] = 1.0
+        src = src.reshape(size, size)
+        blurred = cv2.GaussianBlur(tex, (0, 0), feather)
+        keep = np.clip(cv2.GaussianBlur(src, (0, 0), feather) * PHOTO_KEEP_GAIN, 0, 1)[..., None]
+        keep = np.where(src[..., None] > 0, np.maximum(keep, PHOTO_KEEP_MIN), keep)
+        tex = tex * keep + blurred * (1 - keep)
+    return np.clip(tex + 0.5, 0, 255).astype(np.uint8)
+
+
+PHOTO_KEEP_GAIN = 1.5  # how fast the photo's own texels win over the blur away from a seam
+PHOTO_KEEP_MIN = 0.85  # a texel from the photo keeps at least this much of itself
+
+
 def dilate_texture(tex: np.ndarray, have: np.ndarray, radius: int, rim: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The release's dilation of a UV map: every texel within ``radius`` steps (4-connected, as
     ``binary_dilation`` grows) of the ``have (T, T)`` texels takes the colour of the nearest (Euclidean)
