@@ -8,7 +8,7 @@ stage renders the back from :data:`BACK_YAWS` x :data:`BACK_PITCHES` (the whole 
 person turning it round would see it), runs mediapipe's full-range face detector on each view, and
 while it finds a face, smooths the painted texels behind the ears (:func:`smooth_back`): first to one
 colour per height (the hair's bands, without the patches), then halfway to one colour, then one
-colour; of these it keeps the least smoothed with the fewest views with a face.
+colour; of these it keeps the least face-like (:func:`face_likeness`).
 
 Example:
     >>> pts = np.array([[0.0, 0.05, -0.1], [0.02, 0.05, -0.1], [0.0, -0.05, -0.1], [0.0, 0.0, 0.1]])
@@ -77,6 +77,12 @@ def faces_behind(head: TexturedHead, detect: Detector, size: int = 256) -> list[
         if scores:
             found.append((yaw, pitch, max(scores)))
     return found
+
+
+def face_likeness(found: list[tuple[int, int, float]]) -> tuple[int, float]:
+    """How face-like a back is, from :func:`faces_behind`'s views with a face: (how many, the sum of their
+    scores, to 3 decimals), to compare by."""
+    return len(found), round(sum(score for _, _, score in found), 3)
 
 
 def back_weight(pts: np.ndarray, paintable: np.ndarray) -> np.ndarray:

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .back_check import BACK_LEVELS, Detector, back_weight, faces_behind, mediapipe_detector, smooth_back
+from .back_check import (
+    BACK_LEVELS,
+    Detector,
+    back_weight,
+    face_likeness,
+    faces_behind,
+    mediapipe_detector,
+    smooth_back,
+)
 from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
@@ -244,14 +252,14 @@ class ClassicalTexture:
     ) -> TexturedHead:
         """``head``, or, while mediapipe finds a face on its back (:func:`faces_behind`), the same with the
         painted texels behind the ears smoothed one level more (:func:`smooth_back`); of the levels tried,
-        the least smoothed of those with the fewest views with a face (where smoothing does not help, the
-        face is not in the hair: the head is kept as it was). ``stats`` gets ``back_smoothing`` (0: as
-        painted) and ``back_faces`` (how many of the back views still show a face)."""
+        the least face-like (fewest back views with a face, then the lowest sum of their scores), the least
+        smoothed of equals. ``stats`` gets ``back_smoothing`` (0: as painted) and ``back_faces`` (how many
+        of the back views still show a face)."""
         if self._detect is None:
             self._detect, self._close_detector = mediapipe_detector()
         weight = back_weight(pts, source != PHOTO)
         found = faces_behind(head, self._detect)
-        best = (len(found), 0, head)
+        best = (face_likeness(found), 0, head)
         for level in range(1, BACK_LEVELS + 1):
             if not found:
                 break
@@ -260,7 +268,7 @@ class ClassicalTexture:
             texture = atlas_texture(head.texture.shape[0], idx, smoothed, known, source == PHOTO, self.cfg.feather)
             tried = dataclasses.replace(head, texture=texture, stats=dict(head.stats))
             found = faces_behind(tried, self._detect)
-            best = min(best, (len(found), level, tried), key=lambda b: b[:2])
-        faces, level, head = best
+            best = min(best, (face_likeness(found), level, tried), key=lambda b: b[:2])
+        (faces, _), level, head = best
         head.stats.update(back_smoothing=level, back_faces=faces)
         return head
