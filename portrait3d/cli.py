@@ -8,12 +8,14 @@ Native libraries' log lines are hidden unless ``--verbose``.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -249,40 +251,87 @@ def batch(
 
 @app.command()
 def faces(
-    image: Path = typer.Argument(..., help="a photo, e.g. a group photo"),
+    inputs: str = typer.Argument(
+        ..., metavar="INPUT", help="a photo (e.g. a group photo), or a folder, glob, manifest or s3:// prefix of them"
+    ),
     config: list[str] | None = typer.Option(
         None, "--config", "-c", help="analysis settings, e.g. analysis.face=2 or analysis.face_tiles=1; repeatable"
+    ),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        "-m",
+        help="write a CSV manifest for `portrait3d batch` instead of tables: a row (path, face) for each face "
+        "of each photo that is at least analysis.min_face_px across, so that the batch makes a head of every person",
     ),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """The faces the analysis finds in a photo, numbered from the left, and the one it would make a head of
-    (`analysis.face`: largest by default; pick another with `generate -c analysis.face=N`)."""
-    from .pipelines.analysis import MediapipeAnalysis, box_area, choose_face, faces_from_left
+    (`analysis.face`: largest by default; pick another with `generate -c analysis.face=N`, or per photo
+    with a batch manifest's face column, which `--manifest` writes). With several photos, one that cannot
+    be read or has no face is reported and skipped, and the exit status is 1."""
+    from .engine.batch import list_inputs
+    from .pipelines.analysis import MediapipeAnalysis, box_side, faces_from_left
     from .pipelines.config import build_profile_config
-    from .pipelines.image_io import load_image
 
     overrides = config or []
     with _quiet(verbose):
         try:
-            photo = load_image(image, max_megapixels=_max_megapixels(overrides))
             cfg = build_profile_config("fast", overrides).stages["analysis"]
-            stage = MediapipeAnalysis(cfg)
-            try:
-                found = stage.detect_faces(photo.pixels, cfg.face_tiles)
-            finally:
-                stage.close()
-            H, W = photo.pixels.shape[:2]
-            picked = choose_face(found, cfg.face, W, H, photo.source)
+            photos, _ = list_inputs(inputs)
         except Portrait3DError as e:
             _fail(e)
-    table = Table(title=f"{len(found)} face(s) in {image.name}, N from the left", title_justify="left")
+        stage = MediapipeAnalysis(cfg)
+        rows, skipped = [], 0
+        try:
+            for uri in photos:
+                try:
+                    found, picked = _faces_in(stage, cfg, uri, choose=manifest is None)
+                except Portrait3DError as e:
+                    if len(photos) == 1:
+                        _fail(e)
+                    err.print(f"[yellow]skipped[/] {escape(uri)}: {e.kind}: {escape(str(e))}", soft_wrap=True)
+                    skipped += 1
+                    continue
+                if manifest is None:
+                    out.print(_faces_table(found, picked, cfg.face, uri.rsplit("/", 1)[-1]))
+                else:
+                    by_left = enumerate(faces_from_left(found))
+                    rows += [(uri, str(n)) for n, (_, box) in by_left if box_side(box) >= cfg.min_face_px]
+        finally:
+            stage.close()
+    if manifest is not None:
+        with open(manifest, "w", newline="") as f:
+            csv.writer(f).writerows([("path", "face"), *rows])
+        out.print(f"{len(rows)} face(s) of {len(photos) - skipped} photo(s) -> {manifest}")
+    if skipped:
+        raise typer.Exit(1)
+
+
+def _faces_in(stage: Any, cfg: Any, uri: str, choose: bool) -> tuple[list[Any], Any]:
+    """The faces ``stage`` finds in the photo at ``uri``, and the one ``analysis.face`` picks (when ``choose``;
+    else the largest). No face is a NoFaceError."""
+    from . import storage
+    from .pipelines.analysis import choose_face
+    from .pipelines.image_io import load_image
+
+    photo = load_image(storage.read_bytes(uri), max_megapixels=cfg.max_megapixels, name=uri)
+    found = stage.detect_faces(photo.pixels, cfg.face_tiles)
+    H, W = photo.pixels.shape[:2]
+    return found, choose_face(found, cfg.face if choose else "largest", W, H, photo.source)
+
+
+def _faces_table(found: list[Any], picked: Any, how: str, name: str) -> Table:
+    from .pipelines.analysis import box_area, faces_from_left
+
+    table = Table(title=f"{len(found)} face(s) in {escape(name)}, N from the left", title_justify="left")
     for col in ("N", "box (x0, y0, x1, y1)", "side", "score", ""):
         table.add_column(col)
     for n, (score, box) in enumerate(faces_from_left(found)):
-        mark = f"[green]picked ({escape(cfg.face)})[/]" if (score, box) == picked else ""
+        mark = f"[green]picked ({escape(how)})[/]" if (score, box) == picked else ""
         side = f"{box_area(box) ** 0.5:.0f}"
         table.add_row(str(n), ", ".join(f"{v:.0f}" for v in box), side, f"{score:.2f}", mark)
-    out.print(table)
+    return table
 
 
 @app.command("eval")

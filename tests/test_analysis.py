@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -213,6 +215,40 @@ def test_the_faces_command_lists_a_group_photos_faces_and_the_one_picked(tmp_pat
 
     Image.fromarray(skimage.data.coffee()).save(coffee)
     assert runner.invoke(app, ["faces", str(coffee)]).exit_code == NoFaceError.exit_code
+
+
+def test_the_faces_command_writes_a_batch_manifest_with_every_face_of_a_folder(tmp_path):
+    import csv
+
+    import skimage.data
+    from typer.testing import CliRunner
+
+    from portrait3d.cli import app
+    from portrait3d.engine.batch import list_input_table
+    from portrait3d.testing import card_table_photo
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(two_astronauts()).save(tmp_path / "in" / "a_two.png")
+    Image.fromarray(card_table_photo()).save(tmp_path / "in" / "b_table.png")
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "in" / "c_coffee.png")  # no face: skipped
+    manifest = tmp_path / "faces.csv"
+    res = CliRunner().invoke(app, ["faces", str(tmp_path / "in"), "--manifest", str(manifest)], terminal_width=200)
+    assert res.exit_code == 1, res.output  # one photo skipped
+    assert "c_coffee.png: NoFaceError" in res.output and "8 face(s) of 2 photo(s)" in res.output
+    rows = list(csv.reader(manifest.open()))
+    assert rows[0] == ["path", "face"]
+    assert [(os.path.basename(p), f) for p, f in rows[1:]] == [("a_two.png", "0"), ("a_two.png", "1")] + [
+        ("b_table.png", str(n)) for n in range(6)
+    ]
+    # The batch reads it as it is: each row one face of one photo.
+    listing, _ = list_input_table(str(manifest))
+    assert listing.column("face").to_pylist() == ["0", "1", "0", "1", "2", "3", "4", "5"]
+    # Faces smaller than analysis.min_face_px would be a FaceTooSmallError in the batch: they are left out
+    # (the faces' sides: astronauts 104, 75 px; card table 98, 97, 116, 108, 135, 104 px).
+    args = ["faces", str(tmp_path / "in"), "-m", str(manifest), "-c", "analysis.min_face_px=100"]
+    assert CliRunner().invoke(app, args).exit_code == 1
+    rows = [(os.path.basename(p), f) for p, f in list(csv.reader(manifest.open()))[1:]]
+    assert rows == [("a_two.png", "0")] + [("b_table.png", n) for n in ("2", "3", "4", "5")]
 
 
 def test_a_large_photos_crop_is_the_mean_of_the_pixels_it_covers(analysis_stage, astronaut_analysis):

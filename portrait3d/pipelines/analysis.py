@@ -98,6 +98,11 @@ def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return w * h / max(min(box_area(a), box_area(b)), 1e-9)
 
 
+def box_side(b: tuple[float, ...]) -> float:
+    """The longer side of a box ``(x0, y0, x1, y1)``: a face's size, as ``analysis.min_face_px`` takes it."""
+    return max(b[2] - b[0], b[3] - b[1])
+
+
 def box_area(b: tuple[float, ...]) -> float:
     """Area of a box ``(x0, y0, x1, y1)``."""
     return (b[2] - b[0]) * (b[3] - b[1])
@@ -294,7 +299,7 @@ class MediapipeAnalysis:
         score, (x0, y0, x1, y1) = choose_face(faces, how, W, H, image.source)
         if len(faces) > 1 or inputs.face:
             notes.append(f"{len(faces)} face{'s' * (len(faces) > 1)} found; used {describe_choice(how)}")
-        side = max(x1 - x0, y1 - y0)
+        side = box_side((x0, y0, x1, y1))
         if side < cfg.min_face_px:
             raise FaceTooSmallError(
                 f"the face in {image.source} is {side:.0f} px across; at least {cfg.min_face_px} px is needed"
