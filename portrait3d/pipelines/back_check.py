@@ -32,8 +32,8 @@ from .camera import Camera
 from .types import TexturedHead
 from .views import render_textured
 
-BACK_YAWS = (160, 180, 200)
-BACK_PITCHES = (-20, -10, 0, 10)
+BACK_YAWS = (160, 170, 180, 190, 200)
+BACK_PITCHES = (-25, -20, -15, -10, -5, 0, 5, 10, 15)
 VIEW_FOVY = 30.0  # degrees; the head's bounding sphere fills VIEW_FILL of the view's height
 VIEW_FILL = 0.9
 BEHIND_DEG = (90.0, 120.0)  # azimuth from the face: smoothing ramps from 0 to full between these

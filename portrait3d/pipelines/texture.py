@@ -125,8 +125,9 @@ class ClassicalTexture:
         )
         back_check: bool = setting(
             True,
-            "look at the textured head from behind (12 views) with mediapipe's face detector and, while it finds a "
-            "face there, smooth the painted hair behind the ears (to one colour per height, then toward one colour)",
+            "look at the textured head from behind (45 views, yaw 160-200, pitch -25..15) with mediapipe's face "
+            "detector and, where it finds a face, smooth the painted hair behind the ears (to one colour per height, "
+            "then toward one colour), keeping the least face-like",
         )
         grazing_blur: float = setting(
             1.0,
