@@ -57,23 +57,22 @@ def mediapipe_detector(confidence: float = 0.5) -> tuple[Detector, Callable[[], 
     return detect, det.close
 
 
-def back_cameras(vertices: np.ndarray, size: int) -> list[Camera]:
-    """Cameras ``size`` px square around the centre of ``vertices (N, 3)``'s bounding box, from behind
-    (:data:`BACK_YAWS`, :data:`BACK_PITCHES`), the bounding sphere filling :data:`VIEW_FILL` of the view."""
+def back_cameras(vertices: np.ndarray, size: int) -> list[tuple[int, int, Camera]]:
+    """``[(yaw, pitch, camera)]``: cameras ``size`` px square around the centre of ``vertices (N, 3)``'s
+    bounding box, from behind (:data:`BACK_YAWS` x :data:`BACK_PITCHES`, degrees), the bounding sphere
+    filling :data:`VIEW_FILL` of the view."""
     lo, hi = vertices.min(0), vertices.max(0)
     radius = float(np.linalg.norm(hi - lo)) / 2
     dist = radius / (VIEW_FILL * math.tan(math.radians(VIEW_FOVY) / 2))
     centre = (lo + hi) / 2
-    return [Camera.orbit(y, p, dist, VIEW_FOVY, size, centre) for p in BACK_PITCHES for y in BACK_YAWS]
+    return [(y, p, Camera.orbit(y, p, dist, VIEW_FOVY, size, centre)) for p in BACK_PITCHES for y in BACK_YAWS]
 
 
 def faces_behind(head: TexturedHead, detect: Detector, size: int = 256) -> list[tuple[int, int, float]]:
     """``[(yaw, pitch, score)]`` of the back views (:func:`back_cameras`) in which ``detect`` finds a face."""
     found = []
-    cams = back_cameras(head.mesh.vertices, size)
-    for cam, (pitch, yaw) in zip(cams, [(p, y) for p in BACK_PITCHES for y in BACK_YAWS], strict=True):
-        image, _ = render_textured(head, cam)
-        scores = detect(image)
+    for yaw, pitch, cam in back_cameras(head.mesh.vertices, size):
+        scores = detect(render_textured(head, cam)[0])
         if scores:
             found.append((yaw, pitch, max(scores)))
     return found
