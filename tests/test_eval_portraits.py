@@ -51,3 +51,16 @@ def test_the_table_over_both(bench):
     assert table["heads with a face at yaw +-135 (not an issue figure)"] == ("1/2", False)
     assert table["mediapipe face at yaw +-60 (sides)"] == ("0.50", False)
     assert table["mean seconds per head"] == ("13.0", True)
+
+
+def test_a_shifted_photo_loses_its_left_columns_and_top_rows(bench, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from .conftest import astronaut
+
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut()).save(photo, quality=95)
+    out = bench.shifted(photo, 2, tmp_path / "shifted")
+    assert out == tmp_path / "shifted" / "astronaut.png"
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo).convert("RGB"))[2:, 2:])
