@@ -80,10 +80,29 @@ def photo_yaw(bundle: Path) -> float:
     return math.degrees(math.atan2(c[0], c[2]))
 
 
-def row_metrics(report: dict, yaw: float) -> dict:
-    """The issue's per-head figures from one harness report."""
+def scored_face_is_ours(report: dict, bundle: Path) -> bool:
+    """Whether the face the harness compares with (its highest-scoring dlib face in the photo) is the face
+    the head was made of: its box's centre inside the head's face box. In a group photo they can differ."""
+    ref = report["portrait"]["dlib_face"]
+    if ref is None:
+        return True
+    rec = json.loads((bundle / "head.json").read_text())
+    x0, y0, x1, y1 = rec["crop_box"]
+    k = (x1 - x0) / rec["crop_size"]
+    s = report["portrait"]["size"][0] / rec["image_size"][0]  # the harness shrinks photos over 1024 px
+    fx0, fy0, fx1, fy1 = ((x0, y0, x0, y0)[i] + c * k for i, c in enumerate(rec["face_box"]))
+    cx, cy = (ref["box"][0] + ref["box"][2]) / 2 / s, (ref["box"][1] + ref["box"][3]) / 2 / s
+    return fx0 <= cx <= fx1 and fy0 <= cy <= fy1
+
+
+def row_metrics(report: dict, yaw: float, ours: bool = True) -> dict:
+    """The issue's per-head figures from one harness report. ``ours``: whether the harness's reference face
+    is the head's (:func:`scored_face_is_ours`); when not, the identity figures are None (not comparable)."""
     v, s = view_map(report), report["summary"]
     has_ref = report["portrait"]["dlib_face"] is not None
+    if has_ref and not ours:
+        report = {**report, "views": [{**x, "id_distance": None} for x in report["views"]]}
+        v, has_ref = view_map(report), False
     at_pose = min((k for k in v if "@" not in k), key=lambda k: abs(float(k) - yaw))
     side = [v[k]["id_distance"] for k in ("30", "-30")]
     return {
@@ -99,11 +118,12 @@ def row_metrics(report: dict, yaw: float) -> dict:
         "side_front": s["side_front_area_ratio"],
         "depth": s["depth_ratio"],
         "id_score": s["id_score"],
+        "other_face": not ours,
     }
 
 
-def table(rows: list[dict]) -> list[tuple[str, str, bool]]:
-    """(figure, value, target met) over the heads made."""
+def table(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """(figure, value, target met; None: no target) over the heads made."""
     ok = [r for r in rows if "error" not in r]
     ided = [r for r in ok if r["same_person"] is not None]  # dlib found a face in the portrait itself
     d30 = [d for r in ok for d in (r["d30"], r["d-30"]) if d is not None]
@@ -113,6 +133,11 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool]]:
     mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
     return [
         ("heads made", f"{len(ok)}/{len(rows)}", len(ok) == len(rows)),
+        (
+            "heads scored against another face (no ID figures)",
+            _count(ok, "other_face"),
+            None,
+        ),
         ("same person at yaw 0 and +-30 (all heads)", _count(ided, "same_person"), all(r["same_person"] for r in ided)),
         ("mean identity distance at yaw +-30", f"{mean(d30):.3f}", mean(d30) <= 0.32),
         ("identity distance at the photo's pose (mean)", f"{mean(dpose):.3f}", mean(dpose) <= 0.20),
@@ -178,7 +203,8 @@ def main() -> None:
         rows = [{**r, "bundle": out / r["name"]} for r in json.loads((out / "summary.json").read_text())]
         for r in rows:  # the figures again from the reports, so a figure added since is there too
             if "error" not in r:
-                r.update(row_metrics(json.loads((r["bundle"] / "report.json").read_text()), photo_yaw(r["bundle"])))
+                report = json.loads((r["bundle"] / "report.json").read_text())
+                r.update(row_metrics(report, photo_yaw(r["bundle"]), scored_face_is_ours(report, r["bundle"])))
         return finish(args, rows, out)
     photos = args.photos or evaluation_set(out / "photos")
     p3d = Portrait3D(build_profile_config("fast", overrides=args.overrides))
@@ -197,7 +223,8 @@ def main() -> None:
             print(f"{photo.stem[:25]:<26}{time.perf_counter() - t0:>9.1f}  {e.kind}: {e}", flush=True)
             continue
         row["secs"] = time.perf_counter() - t0
-        row.update(row_metrics(score(args, photo, bundle), photo_yaw(bundle)))
+        report = score(args, photo, bundle)
+        row.update(row_metrics(report, photo_yaw(bundle), scored_face_is_ours(report, bundle)))
         rows.append(row)
         f = lambda d: "-" if d is None else f"{d:.3f}"  # noqa: E731
         cells = [f"{row['secs']:.1f}", f(row["d0"]), f(row["d30"]), f(row["d-30"]), f(row["d_pose"])]
@@ -210,7 +237,7 @@ def finish(args: argparse.Namespace, rows: list[dict], out: Path) -> None:
     """Print the table, keep the rows in ``out/summary.json``, and draw the contact sheet."""
     print()
     for name, value, met in table(rows):
-        print(f"{name:<48}{value:>10}   {'met' if met else 'NOT met'}")
+        print(f"{name:<48}{value:>10}   {'' if met is None else 'met' if met else 'NOT met'}")
     (out / "summary.json").write_text(
         json.dumps([{k: v for k, v in r.items() if k != "bundle"} for r in rows], indent=1)
     )

@@ -64,3 +64,34 @@ def test_a_shifted_photo_loses_its_left_columns_and_top_rows(bench, tmp_path):
     out = bench.shifted(photo, 2, tmp_path / "shifted")
     assert out == tmp_path / "shifted" / "astronaut.png"
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo).convert("RGB"))[2:, 2:])
+
+
+# The analysis record of two real heads (head.json): the crop in the photo and the face in the crop.
+HEAD_RECORDS = {
+    "astronaut": {
+        "crop_box": [90.516, -27.839, 360.731, 242.376],
+        "crop_size": 512,
+        "image_size": [512, 512],
+        "face_box": [157.538, 181.171, 354.462, 378.089],
+    },
+    # card_table (1280 x 886, a group photo): the head is of the largest face; the harness shrinks the photo
+    # to 1024 px and compares with its highest-scoring dlib face, a woman's at the right edge.
+    "card_table": {
+        "crop_box": [762.460, -53.691, 1113.117, 296.966],
+        "crop_size": 512,
+        "image_size": [1280, 886],
+        "face_box": [157.598, 181.169, 354.402, 378.092],
+    },
+}
+
+
+@pytest.mark.parametrize("name, ours", [("astronaut", True), ("card_table", False)])
+def test_a_group_photo_scored_against_another_face_has_no_identity_figures(bench, tmp_path, name, ours):
+    (tmp_path / "head.json").write_text(json.dumps(HEAD_RECORDS[name]))
+    report = _report(name)
+    assert bench.scored_face_is_ours(report, tmp_path) is ours
+    row = bench.row_metrics(report, 0.0, ours)
+    assert row["other_face"] is not ours
+    assert (row["d0"] is None and row["same_person"] is None) is not ours
+    table = {n: (value, met) for n, value, met in bench.table([{**row, "secs": 10.0}])}
+    assert table["heads scored against another face (no ID figures)"] == (f"{int(not ours)}/1", None)
