@@ -158,3 +158,15 @@ def test_the_back_of_the_head_continues_the_hair_not_the_cheeks():
     # Without a hair model the cheeks wrap around the back.
     old, old_hold = ring_prior(dirs, colors, seen, 50)
     assert (old[back & (dirs[:, 1] < 0.2)] == SKIN).all() and (old_hold == 0).all()
+
+
+def test_a_stray_texel_in_the_ring_does_not_tile_the_side():
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    seen = (az > 50) & (az < 70)
+    colors = np.tile(SKIN, (len(dirs), 1)).astype(np.float32)
+    stray = np.flatnonzero(seen & (np.abs(dirs[:, 1]) < 0.1))[0]
+    colors[stray] = (255, 160, 0)  # a bit of a gold flag fringe inside the head mask
+    prior, _ = ring_prior(dirs, colors, seen, 50)
+    side = (az >= 70) & (az < 100)
+    np.testing.assert_array_equal(prior[side], np.tile(SKIN, (side.sum(), 1)))

@@ -390,8 +390,9 @@ def ring_prior(
     ``(P,)`` how firmly they hold (1: over any colour inpainted from the seen side).
 
     Heads are close to rotationally alike in what covers them at a given height (hair, headwear,
-    ears, neck): each texel takes the colour of a seen, non-face texel at its elevation from the
-    side it is on, its azimuth reflected back into the seen ring so the ring's variation continues.
+    ears, neck): each texel takes the median colour of the ``SIDE_NEIGHBOURS`` seen, non-face texels
+    nearest it in elevation on the side it is on, its azimuth reflected back into the seen ring so the
+    ring's variation continues (the median: a stray texel of background in the ring does not tile a patch).
     At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
     the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them,
@@ -421,7 +422,7 @@ def ring_prior(
             # Each side's hair fades into the other's across the back's midline.
             weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
             q = q & ~back
-        out[q] = _continue_ring(elev, az, colors, ring, q, 8, check)
+        out[q] = _continue_ring(elev, az, colors, ring, q, 8, check, k=SIDE_NEIGHBOURS, median=True)
     if preds:
         w = np.stack(weights)[..., None]
         out[back] = (np.stack(preds) * w).sum(0) / w.sum(0)
@@ -432,6 +433,7 @@ def ring_prior(
 RING_MIN_TEXELS = 50
 BACK_RAMP_DEG = 30.0
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
+SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
 QUERY_CHUNK = 1 << 15  # texels per nearest-neighbour query between cancel checks (about 0.1 s at k=32)
 
@@ -445,9 +447,11 @@ def _continue_ring(
     max_gap_deg: float,
     check: Callable[[], None],
     k: int = 1,
+    median: bool = False,
 ) -> np.ndarray:
     """Colours for the texels ``q`` from the ``ring`` texels (both ``(P,)`` bool), as in :func:`ring_prior`:
-    the mean of the ``k`` nearest; NaN where the nearest is more than ``max_gap_deg`` of elevation away."""
+    the mean (or ``median``) of the ``k`` nearest; NaN where the nearest is more than ``max_gap_deg`` of
+    elevation away."""
     lo, hi = np.quantile(az[ring], [0.05, 1.0])
     width = max(hi - lo, 1e-3)
     a = az[q]
@@ -460,7 +464,8 @@ def _continue_ring(
         check()
         rows = slice(lo_row, lo_row + QUERY_CHUNK)
         nn[rows] = tree.query(where[rows], k=k, workers=-1)[1].reshape(-1, k)
-    c = colors[ring][nn].mean(1)
+    near = colors[ring][nn]
+    c = np.median(near, 1) if median else near.mean(1)
     c[np.abs(elev[ring][nn[:, 0]] - elev[q]) > np.radians(max_gap_deg)] = np.nan
     return c
 
