@@ -170,3 +170,40 @@ def test_a_stray_texel_in_the_ring_does_not_tile_the_side():
     prior, _ = ring_prior(dirs, colors, seen, 50)
     side = (az >= 70) & (az < 100)
     np.testing.assert_array_equal(prior[side], np.tile(SKIN, (side.sum(), 1)))
+
+
+def test_a_smooth_colour_field_renders_without_seams(astronaut_analysis):
+    """Every texel of the atlas holds a smooth colour field of its surface point; rendered, each pixel must
+    show the field at its own surface point. Bilinear lookups at a chart's edge read the gutter texels
+    beside it, so those must continue the chart (push-pull alone mixes in other charts: dark seams)."""
+    import torch
+
+    from portrait3d.pipelines.camera import Camera
+    from portrait3d.pipelines.render import get_rasterizer
+    from portrait3d.pipelines.texturing import atlas_texture, build_atlas
+    from portrait3d.pipelines.types import TexturedHead
+    from portrait3d.pipelines.views import render_textured
+
+    cfg = build_profile_config("fast", ["init.subdivisions=5"])
+    mesh = HeadPriorInit(cfg.stages["init"])(InitInput(astronaut_analysis), Reporter("init"))
+    raster, unwrapper = get_rasterizer("torch"), UVUnwrapper()
+    try:
+        at = build_atlas(raster, unwrapper, mesh, 512, 4)
+    finally:
+        unwrapper.close()
+
+    def field(p):
+        return 128 + 600 * p  # about 60 levels across a 0.1 m face, one level per texel
+
+    known = np.ones(len(at.idx), bool)
+    tex = atlas_texture(512, at.idx, field(at.pts).astype(np.float32), known, known, 3.0)
+    head = TexturedHead(mesh, at.uv, at.uv_faces, at.uv_to_vertex, tex)
+    v, tri = torch.tensor(mesh.vertices, dtype=torch.float64), torch.tensor(mesh.faces)
+    for yaw in (0, 60, 120, 180, -90):
+        cam = Camera.orbit(yaw, 10, 1.0, 30, 256)
+        img, mask = render_textured(head, cam)
+        rast = raster.rasterize(cam.clip(v).float(), tri, (256, 256))
+        want = field(raster.interpolate(v.float(), rast, tri).numpy())
+        err = np.abs(img.astype(np.float32) - want).max(-1)[mask & rast.mask.numpy()]
+        # Measured: 99th percentile 0.8-1.0 levels, 99.9th 2-4 (push-pull alone: 3.9 and 13 at yaw 0).
+        assert np.percentile(err, 99) < 2 and np.percentile(err, 99.9) < 6, (yaw, np.percentile(err, [99, 99.9]))

@@ -300,9 +300,10 @@ def atlas_texture(
     size: int, idx: np.ndarray, colors: np.ndarray, known: np.ndarray, photo: np.ndarray, feather: float
 ) -> np.ndarray:
     """The ``size x size`` uint8 texture of the texels ``idx (P,)`` with ``colors (P, 3)``: the unknown ones
-    and the gutter by push-pull (:func:`fill_atlas`), then the regions not from the photo (``photo (P,)``)
+    and the gutter by ``GUTTER_DILATE`` texels of dilation from each chart's rim, then push-pull
+    (:func:`fill_atlas`), then the regions not from the photo (``photo (P,)``)
     blurred by ``feather`` texels, the photo's own texels kept (at least ``PHOTO_KEEP_MIN`` of each)."""
-    tex = fill_atlas(size, idx, colors, known)
+    tex = fill_atlas(size, idx, colors, known, GUTTER_DILATE)
     if feather > 0:
         src = np.zeros(size * size, np.float32)
         src[idx[photo]] = 1.0
@@ -314,6 +315,7 @@ def atlas_texture(
     return np.clip(tex + 0.5, 0, 255).astype(np.uint8)
 
 
+GUTTER_DILATE = 4  # texels each chart bleeds into the gutter: a bilinear lookup at its edge reads its own colour
 PHOTO_KEEP_GAIN = 1.5  # how fast the photo's own texels win over the blur away from a seam
 PHOTO_KEEP_MIN = 0.85  # a texel from the photo keeps at least this much of itself
 
