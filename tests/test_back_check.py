@@ -104,3 +104,18 @@ def test_where_smoothing_does_not_help_the_head_is_kept_as_painted(astronaut_hea
     assert (kept.stats["back_smoothing"], kept.stats["back_faces"]) == (0, len(BACK_YAWS) * len(BACK_PITCHES))
     assert kept.texture is head.texture
     assert len(seen) == 4 * len(BACK_YAWS) * len(BACK_PITCHES)  # as painted, then the three levels
+
+
+def test_the_back_is_looked_at_as_export_stands_the_head(astronaut_head):
+    from scipy.spatial.transform import Rotation
+
+    _, head = astronaut_head
+    level = Rotation.from_euler("x", 12, degrees=True).as_matrix()
+    stood = dataclasses.replace(head, mesh=dataclasses.replace(head.mesh, vertices=head.mesh.vertices @ level.T))
+    seen = {"turned": [], "stood": []}
+    faces_behind(head, lambda image: seen["turned"].append(image) or [], 64, level)
+    faces_behind(stood, lambda image: seen["stood"].append(image) or [], 64)
+    assert len(seen["turned"]) == len(BACK_YAWS) * len(BACK_PITCHES)
+    assert all(np.array_equal(a, b) for a, b in zip(seen["turned"], seen["stood"], strict=True))
+    faces_behind(head, lambda image: seen["turned"].append(image) or [], 64)
+    assert not np.array_equal(seen["turned"][-1], seen["stood"][-1])

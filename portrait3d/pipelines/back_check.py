@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -68,8 +69,15 @@ def back_cameras(vertices: np.ndarray, size: int) -> list[tuple[int, int, Camera
     return [(y, p, Camera.orbit(y, p, dist, VIEW_FOVY, size, centre)) for p in BACK_PITCHES for y in BACK_YAWS]
 
 
-def faces_behind(head: TexturedHead, detect: Detector, size: int = 256) -> list[tuple[int, int, float]]:
-    """``[(yaw, pitch, score)]`` of the back views (:func:`back_cameras`) in which ``detect`` finds a face."""
+def faces_behind(
+    head: TexturedHead, detect: Detector, size: int = 256, level: np.ndarray | None = None
+) -> list[tuple[int, int, float]]:
+    """``[(yaw, pitch, score)]`` of the back views (:func:`back_cameras`) in which ``detect`` finds a face,
+    looking at the head turned by ``level (3, 3)`` first (the rotation export stands it up with, so
+    that yaw 180 at pitch 0 is the file's back view at eye level)."""
+    if level is not None:
+        mesh = dataclasses.replace(head.mesh, vertices=head.mesh.vertices @ np.asarray(level).T)
+        head = dataclasses.replace(head, mesh=mesh)
     found = []
     for yaw, pitch, cam in back_cameras(head.mesh.vertices, size):
         scores = detect(render_textured(head, cam)[0])

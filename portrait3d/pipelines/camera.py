@@ -42,6 +42,9 @@ def rotation_ypr(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.
     return ry @ rx @ rz
 
 
+LEVEL_MAX_DEG = 30.0  # export's default: a head is turned by its photo camera's elevation, up to this
+
+
 def leveling_rotation(eye: ArrayLike, max_deg: float) -> tuple[np.ndarray, float]:
     """``(3, 3)`` rotation about a horizontal axis through the origin that brings the point ``eye``
     ``(3,)`` down (or up) to elevation 0, turning by at most ``max_deg`` degrees. The axis is

@@ -22,7 +22,7 @@ import trimesh
 from PIL import Image
 
 from .. import __version__
-from .camera import leveling_rotation, ypr_from_rotation
+from .camera import LEVEL_MAX_DEG, leveling_rotation, ypr_from_rotation
 from .mesh import quality
 from .outputs import json_bytes, png_bytes
 from .registry import register
@@ -43,7 +43,7 @@ class GlbExport:
     class Config:
         view_size: int = setting(256, "side of each render in views.png, pixels", ge=32, le=2048)
         level_max_deg: float = setting(
-            30.0,
+            LEVEL_MAX_DEG,
             "turn the head by the photo camera's elevation, up to this many degrees, so that it stands as "
             "photographed (a portrait's camera is level) and its eye-level front view is the photo's; "
             "0 keeps the face's own frame (chin-to-forehead vertical)",

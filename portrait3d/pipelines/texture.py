@@ -37,6 +37,7 @@ from .back_check import (
     mediapipe_detector,
     smooth_back,
 )
+from .camera import LEVEL_MAX_DEG, leveling_rotation
 from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
@@ -125,7 +126,8 @@ class ClassicalTexture:
         )
         back_check: bool = setting(
             True,
-            "look at the textured head from behind (45 views, yaw 160-200, pitch -25..15) with mediapipe's face "
+            "look at the textured head from behind (45 views, yaw 160-200, pitch -25..15, the head stood up as "
+            "export stands it with its default level_max_deg) with mediapipe's face "
             "detector and, where it finds a face, smooth the painted hair behind the ears (to one colour per height, "
             "then toward one colour), keeping the least face-like",
         )
@@ -238,7 +240,8 @@ class ClassicalTexture:
         )
         if cfg.back_check:
             report(0.95, "back of the head")
-            head = self.clear_back(head, idx, pts, colors, known, source, report.check)
+            level, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
+            head = self.clear_back(head, idx, pts, colors, known, source, report.check, level)
         return head
 
     def clear_back(
@@ -250,16 +253,17 @@ class ClassicalTexture:
         known: np.ndarray,
         source: np.ndarray,
         check: Callable[[], None],
+        level: np.ndarray | None = None,
     ) -> TexturedHead:
         """``head``, or, while mediapipe finds a face on its back (:func:`faces_behind`), the same with the
         painted texels behind the ears smoothed one level more (:func:`smooth_back`); of the levels tried,
         the least face-like (fewest back views with a face, then the lowest sum of their scores), the least
         smoothed of equals. ``stats`` gets ``back_smoothing`` (0: as painted) and ``back_faces`` (how many
-        of the back views still show a face)."""
+        of the back views still show a face). ``level``: the rotation export stands the head up with."""
         if self._detect is None:
             self._detect, self._close_detector = mediapipe_detector()
         weight = back_weight(pts, source != PHOTO)
-        found = faces_behind(head, self._detect)
+        found = faces_behind(head, self._detect, level=level)
         best = (face_likeness(found), 0, head)
         for level in range(1, BACK_LEVELS + 1):
             if not found:
@@ -268,7 +272,7 @@ class ClassicalTexture:
             smoothed = smooth_back(pts, colors, weight, level)
             texture = atlas_texture(head.texture.shape[0], idx, smoothed, known, source == PHOTO, self.cfg.feather)
             tried = dataclasses.replace(head, texture=texture, stats=dict(head.stats))
-            found = faces_behind(tried, self._detect)
+            found = faces_behind(tried, self._detect, level=level)
             best = min(best, (face_likeness(found), level, tried), key=lambda b: b[:2])
         (faces, _), level, head = best
         head.stats.update(back_smoothing=level, back_faces=faces)
