@@ -76,9 +76,9 @@ def test_a_face_painted_on_the_back_of_the_head_is_found_and_smoothed_away(astro
     finally:
         close()
     # In front of the ears nothing changed but where the atlas's seam blur reaches across a chart's edge
-    # (measured: at most 2 levels within 60 degrees of the face, 4 up to the ears).
+    # and the gutter it bleeds into (measured: at most 4 levels within 60 degrees of the face, 8 up to the ears).
     azimuth = np.degrees(np.abs(np.arctan2(pts[:, 0], pts[:, 2])))
-    for within, most in ((60, 2), (90, 8)):
+    for within, most in ((60, 4), (90, 8)):
         front = np.zeros(T * T, bool)
         front[idx[azimuth < within]] = True
         change = np.abs(fixed.texture.reshape(-1, 3)[front].astype(int) - painted.texture.reshape(-1, 3)[front])
@@ -113,7 +113,7 @@ def test_the_back_is_looked_at_as_export_stands_the_head(astronaut_head):
     level = Rotation.from_euler("x", 12, degrees=True).as_matrix()
     stood = dataclasses.replace(head, mesh=dataclasses.replace(head.mesh, vertices=head.mesh.vertices @ level.T))
     seen = {"turned": [], "stood": []}
-    faces_behind(head, lambda image: seen["turned"].append(image) or [], 64, level)
+    faces_behind(head, lambda image: seen["turned"].append(image) or [], 64, stand=level)
     faces_behind(stood, lambda image: seen["stood"].append(image) or [], 64)
     assert len(seen["turned"]) == len(BACK_YAWS) * len(BACK_PITCHES)
     assert all(np.array_equal(a, b) for a, b in zip(seen["turned"], seen["stood"], strict=True))

@@ -70,13 +70,13 @@ def back_cameras(vertices: np.ndarray, size: int) -> list[tuple[int, int, Camera
 
 
 def faces_behind(
-    head: TexturedHead, detect: Detector, size: int = 256, level: np.ndarray | None = None
+    head: TexturedHead, detect: Detector, size: int = 256, stand: np.ndarray | None = None
 ) -> list[tuple[int, int, float]]:
     """``[(yaw, pitch, score)]`` of the back views (:func:`back_cameras`) in which ``detect`` finds a face,
-    looking at the head turned by ``level (3, 3)`` first (the rotation export stands it up with, so
+    looking at the head turned by ``stand (3, 3)`` first (the rotation export stands it up with, so
     that yaw 180 at pitch 0 is the file's back view at eye level)."""
-    if level is not None:
-        mesh = dataclasses.replace(head.mesh, vertices=head.mesh.vertices @ np.asarray(level).T)
+    if stand is not None:
+        mesh = dataclasses.replace(head.mesh, vertices=head.mesh.vertices @ np.asarray(stand).T)
         head = dataclasses.replace(head, mesh=mesh)
     found = []
     for yaw, pitch, cam in back_cameras(head.mesh.vertices, size):

@@ -240,8 +240,8 @@ class ClassicalTexture:
         )
         if cfg.back_check:
             report(0.95, "back of the head")
-            level, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
-            head = self.clear_back(head, idx, pts, colors, known, source, report.check, level)
+            stand, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
+            head = self.clear_back(head, idx, pts, colors, known, source, report.check, stand)
         return head
 
     def clear_back(
@@ -253,17 +253,17 @@ class ClassicalTexture:
         known: np.ndarray,
         source: np.ndarray,
         check: Callable[[], None],
-        level: np.ndarray | None = None,
+        stand: np.ndarray | None = None,
     ) -> TexturedHead:
         """``head``, or, while mediapipe finds a face on its back (:func:`faces_behind`), the same with the
         painted texels behind the ears smoothed one level more (:func:`smooth_back`); of the levels tried,
         the least face-like (fewest back views with a face, then the lowest sum of their scores), the least
         smoothed of equals. ``stats`` gets ``back_smoothing`` (0: as painted) and ``back_faces`` (how many
-        of the back views still show a face). ``level``: the rotation export stands the head up with."""
+        of the back views still show a face). ``stand``: the rotation export stands the head up with."""
         if self._detect is None:
             self._detect, self._close_detector = mediapipe_detector()
         weight = back_weight(pts, source != PHOTO)
-        found = faces_behind(head, self._detect, level=level)
+        found = faces_behind(head, self._detect, stand=stand)
         best = (face_likeness(found), 0, head)
         for level in range(1, BACK_LEVELS + 1):
             if not found:
@@ -272,7 +272,7 @@ class ClassicalTexture:
             smoothed = smooth_back(pts, colors, weight, level)
             texture = atlas_texture(head.texture.shape[0], idx, smoothed, known, source == PHOTO, self.cfg.feather)
             tried = dataclasses.replace(head, texture=texture, stats=dict(head.stats))
-            found = faces_behind(tried, self._detect, level=level)
+            found = faces_behind(tried, self._detect, stand=stand)
             best = min(best, (face_likeness(found), level, tried), key=lambda b: b[:2])
         (faces, _), level, head = best
         head.stats.update(back_smoothing=level, back_faces=faces)
