@@ -51,6 +51,7 @@ from .texturing import (
     atlas_texture,
     build_atlas,
     coverage_stats,
+    depth_inside_outline,
     depth_map,
     mirror_points,
     pixel_index,
@@ -65,6 +66,7 @@ from .texturing import (
 from .types import PortraitAnalysis, TexturedHead, TextureInput
 from .uv_unwrap import UVUnwrapper
 
+INNER = (0.12, 0.06)  # the face's inner part starts this many face widths inside its outline, fully in over this
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
 NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
@@ -87,6 +89,13 @@ class ClassicalTexture:
         prior_min_facing: float = setting(
             0.4,
             "the same off the face, where the surface is the head prior's guess and a grazing projection smears",
+            ge=-1,
+            le=1,
+        )
+        inner_min_facing: float = setting(
+            0.05,
+            "the same deep inside the face's outline (nose, lips, eyelids), where a steep surface is a detail the "
+            "photo shows from the front (the nostrils under the nose) and the mirror takes what faced away",
             ge=-1,
             le=1,
         )
@@ -185,6 +194,8 @@ class ClassicalTexture:
         cam = a.camera
         fw = (mesh.face_weight[mesh.faces[tri_id.ravel()[idx]]] * bary.reshape(-1, 3)[idx]).sum(1)
         facing = cfg.prior_min_facing + (cfg.min_facing - cfg.prior_min_facing) * np.clip(fw, 0, 1)
+        deep = np.clip(fw, 0, 1) * depth_inside_outline(a.landmarks_px, a.crop.shape[0], cam.project(pts)[0], *INNER)
+        facing = facing + (cfg.inner_min_facing - facing) * deep
         vis, cos, mask, ref_depth = project_photo(
             self.raster, a, mesh, at, colors, facing, cfg.mask_erode, cfg.grazing_blur, cfg.background_rim
         )

@@ -21,7 +21,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .camera import Camera
-from .face_geometry import CHIN
+from .face_geometry import CHIN, FACE_SIDES, MESH_POINTS
 from .mesh import vertex_normals
 from .render import Rasterizer
 from .types import HeadMesh, PortraitAnalysis
@@ -197,6 +197,26 @@ def project_photo(
     else:
         colors[vis] = sample_bilinear(a.crop, pix[vis])
     return vis, cos, mask, ref_depth
+
+
+def depth_inside_outline(lm_px: np.ndarray, size: int, pix: np.ndarray, start: float, width: float) -> np.ndarray:
+    """How deep inside the face's landmark outline (their convex hull in the ``size``-square crop) the crop
+    pixels ``pix (P, 2)`` lie, as weights ``(P,)`` in [0, 1]: 0 outside it and within ``start`` face widths
+    of it, rising to 1 at ``start + width`` face widths in.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[:468, :2] = [[10, 10], [90, 10], [90, 90], [10, 90]] * 117
+        >>> lm[234, :2], lm[454, :2] = (10, 50), (90, 50)            # the face is 80 px wide
+        >>> pix = np.array([[50.0, 50.0], [12.0, 50.0], [200.0, 50.0]])
+        >>> depth_inside_outline(lm, 128, pix, 0.1, 0.2).round(2).tolist()
+        [1.0, 0.0, 0.0]
+    """
+    hull = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(hull, np.round(cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))).astype(np.int32), 1)
+    inside = cv2.distanceTransform(hull, cv2.DIST_L2, 5)
+    face_w = max(float(np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2])), 1.0)
+    d = sample_bilinear(inside[..., None], np.clip(pix, 0, size - 1))[:, 0] / face_w
+    return np.clip((d - start) / width, 0, 1)
 
 
 def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
