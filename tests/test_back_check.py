@@ -36,6 +36,11 @@ def test_smoothing_levels_go_from_bands_to_one_colour():
     assert one[behind & band].std(0).max() < 1 and colors[behind & band].std(0).min() > 40
     assert flat[behind].std(0).max() < 0.01
     assert np.allclose(half[behind], (one[behind] + flat[behind]) / 2, atol=1e-3)
+    # Level 4: level 1 with a cap of the hair's colour above the hair's lowest height.
+    capped = smooth_back(pts, colors, weight, 4, ((10.0, 20.0, 30.0), 0.01))
+    high = behind & (pts[:, 1] > 0.01)
+    assert np.allclose(capped[high], (10, 20, 30)) and np.array_equal(capped[behind & ~high], one[behind & ~high])
+    assert np.array_equal(smooth_back(pts, colors, weight, 4), one)  # no hair colour known: level 1
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_a_face_painted_on_the_back_of_the_head_is_found_and_smoothed_away(astro
     try:
         found = faces_behind(painted, detect)
         assert (180, 0) in [(y, p) for y, p, _ in found] and len(found) >= len(BACK_YAWS) * len(BACK_PITCHES) // 2
-        fixed = stage.clear_back(painted, idx, pts, colors, known, source, lambda: None)
+        fixed = stage.clear_back(painted, idx, pts, colors, known, source, lambda: None, np.eye(3))
         assert fixed.stats["back_faces"] == 0 and fixed.stats["back_smoothing"] >= 1
         assert faces_behind(fixed, detect) == []
     finally:

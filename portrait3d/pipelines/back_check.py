@@ -8,7 +8,8 @@ stage renders the back from :data:`BACK_YAWS` x :data:`BACK_PITCHES` (the whole 
 person turning it round would see it), runs mediapipe's full-range face detector on each view, and
 while it finds a face, smooths the painted texels behind the ears (:func:`smooth_back`): first to one
 colour per height (the hair's bands, without the patches), then halfway to one colour, then one
-colour; of these it keeps the least face-like (:func:`face_likeness`).
+colour, then a cap of the hair's colour down to the nape; of these it keeps the least face-like
+(:func:`face_likeness`).
 
 Example:
     >>> pts = np.array([[0.0, 0.05, -0.1], [0.02, 0.05, -0.1], [0.0, -0.05, -0.1], [0.0, 0.0, 0.1]])
@@ -40,7 +41,7 @@ VIEW_FILL = 0.9
 BEHIND_DEG = (90.0, 120.0)  # azimuth from the face: smoothing ramps from 0 to full between these
 HEIGHT_BIN_DEG = 2.0  # elevation bins of the hair's bands
 HEIGHT_SIGMA_BINS = 2.0  # the bands are smoothed across this many bins
-BACK_LEVELS = 3  # by height; halfway to one colour; one colour
+BACK_LEVELS = 3  # by height; halfway to one colour; one colour (and a fourth, a cap of hair, given its colour)
 
 #: ``(H, W, 3)`` uint8 -> the detector's face scores (empty: no face).
 Detector = Callable[[np.ndarray], list[float]]
@@ -101,10 +102,18 @@ def back_weight(pts: np.ndarray, paintable: np.ndarray) -> np.ndarray:
     return (np.clip((az - lo) / (hi - lo), 0, 1) * paintable).astype(np.float32)
 
 
-def smooth_back(pts: np.ndarray, colors: np.ndarray, weight: np.ndarray, level: int) -> np.ndarray:
+def smooth_back(
+    pts: np.ndarray,
+    colors: np.ndarray,
+    weight: np.ndarray,
+    level: int,
+    cap: tuple[np.ndarray, float] | None = None,
+) -> np.ndarray:
     """``colors (P, 3)`` with the texels of ``weight (P,) > 0`` moved toward their hair's bands: level 1,
     the median colour of their height (2-degree bins of elevation, smoothed); level 2, halfway from that
-    to the median of them all; level 3, that median. Blended by ``weight``; the others are kept."""
+    to the median of them all; level 3, that median; level 4, with ``cap`` (the hair's colour ``(3,)``
+    and lowest height): level 1, and that colour above that height (a cap of hair, as on most heads,
+    where a band of skin or collar colour had wrapped round). Blended by ``weight``; the others are kept."""
     out = colors.copy()
     sel = weight > 0
     if not sel.any():
@@ -123,8 +132,10 @@ def smooth_back(pts: np.ndarray, colors: np.ndarray, weight: np.ndarray, level: 
     bands /= np.maximum(w, 1e-9)[:, None]
     target = bands[bins]
     flat = np.median(c, 0)
-    if level >= 2:
+    if level in (2, 3):
         target = flat + (target - flat) * (0.5 if level == 2 else 0.0)
+    if level == 4 and cap is not None:
+        target = np.where((p[:, 1] > cap[1])[:, None], np.asarray(cap[0], np.float64)[None], target)
     k = weight[sel, None]
     out[sel] = c * (1 - k) + target * k
     return out

@@ -169,14 +169,21 @@ class ClassicalTexture:
         check: Callable[[], None],
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`ring_prior` over the photo's non-face texels, with the ones unlike the face's skin as
-        hair for the back of the head, down to the nape (the height of the nose's base)."""
+        hair for the back of the head, down to the nape (:meth:`hair_ring`)."""
+        ring, hair, nape = self.hair_ring(a, colors, source, fw)
+        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth, check)
+
+    def hair_ring(
+        self, a: PortraitAnalysis, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """The photo's non-face texels ``(P,)`` bool; which texels are unlike the face's skin (hair), or None
+        without enough face texels to tell; and the nape's height ``nape_height`` of the way from the nose's
+        base to the chin (head frame, metres)."""
         photo = source == PHOTO
         face = photo & (fw >= FACE_TEXEL)
-        ring = photo & (fw < FACE_TEXEL)
         hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
         base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
-        nape = base + self.cfg.nape_height * (chin - base)
-        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth, check)
+        return photo & (fw < FACE_TEXEL), hair, base + self.cfg.nape_height * (chin - base)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -252,7 +259,11 @@ class ClassicalTexture:
         if cfg.back_check:
             report(0.95, "back of the head")
             stand, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
-            head = self.clear_back(head, idx, pts, colors, known, source, report.check, stand)
+            ring, hair, nape = self.hair_ring(a, colors, source, fw)
+            cap = None
+            if hair is not None and (ring & hair).sum() >= MIN_SKIN_TEXELS:
+                cap = (np.median(colors[ring & hair], 0), nape)
+            head = self.clear_back(head, idx, pts, colors, known, source, report.check, stand, cap)
         return head
 
     def clear_back(
@@ -265,22 +276,24 @@ class ClassicalTexture:
         source: np.ndarray,
         check: Callable[[], None],
         stand: np.ndarray | None = None,
+        cap: tuple[np.ndarray, float] | None = None,
     ) -> TexturedHead:
         """``head``, or, while mediapipe finds a face on its back (:func:`faces_behind`), the same with the
         painted texels behind the ears smoothed one level more (:func:`smooth_back`); of the levels tried,
         the least face-like (fewest back views with a face, then the lowest sum of their scores), the least
         smoothed of equals. ``stats`` gets ``back_smoothing`` (0: as painted) and ``back_faces`` (how many
-        of the back views still show a face). ``stand``: the rotation export stands the head up with."""
+        of the back views still show a face). ``stand``: the rotation export stands the head up with;
+        ``cap``: the hair's colour and lowest height, for the last level (a cap of hair over the back)."""
         if self._detect is None:
             self._detect, self._close_detector = mediapipe_detector()
         weight = back_weight(pts, source != PHOTO)
         found = faces_behind(head, self._detect, stand=stand)
         best = (face_likeness(found), 0, head)
-        for level in range(1, BACK_LEVELS + 1):
+        for level in range(1, BACK_LEVELS + (cap is not None) + 1):
             if not found:
                 break
             check()
-            smoothed = smooth_back(pts, colors, weight, level)
+            smoothed = smooth_back(pts, colors, weight, level, cap)
             texture = atlas_texture(head.texture.shape[0], idx, smoothed, known, source == PHOTO, self.cfg.feather)
             tried = dataclasses.replace(head, texture=texture, stats=dict(head.stats))
             found = faces_behind(tried, self._detect, stand=stand)
