@@ -138,7 +138,7 @@ class ClassicalTexture:
             "look at the textured head from behind (45 views, yaw 160-200, pitch -25..15, the head stood up as "
             "export stands it with its default level_max_deg) with mediapipe's face "
             "detector and, where it finds a face, smooth the painted hair behind the ears (to one colour per height, "
-            "then toward one colour), keeping the least face-like",
+            "then toward one colour, then a cap of the hair's colour down to the nape), keeping the least face-like",
         )
         grazing_blur: float = setting(
             1.0,
