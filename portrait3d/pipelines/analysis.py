@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
 from .caption import TEMPLATE
-from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, lift_landmarks
+from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, landmark_face_mask, lift_landmarks
 from .identity import load_identity_encoder
 from .registry import register
 from .resample import shrink_crop
@@ -437,14 +437,6 @@ def upright_frame(lm_px: np.ndarray, size: int, origin: np.ndarray) -> tuple[np.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     d = np.stack([xx + 0.5 - origin[0], yy + 0.5 - origin[1]], -1)
     return d @ up, d @ right, face_w, face_h
-
-
-def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
-    """The face as the landmarks outline it: their convex hull, ``(S, S)`` bool."""
-    m = np.zeros((size, size), np.uint8)
-    hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
-    cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
-    return m.astype(bool)
 
 
 def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float) -> np.ndarray:

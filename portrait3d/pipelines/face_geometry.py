@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from .camera import CV_TO_GL, Camera, ypr_from_rotation
@@ -111,3 +112,11 @@ def lift_landmarks(
     depth = dist + (center_px[2] - P[:, 2]) * s
     world = cam.unproject(lm_px[:, :2], depth)
     return R, ypr_from_rotation(R), cam, world
+
+
+def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
+    """The face as the landmarks outline it: their convex hull, ``(S, S)`` bool."""
+    m = np.zeros((size, size), np.uint8)
+    hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
+    cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
+    return m.astype(bool)

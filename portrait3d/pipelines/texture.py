@@ -159,20 +159,6 @@ class ClassicalTexture:
         self.unwrapper.close()
         self._close_detector()
 
-    def ring_prior(
-        self,
-        a: PortraitAnalysis,
-        pts: np.ndarray,
-        colors: np.ndarray,
-        source: np.ndarray,
-        fw: np.ndarray,
-        check: Callable[[], None],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`ring_prior` over the photo's non-face texels, with the ones unlike the face's skin as
-        hair for the back of the head, down to the nape (:meth:`hair_ring`)."""
-        ring, hair, nape = self.hair_ring(a, colors, source, fw)
-        return ring_prior(pts, colors, ring, self.cfg.ring_min_azimuth, hair, nape, self.cfg.back_azimuth, check)
-
     def hair_ring(
         self, a: PortraitAnalysis, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -221,8 +207,14 @@ class ClassicalTexture:
             source[take] = MIRROR
         report(0.3, "views")
 
-        # A prior for what no photo pixel shows: the outermost seen ring, continued around the head.
-        prior, hold = self.ring_prior(a, pts, colors, source, fw, report.check) if cfg.ring_prior else (None, None)
+        # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
+        # ring's texels unlike the face's skin as hair for the back of the head, down to the nape.
+        ring, hair, nape = self.hair_ring(a, colors, source, fw)
+        prior, hold = None, None
+        if cfg.ring_prior:
+            prior, hold = ring_prior(
+                pts, colors, ring, cfg.ring_min_azimuth, hair, nape, cfg.back_azimuth, report.check
+            )
 
         # 4. Progressive inpainting along the trajectory.
         views = trajectory_cameras(cam, cfg.view_size)
@@ -259,7 +251,6 @@ class ClassicalTexture:
         if cfg.back_check:
             report(0.95, "back of the head")
             stand, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
-            ring, hair, nape = self.hair_ring(a, colors, source, fw)
             cap = None
             if hair is not None and (ring & hair).sum() >= MIN_SKIN_TEXELS:
                 cap = (np.median(colors[ring & hair], 0), nape)

@@ -21,7 +21,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .camera import Camera
-from .face_geometry import CHIN, FACE_SIDES, MESH_POINTS
+from .face_geometry import CHIN, FACE_SIDES, landmark_face_mask
 from .mesh import vertex_normals
 from .render import Rasterizer
 from .types import HeadMesh, PortraitAnalysis
@@ -211,9 +211,7 @@ def depth_inside_outline(lm_px: np.ndarray, size: int, pix: np.ndarray, start: f
         >>> depth_inside_outline(lm, 128, pix, 0.1, 0.2).round(2).tolist()
         [1.0, 0.0, 0.0]
     """
-    hull = np.zeros((size, size), np.uint8)
-    cv2.fillConvexPoly(hull, np.round(cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))).astype(np.int32), 1)
-    inside = cv2.distanceTransform(hull, cv2.DIST_L2, 5)
+    inside = cv2.distanceTransform(landmark_face_mask(lm_px, size).astype(np.uint8), cv2.DIST_L2, 5)
     face_w = max(float(np.linalg.norm(lm_px[FACE_SIDES[1], :2] - lm_px[FACE_SIDES[0], :2])), 1.0)
     d = sample_bilinear(inside[..., None], np.clip(pix, 0, size - 1))[:, 0] / face_w
     return np.clip((d - start) / width, 0, 1)
