@@ -11,6 +11,7 @@ from portrait3d.pipelines.stage import CancelToken, Reporter
 from portrait3d.pipelines.texture import ClassicalTexture
 from portrait3d.pipelines.texturing import (
     drop_background_rim,
+    hair_like,
     push_pull,
     ring_prior,
     sample_across_stretch,
@@ -142,6 +143,18 @@ def test_skin_like_separates_skin_from_hair_and_headwear_colours():
     assert skin_like(tests, face).tolist() == [True, True, False, False, False, False]
 
 
+def test_blonde_hair_is_told_from_skin_by_the_top_of_the_head():
+    """Blonde hair is within the skin's spread (skin_like calls it skin); against the colours above the
+    forehead it is hair, while skin, a white card and a blue shirt are not."""
+    rng = np.random.default_rng(0)
+    face = np.clip(rng.normal(SKIN, 8.0, (500, 3)), 0, 255)
+    blonde = (185.0, 135.0, 95.0)
+    top = np.clip(rng.normal(blonde, 10.0, (400, 3)), 0, 255)
+    tests = np.array([blonde, SKIN, (235, 225, 215), (20, 30, 70)])
+    assert skin_like(tests, face).tolist() == [True, True, False, False]
+    assert hair_like(tests, face, top).tolist() == [True, False, False, False]
+
+
 def test_the_back_of_the_head_continues_the_hair_not_the_cheeks():
     dirs, _, _ = symmetric_sphere(5)
     az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
@@ -158,6 +171,24 @@ def test_the_back_of_the_head_continues_the_hair_not_the_cheeks():
     # Without a hair model the cheeks wrap around the back.
     old, old_hold = ring_prior(dirs, colors, seen, 50)
     assert (old[back & (dirs[:, 1] < 0.2)] == SKIN).all() and (old_hold == 0).all()
+
+
+def test_a_few_texels_unlike_the_skin_are_not_hair_for_the_back():
+    """A head whose hair is close to its skin in colour, holding a white card at one side: the card is the
+    only thing unlike the skin in that side's ring (under HAIR_MIN_SHARE of it), so the back there continues
+    the ring as it is (the hair), not the card."""
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    seen = (az > 50) & (az < 90)
+    colors = np.tile(SKIN, (len(dirs), 1)).astype(np.float32)
+    card = seen & (dirs[:, 0] > 0) & (dirs[:, 1] < -0.3) & (dirs[:, 1] > -0.4)
+    colors[card] = (235, 225, 215)
+    hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
+    assert card.sum() >= 50 and (hair == card).all()
+    prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100)
+    back = (az > 100) & (dirs[:, 1] > -0.2) & (dirs[:, 0] > 0)
+    np.testing.assert_array_equal(prior[back], np.tile(SKIN, (back.sum(), 1)))
+    assert (hold == 0).all()
 
 
 def test_a_stray_texel_in_the_ring_does_not_tile_the_side():

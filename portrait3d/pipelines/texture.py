@@ -38,7 +38,7 @@ from .back_check import (
     smooth_back,
 )
 from .camera import LEVEL_MAX_DEG, leveling_rotation
-from .face_geometry import CHIN
+from .face_geometry import CHIN, FOREHEAD
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -53,6 +53,8 @@ from .texturing import (
     coverage_stats,
     depth_inside_outline,
     depth_map,
+    enough_hair,
+    hair_like,
     mirror_points,
     pixel_index,
     project_photo,
@@ -69,6 +71,7 @@ from .uv_unwrap import UVUnwrapper
 INNER = (0.12, 0.06)  # the face's inner part starts this many face widths inside its outline, fully in over this
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
+TOP_OF_HEAD = 0.15  # texels this many face heights above the forehead's landmark show the top of the head
 NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
 
 
@@ -160,16 +163,24 @@ class ClassicalTexture:
         self._close_detector()
 
     def hair_ring(
-        self, a: PortraitAnalysis, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+        self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """The photo's non-face texels ``(P,)`` bool; which texels are unlike the face's skin (hair), or None
-        without enough face texels to tell; and the nape's height ``nape_height`` of the way from the nose's
-        base to the chin (head frame, metres)."""
+        """The photo's non-face texels ``(P,)`` bool; which texels look like the hair (:func:`hair_like`, from
+        the photo's texels above the forehead; without enough of those, what is unlike the face's skin), or
+        None without enough face texels to tell; and the nape's height ``nape_height`` of the way from the
+        nose's base to the chin (head frame, metres)."""
         photo = source == PHOTO
         face = photo & (fw >= FACE_TEXEL)
-        hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
-        base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
-        return photo & (fw < FACE_TEXEL), hair, base + self.cfg.nape_height * (chin - base)
+        ring = photo & (fw < FACE_TEXEL)
+        lm = a.landmarks_3d
+        base, chin, brow = float(lm[NOSE_BASE, 1]), float(lm[CHIN, 1]), float(lm[FOREHEAD, 1])
+        nape = base + self.cfg.nape_height * (chin - base)
+        if face.sum() < MIN_SKIN_TEXELS:
+            return ring, None, nape
+        top = ring & (pts[:, 1] > brow + TOP_OF_HEAD * (brow - chin))
+        if top.sum() < MIN_SKIN_TEXELS:
+            return ring, ~skin_like(colors, colors[face]), nape
+        return ring, hair_like(colors, colors[face], colors[top]), nape
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -209,7 +220,7 @@ class ClassicalTexture:
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
         # ring's texels unlike the face's skin as hair for the back of the head, down to the nape.
-        ring, hair, nape = self.hair_ring(a, colors, source, fw)
+        ring, hair, nape = self.hair_ring(a, pts, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
             prior, hold = ring_prior(
@@ -252,7 +263,7 @@ class ClassicalTexture:
             report(0.95, "back of the head")
             stand, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
             cap = None
-            if hair is not None and (ring & hair).sum() >= MIN_SKIN_TEXELS:
+            if hair is not None and enough_hair(ring, hair, MIN_SKIN_TEXELS):
                 cap = (np.median(colors[ring & hair], 0), nape)
             head = self.clear_back(head, idx, pts, colors, known, source, report.check, stand, cap)
         return head

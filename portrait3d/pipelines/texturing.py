@@ -384,11 +384,28 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
 def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
     """Which colours ``(P, 3)`` (float, 0-255) look like the skin samples ``skin (S, 3)``: within ``sigmas``
     robust standard deviations (median, 1.4826 x MAD) of them in YCrCb. ``(P,)`` bool."""
-    ycc, ref = _ycrcb(colors), _ycrcb(skin)
+    return colour_distance(colors, skin) < sigmas
+
+
+def hair_like(colors: np.ndarray, skin: np.ndarray, top: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
+    """Which colours ``(P, 3)`` look like the samples from the top of the head ``top (H, 3)`` (hair, a hat)
+    rather than like the face's skin ``skin (S, 3)``: nearer to the top's colours than to the skin's, each
+    in its own robust standard deviations, and within ``sigmas`` of them. Blonde, red and brown hair are
+    close to skin in colour, so a fixed distance from the skin alone calls them skin; what the photo shows
+    above the forehead says what this person's hair looks like. (On a bald head both are skin, and which
+    is nearer is a toss: the back of the head continues skin either way.)"""
+    d_top = colour_distance(colors, top)
+    return (d_top < colour_distance(colors, skin)) & (d_top < sigmas)
+
+
+def colour_distance(colors: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """``(P,)``: how many robust standard deviations (median, 1.4826 x MAD, per YCrCb channel) each colour
+    ``(P, 3)`` is from the samples ``(S, 3)``."""
+    ycc, ref = _ycrcb(colors), _ycrcb(samples)
     med = np.median(ref, 0)
-    # A floor on the spread: a face of one flat colour must not make every other colour "not skin".
+    # A floor on the spread: samples of one flat colour must not make every other colour far from them.
     spread = np.maximum(1.4826 * np.median(np.abs(ref - med), 0), (6.0, 3.0, 3.0))
-    return (((ycc - med) / spread) ** 2).sum(1) < sigmas**2
+    return np.sqrt((((ycc - med) / spread) ** 2).sum(1))
 
 
 def _ycrcb(colors: np.ndarray) -> np.ndarray:
@@ -415,7 +432,8 @@ def ring_prior(
     ring's variation continues (the median: a stray texel of background in the ring does not tile a patch).
     At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
-    the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them,
+    the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them
+    (:func:`enough_hair`),
     the two sides blended across the midline; these hold firmly, from 0 at
     ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every
     ``QUERY_CHUNK`` texels and may raise to cancel.
@@ -437,7 +455,7 @@ def ring_prior(
         if ring.sum() < RING_MIN_TEXELS:
             continue
         q = side == sd
-        if back.any() and (ring & hair).sum() >= RING_MIN_TEXELS:
+        if back.any() and enough_hair(ring, hair, RING_MIN_TEXELS):
             preds.append(_continue_ring(elev, az, colors, ring & hair, back, 90, check, k=BACK_NEIGHBOURS))
             # Each side's hair fades into the other's across the back's midline.
             weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
@@ -451,11 +469,20 @@ def ring_prior(
 
 
 RING_MIN_TEXELS = 50
+HAIR_MIN_SHARE = 0.1  # hair texels fewer than this share of a ring are something else (a held card, a collar)
 BACK_RAMP_DEG = 30.0
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
 QUERY_CHUNK = 1 << 15  # texels per nearest-neighbour query between cancel checks (about 0.1 s at k=32)
+
+
+def enough_hair(ring: np.ndarray, hair: np.ndarray, min_texels: int) -> bool:
+    """Whether the ``ring``'s ``hair`` texels (both ``(P,)`` bool) are hair the back of the head can continue:
+    at least ``min_texels`` of them and ``HAIR_MIN_SHARE`` of the ring. A few texels unlike the skin on a
+    head whose hair is close to its skin in colour are what the person holds or wears, not the hair."""
+    n = int((ring & hair).sum())
+    return n >= min_texels and n >= HAIR_MIN_SHARE * int(ring.sum())
 
 
 def _continue_ring(
