@@ -111,7 +111,8 @@ class ClassicalTexture:
         ring_min_azimuth: float = setting(50.0, "seen texels beyond this azimuth (deg) form the ring", ge=0, le=180)
         back_azimuth: float = setting(
             100.0,
-            "beyond this azimuth (deg) and above the nape the ring continues only its non-skin (hair) texels",
+            "beyond this azimuth (deg) and above the nape the ring continues only its hair texels (those nearer in "
+            "colour to the top of the head than to the face's skin)",
             ge=0,
             le=180,
         )
@@ -219,7 +220,7 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
-        # ring's texels unlike the face's skin as hair for the back of the head, down to the nape.
+        # ring's hair texels (coloured like the top of the head) for the back of the head, down to the nape.
         ring, hair, nape = self.hair_ring(a, pts, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
