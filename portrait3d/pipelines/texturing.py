@@ -433,10 +433,9 @@ def ring_prior(
     At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
     the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them
-    (:func:`enough_hair`),
-    the two sides blended across the midline; these hold firmly, from 0 at
-    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every
-    ``QUERY_CHUNK`` texels and may raise to cancel.
+    (:func:`enough_hair`), the two sides blended across the midline; these hold firmly, from 0 at
+    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every ``QUERY_CHUNK``
+    texels and may raise to cancel.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
     # between runs on the same input (measured), which changed nearest neighbours below.
