@@ -112,16 +112,19 @@ def test_a_cancel_ends_xatlas_at_once_and_the_next_call_works(unwrapper):
     assert uv_faces.shape == sf.shape
 
 
-def _texture(analysis, *overrides):
-    cfg = build_profile_config(
-        "fast", ["init.subdivisions=4", "texture.texture_size=256", "texture.view_size=128", *overrides]
-    )
+def _painted(analysis, overrides):
+    """The ``fast`` texture stage's head for ``analysis`` on its initial mesh, under ``overrides``."""
+    cfg = build_profile_config("fast", overrides)
     mesh = HeadPriorInit(cfg.stages["init"])(InitInput(analysis), Reporter("init"))
     stage = ClassicalTexture(cfg.stages["texture"])
     try:
         return stage(TextureInput(analysis, mesh), Reporter("texture"))
     finally:
         stage.close()
+
+
+def _texture(analysis, *overrides):
+    return _painted(analysis, ["init.subdivisions=4", "texture.texture_size=256", "texture.view_size=128", *overrides])
 
 
 def test_coverage_counts_texels_coloured_before_the_fill(astronaut_analysis):
@@ -256,13 +259,7 @@ def test_the_reference_view_shows_the_photo_inside_the_face(astronaut_analysis):
     err = {}
     for facing in (0.05, 0.4):
         over = ["init.subdivisions=5", "texture.texture_size=512", "texture.view_size=160", "texture.back_check=false"]
-        cfg = build_profile_config("fast", [*over, f"texture.inner_min_facing={facing}"])
-        mesh = HeadPriorInit(cfg.stages["init"])(InitInput(a), Reporter("init"))
-        stage = ClassicalTexture(cfg.stages["texture"])
-        try:
-            head = stage(TextureInput(a, mesh), Reporter("texture"))
-        finally:
-            stage.close()
+        head = _painted(a, [*over, f"texture.inner_min_facing={facing}"])
         img, seen = render_textured(head, a.camera)
         diff = np.abs(img.astype(np.float32) - a.crop).max(-1)[inner & seen]
         err[facing] = [int((diff > t).sum()) for t in (30, 40)]
@@ -282,14 +279,7 @@ def test_the_back_of_a_blonde_head_is_her_hair_not_the_cards_she_holds(analysis_
     from portrait3d.testing import card_table_portraits
 
     a = analyze(analysis_stage, png_bytes(card_table_portraits()["card_table_1"]))
-    over = ["texture.back_check=false"]  # the white patch needs the default mesh and atlas to show
-    cfg = build_profile_config("fast", over)
-    mesh = HeadPriorInit(cfg.stages["init"])(InitInput(a), Reporter("init"))
-    stage = ClassicalTexture(cfg.stages["texture"])
-    try:
-        head = stage(TextureInput(a, mesh), Reporter("texture"))
-    finally:
-        stage.close()
+    head = _painted(a, ["texture.back_check=false"])  # the white patch needs the default mesh and atlas to show
     whites = []
     for yaw in (135, 180, -135):
         img, mask = render_textured(head, Camera.orbit(yaw, 0, 1.0, 30, 256))
