@@ -38,7 +38,7 @@ from .back_check import (
     smooth_back,
 )
 from .camera import LEVEL_MAX_DEG, leveling_rotation
-from .face_geometry import CHIN, FOREHEAD
+from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -54,7 +54,6 @@ from .texturing import (
     depth_inside_outline,
     depth_map,
     enough_hair,
-    hair_like,
     mirror_points,
     pixel_index,
     project_photo,
@@ -71,7 +70,6 @@ from .uv_unwrap import UVUnwrapper
 INNER = (0.12, 0.06)  # the face's inner part starts this many face widths inside its outline, fully in over this
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
-TOP_OF_HEAD = 0.15  # texels this many face heights above the forehead's landmark show the top of the head
 NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
 
 
@@ -111,8 +109,8 @@ class ClassicalTexture:
         ring_min_azimuth: float = setting(50.0, "seen texels beyond this azimuth (deg) form the ring", ge=0, le=180)
         back_azimuth: float = setting(
             100.0,
-            "beyond this azimuth (deg) and above the nape the ring continues only its hair texels (those nearer in "
-            "colour to the top of the head than to the face's skin)",
+            "beyond this azimuth (deg) and above the nape the ring continues only its non-skin (hair) texels, when "
+            "they are at least a tenth of the ring (fewer are what the person holds or wears)",
             ge=0,
             le=180,
         )
@@ -164,24 +162,16 @@ class ClassicalTexture:
         self._close_detector()
 
     def hair_ring(
-        self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+        self, a: PortraitAnalysis, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """The photo's non-face texels ``(P,)`` bool; which texels look like the hair (:func:`hair_like`, from
-        the photo's texels above the forehead; without enough of those, what is unlike the face's skin), or
-        None without enough face texels to tell; and the nape's height ``nape_height`` of the way from the
-        nose's base to the chin (head frame, metres)."""
+        """The photo's non-face texels ``(P,)`` bool; which texels are unlike the face's skin (hair), or None
+        without enough face texels to tell; and the nape's height ``nape_height`` of the way from the nose's
+        base to the chin (head frame, metres)."""
         photo = source == PHOTO
         face = photo & (fw >= FACE_TEXEL)
-        ring = photo & (fw < FACE_TEXEL)
-        lm = a.landmarks_3d
-        base, chin, brow = float(lm[NOSE_BASE, 1]), float(lm[CHIN, 1]), float(lm[FOREHEAD, 1])
-        nape = base + self.cfg.nape_height * (chin - base)
-        if face.sum() < MIN_SKIN_TEXELS:
-            return ring, None, nape
-        top = ring & (pts[:, 1] > brow + TOP_OF_HEAD * (brow - chin))
-        if top.sum() < MIN_SKIN_TEXELS:
-            return ring, ~skin_like(colors, colors[face]), nape
-        return ring, hair_like(colors, colors[face], colors[top]), nape
+        hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
+        base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
+        return photo & (fw < FACE_TEXEL), hair, base + self.cfg.nape_height * (chin - base)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -220,8 +210,8 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
-        # ring's hair texels (coloured like the top of the head) for the back of the head, down to the nape.
-        ring, hair, nape = self.hair_ring(a, pts, colors, source, fw)
+        # ring's texels unlike the face's skin as hair for the back of the head, down to the nape.
+        ring, hair, nape = self.hair_ring(a, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
             prior, hold = ring_prior(

@@ -387,17 +387,6 @@ def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.n
     return colour_distance(colors, skin) < sigmas
 
 
-def hair_like(colors: np.ndarray, skin: np.ndarray, top: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
-    """Which colours ``(P, 3)`` look like the samples from the top of the head ``top (H, 3)`` (hair, a hat)
-    rather than like the face's skin ``skin (S, 3)``: nearer to the top's colours than to the skin's, each
-    in its own robust standard deviations, and within ``sigmas`` of them. Blonde, red and brown hair are
-    close to skin in colour, so a fixed distance from the skin alone calls them skin; what the photo shows
-    above the forehead says what this person's hair looks like. (On a bald head both are skin, and which
-    is nearer is a toss: the back of the head continues skin either way.)"""
-    d_top = colour_distance(colors, top)
-    return (d_top < colour_distance(colors, skin)) & (d_top < sigmas)
-
-
 def colour_distance(colors: np.ndarray, samples: np.ndarray) -> np.ndarray:
     """``(P,)``: how many robust standard deviations (median, 1.4826 x MAD, per YCrCb channel) each colour
     ``(P, 3)`` is from the samples ``(S, 3)``."""
