@@ -384,17 +384,11 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
 def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
     """Which colours ``(P, 3)`` (float, 0-255) look like the skin samples ``skin (S, 3)``: within ``sigmas``
     robust standard deviations (median, 1.4826 x MAD) of them in YCrCb. ``(P,)`` bool."""
-    return colour_distance(colors, skin) < sigmas
-
-
-def colour_distance(colors: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """``(P,)``: how many robust standard deviations (median, 1.4826 x MAD, per YCrCb channel) each colour
-    ``(P, 3)`` is from the samples ``(S, 3)``."""
-    ycc, ref = _ycrcb(colors), _ycrcb(samples)
+    ycc, ref = _ycrcb(colors), _ycrcb(skin)
     med = np.median(ref, 0)
-    # A floor on the spread: samples of one flat colour must not make every other colour far from them.
+    # A floor on the spread: a face of one flat colour must not make every other colour "not skin".
     spread = np.maximum(1.4826 * np.median(np.abs(ref - med), 0), (6.0, 3.0, 3.0))
-    return np.sqrt((((ycc - med) / spread) ** 2).sum(1))
+    return (((ycc - med) / spread) ** 2).sum(1) < sigmas**2
 
 
 def _ycrcb(colors: np.ndarray) -> np.ndarray:
