@@ -60,6 +60,7 @@ from .texturing import (
     ring_prior,
     sample_bilinear,
     skin_like,
+    smooth_inpainted,
     splat_known,
     trajectory_cameras,
     visible_texels,
@@ -125,6 +126,14 @@ class ClassicalTexture:
             12.0, "view pixels from known colour over which inpainting hands over to the ring prior", gt=0, le=1000
         )
         inpaint_radius: int = setting(6, "Telea inpainting radius, view pixels", ge=1, le=100)
+        inpaint_blur: float = setting(
+            0.01,
+            "sigma, metres along the surface, of a Gaussian over the colours the views inpainted (not the "
+            "photo's or the mirror's): each view fills its own holes, and the edges between those patches are "
+            "artefacts, not detail (0: off)",
+            ge=0,
+            le=0.1,
+        )
         feather: float = setting(3.0, "seam blur sigma at filled regions, texels", ge=0, le=100)
         mask_erode: int = setting(3, "head-mask erosion before projecting the photo, crop pixels", ge=0, le=100)
         background_rim: int = setting(
@@ -244,6 +253,7 @@ class ClassicalTexture:
             colors[todo] = new
             known |= todo
             source[todo] = VIEWS
+        colors = smooth_inpainted(pts, colors, source == VIEWS, cfg.inpaint_blur)
         report(0.9, "atlas fill")
         texture = atlas_texture(T, idx, colors, known, source == PHOTO, cfg.feather)
         stats = coverage_stats(source, known)

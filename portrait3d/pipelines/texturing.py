@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial import cKDTree
 
 from .camera import Camera
@@ -456,6 +457,7 @@ BACK_RAMP_DEG = 30.0
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
+SURFACE_CELL = 0.004  # metres: cubes the surface blur sums texels into (sigma >= 2 cells keeps it smooth)
 QUERY_CHUNK = 1 << 15  # texels per nearest-neighbour query between cancel checks (about 0.1 s at k=32)
 
 
@@ -497,6 +499,45 @@ def _continue_ring(
     c = np.median(near, 1) if median else near.mean(1)
     c[np.abs(elev[ring][nn[:, 0]] - elev[q]) > np.radians(max_gap_deg)] = np.nan
     return c
+
+
+def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: float = SURFACE_CELL) -> np.ndarray:
+    """The Gaussian-weighted mean colour ``(P, 3)`` around each of the points ``pts (P, 3)`` (metres) over
+    the points themselves, with ``sigma`` in metres: the points are splatted trilinearly onto a grid of
+    ``cell``, the grid blurred in 3D and read back trilinearly. A head is much thicker than ``sigma``, so
+    the blur stays on the surface it starts on.
+
+    Example:
+        >>> pts = np.array([[0.0, 0.0, 0.0], [0.001, 0.0, 0.0], [0.5, 0.0, 0.0]])
+        >>> cols = np.array([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0], [255.0, 0.0, 0.0]])
+        >>> np.round(surface_gaussian(pts, cols, 0.01)[:, 0]).tolist()  # the first two mix; the far one keeps its own
+        [50.0, 50.0, 255.0]
+    """
+    pad = int(np.ceil(4 * sigma / cell)) + 1
+    q = (pts - pts.min(0)) / cell + pad  # grid coordinates: cell centres at integers
+    shape = tuple(int(n) for n in np.ceil(q.max(0)) + pad + 1)
+    base = np.floor(q).astype(np.int64)
+    frac = q - base
+    values = np.concatenate([colors, np.ones((len(pts), 1))], 1).astype(np.float64)
+    grids = np.zeros((4, int(np.prod(shape))))
+    for corner in np.ndindex(2, 2, 2):  # trilinear splatting: each point's weight over its 8 nearest centres
+        w = np.prod(np.where(corner, frac, 1 - frac), axis=1)
+        flat = np.ravel_multi_index(tuple((base + corner).T), shape)
+        for c in range(4):
+            grids[c] += np.bincount(flat, weights=w * values[:, c], minlength=grids.shape[1])
+    blurred = [gaussian_filter(g.reshape(shape), sigma / cell, mode="constant") for g in grids]
+    out = np.stack([map_coordinates(b, q.T, order=1) for b in blurred], 1)
+    return (out[:, :3] / np.maximum(out[:, 3:], 1e-12)).astype(colors.dtype)
+
+
+def smooth_inpainted(pts: np.ndarray, colors: np.ndarray, inpainted: np.ndarray, sigma: float) -> np.ndarray:
+    """``colors (P, 3)`` with the ``inpainted (P,)`` texels replaced by their :func:`surface_gaussian` over
+    the inpainted texels alone (``sigma`` metres; 0: unchanged): the edges between the views' inpainted
+    patches are artefacts of the per-view fill, not detail. The other texels keep their colours."""
+    out = colors.copy()
+    if inpainted.any() and sigma > 0:
+        out[inpainted] = surface_gaussian(pts[inpainted], colors[inpainted], sigma)
+    return out
 
 
 def coverage_stats(source: np.ndarray, known: np.ndarray) -> dict[str, float]:
