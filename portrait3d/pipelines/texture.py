@@ -132,7 +132,7 @@ class ClassicalTexture:
             "photo's or the mirror's): each view fills its own holes, and the edges between those patches are "
             "artefacts, not detail (0: off)",
             ge=0,
-            le=0.1,
+            le=0.05,
         )
         feather: float = setting(3.0, "seam blur sigma at filled regions, texels", ge=0, le=100)
         mask_erode: int = setting(3, "head-mask erosion before projecting the photo, crop pixels", ge=0, le=100)

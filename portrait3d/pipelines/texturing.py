@@ -457,7 +457,7 @@ BACK_RAMP_DEG = 30.0
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
-SURFACE_CELL = 0.004  # metres: cubes the surface blur sums texels into (sigma >= 2 cells keeps it smooth)
+SURFACE_CELL = 0.004  # metres: the finest grid the surface blur splats texels onto (at least sigma / 2.5)
 QUERY_CHUNK = 1 << 15  # texels per nearest-neighbour query between cancel checks (about 0.1 s at k=32)
 
 
@@ -501,10 +501,11 @@ def _continue_ring(
     return c
 
 
-def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: float = SURFACE_CELL) -> np.ndarray:
+def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: float | None = None) -> np.ndarray:
     """The Gaussian-weighted mean colour ``(P, 3)`` around each of the points ``pts (P, 3)`` (metres) over
     the points themselves, with ``sigma`` in metres: the points are splatted trilinearly onto a grid of
-    ``cell``, the grid blurred in 3D and read back trilinearly. A head is much thicker than ``sigma``, so
+    ``cell`` (default: ``SURFACE_CELL`` or ``sigma / 2.5``, the larger), the grid blurred in 3D and read
+    back trilinearly. A head is much thicker than ``sigma``, so
     the blur stays on the surface it starts on.
 
     Example:
@@ -513,6 +514,7 @@ def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: fl
         >>> np.round(surface_gaussian(pts, cols, 0.01)[:, 0]).tolist()  # the first two mix; the far one keeps its own
         [50.0, 50.0, 255.0]
     """
+    cell = cell or max(SURFACE_CELL, sigma / 2.5)
     pad = int(np.ceil(4 * sigma / cell)) + 1
     q = (pts - pts.min(0)) / cell + pad  # grid coordinates: cell centres at integers
     shape = tuple(int(n) for n in np.ceil(q.max(0)) + pad + 1)
