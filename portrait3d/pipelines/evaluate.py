@@ -92,10 +92,7 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
             im, faces = look(yaw)
             entry: dict[str, Any] = {"mediapipe_faces": len(faces)}
             if abs(yaw) == 60:
-                sign = 1 if yaw > 0 else -1
-                entry["mediapipe_faces_around"] = [
-                    len(faces) if d == 0 else len(look(yaw + sign * d)[1]) for d in SIDE_SPREAD_DEG
-                ]
+                entry["mediapipe_faces_around"] = [len(look(yaw + d)[1]) if d else len(faces) for d in SIDE_SPREAD_DEG]
             if yaw != 180:  # checked at 0 and +-30; reported at +-60 too
                 d = None
                 if faces:

@@ -505,8 +505,7 @@ def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: fl
     """The Gaussian-weighted mean colour ``(P, 3)`` around each of the points ``pts (P, 3)`` (metres) over
     the points themselves, with ``sigma`` in metres: the points are splatted trilinearly onto a grid of
     ``cell`` (default: ``SURFACE_CELL`` or ``sigma / 2.5``, the larger), the grid blurred in 3D and read
-    back trilinearly. A head is much thicker than ``sigma``, so
-    the blur stays on the surface it starts on.
+    back trilinearly. A head is much thicker than ``sigma``, so the blur stays on the surface it starts on.
 
     Example:
         >>> pts = np.array([[0.0, 0.0, 0.0], [0.001, 0.0, 0.0], [0.5, 0.0, 0.0]])
