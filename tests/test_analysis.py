@@ -8,7 +8,7 @@ from PIL import Image
 from portrait3d.errors import ConfigError, FaceTooSmallError, NoFaceError
 from portrait3d.pipelines.camera import rotation_ypr
 from portrait3d.pipelines.config import build_profile_config
-from portrait3d.pipelines.face_geometry import MESH_POINTS, head_rotation, lift_landmarks
+from portrait3d.pipelines.face_geometry import CHIN, FOREHEAD, MESH_POINTS, head_rotation, lift_landmarks
 
 from .conftest import analyze, astronaut, grace_hopper_path, png_bytes, two_astronauts
 
@@ -198,6 +198,7 @@ def test_hands_arms_and_neighbours_stay_out_of_the_head_mask(analysis_stage, nam
     photo, on its own) and the neighbours' arms beside the head are not part of the head mask."""
     import mediapipe as mp
 
+    from portrait3d.pipelines.analysis import head_axis_px
     from portrait3d.pipelines.analysis import head_mask as cut_at_neck
     from portrait3d.testing import card_table_portraits
 
@@ -219,9 +220,28 @@ def test_hands_arms_and_neighbours_stay_out_of_the_head_mask(analysis_stage, nam
     # The person segmentation alone (what the mask was made from before) reaches much wider here.
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         person = seg.process(a.crop).segmentation_mask > 0.5
-    before = cut_at_neck(person, a.landmarks_px, 0.45, 0.8)
+    before = cut_at_neck(person, a.landmarks_px, 0.45, 0.8, head_axis_px(a.camera, a.landmarks_3d))
     assert a.head_mask.sum() < 0.95 * before.sum()
     assert bool(found) or not hands_near  # the chip-holding hand by the chin is found
+
+
+def test_a_turned_heads_neck_is_kept_under_its_ear_not_under_its_chin(analysis_stage):
+    """card_table_5 looks 40+ degrees aside: the neck the head mask keeps is centred on the head's axis,
+    which the pose puts toward the ear, not under the chin (where the shoulder and collar are)."""
+    from portrait3d.pipelines.analysis import head_axis_px
+    from portrait3d.testing import card_table_portraits
+
+    a = analyze(analysis_stage, png_bytes(card_table_portraits()["card_table_5"]))
+    assert abs(a.pose_ypr[0]) > 30
+    axis = head_axis_px(a.camera, a.landmarks_3d)
+    chin = a.landmarks_px[CHIN, :2]
+    assert abs(axis.neck[0] - chin[0]) > 0.25 * axis.face_w  # the axis is well aside of the chin
+    face_h = float(np.linalg.norm(a.landmarks_px[FOREHEAD, :2] - chin))
+    row = a.head_mask[int(chin[1] + 0.3 * face_h)]  # the neck, below the jaw
+    cols = np.flatnonzero(row)
+    assert cols.size > 0.4 * axis.face_w
+    mid = (cols.min() + cols.max()) / 2
+    assert abs(mid - axis.neck[0]) < abs(mid - chin[0]) / 3
 
 
 def test_each_hand_is_grown_by_its_own_margin():

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
 from .caption import TEMPLATE
+from .camera import Camera
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, landmark_face_mask, lift_landmarks
 from .identity import load_identity_encoder
 from .registry import register
@@ -347,11 +348,12 @@ class MediapipeAnalysis:
                 face, person = parsed_face, parsed_head
             else:
                 notes.append("face parsing disagreed with the landmarks; the masks come from the landmarks")
-        clutter = ~head_bounds(lm, S, cfg.head_halfwidth, cfg.head_top)
+        axis = head_axis_px(cam, lm3d)
+        clutter = ~head_bounds(lm, S, cfg.head_halfwidth, cfg.head_top, axis)
         if self._hands is not None:  # on the whole photo: a hand at the crop's edge is found there
             clutter |= hand_regions([(h - box[:2]) * scale for h in self.hands(img)], S)
         clutter &= ~face  # a hand in front of the face still leaves the face
-        mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width)
+        mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width, axis)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
         report(0.6, "head mask")
@@ -416,14 +418,41 @@ def hand_regions(hands: list[np.ndarray], size: int, margin: float = 0.25) -> np
     return m
 
 
-def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float) -> np.ndarray:
+@dataclass(frozen=True)
+class HeadAxis:
+    """Where the head's vertical axis lies in the crop: the head centre and the neck axis at the chin's
+    height ``(2,)`` each, pixels, and the face's width at the centre's depth, pixels. In a turned head
+    they are beside the face's midline and chin, toward the back of the head."""
+
+    center: np.ndarray
+    neck: np.ndarray
+    face_w: float
+
+
+def head_axis_px(cam: Camera, lm3d: np.ndarray) -> HeadAxis:
+    """The reference camera and the 3D landmarks ``(478, 3)`` (head frame, centre at the origin, y up) ->
+    :class:`HeadAxis` in the camera's image.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[FACE_SIDES[0], 0], lm[FACE_SIDES[1], 0], lm[CHIN, 1] = -0.07, 0.07, -0.1
+        >>> cam = Camera.orbit(90, 0, 1.0, 30, 256)  # from the person's left
+        >>> a = head_axis_px(cam, lm)
+        >>> np.round(a.center, 1).tolist(), np.round(a.neck, 1).tolist(), round(a.face_w, 1)
+        ([128.0, 128.0], [128.0, 175.8], 66.9)
+    """
+    uv, z = cam.project(np.array([[0.0, 0.0, 0.0], [0.0, float(lm3d[CHIN, 1]), 0.0]]))
+    fw = float(np.linalg.norm(lm3d[FACE_SIDES[1]] - lm3d[FACE_SIDES[0]]))
+    return HeadAxis(center=uv[0], neck=uv[1], face_w=fw * float(cam.K[1, 1]) / float(z[0]))
+
+
+def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float, axis: HeadAxis) -> np.ndarray:
     """``(S, S)`` bool: where a head can be, in the face's upright frame: below ``top`` face heights above
-    the forehead, and within ``halfwidth`` face widths of the face's midline from mid-face up, narrowing
+    the forehead, and within ``halfwidth`` face widths of the head's axis from mid-face up, narrowing
     to 0.75 of that at the chin (a jaw with its hair is narrower than a cranium with its hair)."""
-    along, _, face_w, face_h = upright_frame(lm_px, size, lm_px[CHIN, :2])
-    _, across, _, _ = upright_frame(lm_px, size, lm_px[list(FACE_SIDES), :2].mean(0))
+    along, _, _, face_h = upright_frame(lm_px, size, lm_px[CHIN, :2])
+    _, across, _, _ = upright_frame(lm_px, size, axis.center)
     taper = np.clip(0.75 + 0.5 * along / face_h, 0.75, 1.0)
-    return (np.abs(across) <= taper * halfwidth * face_w) & (along <= (1 + top) * face_h)
+    return (np.abs(across) <= taper * halfwidth * axis.face_w) & (along <= (1 + top) * face_h)
 
 
 def upright_frame(lm_px: np.ndarray, size: int, origin: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -439,14 +468,19 @@ def upright_frame(lm_px: np.ndarray, size: int, origin: np.ndarray) -> tuple[np.
     return d @ up, d @ right, face_w, face_h
 
 
-def head_mask(person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float) -> np.ndarray:
+def head_mask(
+    person: np.ndarray, lm_px: np.ndarray, neck_length: float, neck_width: float, axis: HeadAxis
+) -> np.ndarray:
     """Person mask ``(S, S)`` bool + landmarks -> head-and-neck mask ``(S, S)`` bool.
 
-    Keeps the head (hair included) and a neck band under the chin; cuts shoulders and body.
+    Keeps the head (hair included) and a neck band about the head's axis (under the chin in a frontal
+    face, under the ear in a profile); cuts shoulders and body.
     """
     S = person.shape[0]
     # Work in the face's upright frame so that a tilted head is cut along its own neck.
-    along, across, face_w, face_h = upright_frame(lm_px, S, lm_px[CHIN, :2])
+    along, _, _, face_h = upright_frame(lm_px, S, lm_px[CHIN, :2])
+    _, across, _, _ = upright_frame(lm_px, S, axis.neck)
+    face_w = axis.face_w
     # Beside the neck, cut from jaw height (a fraction of the face above the chin tip): collars and
     # shoulders rise that high; the face itself is added back from its landmark hull below.
     below_chin = along < 0.2 * face_h
