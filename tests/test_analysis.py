@@ -8,20 +8,31 @@ from PIL import Image
 from portrait3d.errors import ConfigError, FaceTooSmallError, NoFaceError
 from portrait3d.pipelines.camera import rotation_ypr
 from portrait3d.pipelines.config import build_profile_config
-from portrait3d.pipelines.face_geometry import CHIN, FOREHEAD, MESH_POINTS, head_rotation, lift_landmarks
+from portrait3d.pipelines.face_geometry import (
+    CHIN,
+    FOREHEAD,
+    MESH_POINTS,
+    canonical_face,
+    head_rotation,
+    lift_landmarks,
+)
 
 from .conftest import analyze, astronaut, grace_hopper_path, png_bytes, two_astronauts
 
 
-def test_astronaut_analysis(astronaut_analysis):
+def test_astronaut_analysis(analysis_stage, astronaut_analysis):
     a = astronaut_analysis
     S = a.crop.shape[0]
     assert a.crop.shape == (S, S, 3) and a.landmarks_px.shape == (478, 3) and a.landmarks_3d.shape == (478, 3)
     assert abs(a.pose_ypr[0]) < 15 and abs(a.pose_ypr[2]) < 15  # a near-frontal portrait
     assert a.identity.shape == (128,) and np.isfinite(a.identity).all()
-    # The 3D landmarks project exactly onto the detected 2D landmarks through the reference camera.
+    # The 3D landmarks project onto the detected 2D landmarks through the reference camera (exactly as
+    # lifted; a frontal face's hidden-side mirroring moves two of them by 0.02 px).
     uv, z = a.camera.project(a.landmarks_3d)
-    np.testing.assert_allclose(uv, a.landmarks_px[:, :2], atol=1e-6)
+    np.testing.assert_allclose(uv, a.landmarks_px[:, :2], atol=0.05)
+    cfg = analysis_stage.cfg
+    lifted = lift_landmarks(a.landmarks_px, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale)
+    np.testing.assert_allclose(a.camera.project(lifted[3])[0], a.landmarks_px[:, :2], atol=1e-6)
     assert (z > 0).all()
     # Metric scale: a face about 13-16 cm wide; the nose tip is in front of the face's sides.
     width = np.linalg.norm(a.landmarks_3d[454] - a.landmarks_3d[234])
@@ -135,7 +146,7 @@ def _relief(lm3d: np.ndarray, point: int) -> float:
 
 # mediapipe's metric canonical face (468 vertices in landmark order, cm): outer eye corners 33/263 at z 3.173,
 # 8.892 apart; nose tip 4 at z 7.587, chin 152 at z 4.264.
-CANONICAL_FACE = np.loadtxt(Path(__file__).parent / "data" / "mediapipe_canonical_face.txt")
+CANONICAL_FACE = canonical_face()
 CANONICAL_RELIEF = {p: _relief(CANONICAL_FACE, p) for p in (4, 152)}
 
 
@@ -183,6 +194,30 @@ def test_the_default_depth_scale_fits_the_whole_metric_face(analysis_stage, astr
     assert 0.8 <= grid[int(np.argmin(fits))] <= 1.05
     assert rms(cfg.depth_scale) <= 1.05 * min(fits)
     assert rms(cfg.depth_scale) < 0.08
+
+
+def test_a_turned_faces_hidden_side_takes_the_mirrored_shape_and_a_frontal_face_keeps_its_own(
+    analysis_stage, astronaut_analysis
+):
+    """card_table_5 looks 43 degrees aside: as mediapipe lifts it, the hidden side's outline (234, the
+    subject's right) is 0.2 face widths nearer the midline than its partner (454); after
+    ``mirror_hidden_side`` the two are mirror images. The astronaut looks at the camera: unchanged."""
+    from portrait3d.pipelines.face_geometry import FACE_SIDES, mirror_hidden_side
+    from portrait3d.testing import card_table_portraits
+
+    a = analyze(analysis_stage, png_bytes(card_table_portraits()["card_table_5"]))
+    cfg = analysis_stage.cfg
+    raw = lift_landmarks(a.landmarks_px, a.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth,
+                         cfg.depth_scale)[3]
+    r, l = FACE_SIDES
+    fw = np.linalg.norm(raw[l] - raw[r])
+    assert abs(raw[r, 0] + raw[l, 0]) > 0.15 * fw
+    assert a.landmarks_3d[r] == pytest.approx(a.landmarks_3d[l] * [-1, 1, 1], abs=0.01 * fw)
+    b = astronaut_analysis
+    raw = lift_landmarks(b.landmarks_px, b.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth,
+                         cfg.depth_scale)[3]
+    moved = np.linalg.norm(mirror_hidden_side(raw, b.camera) - raw, axis=1)
+    assert moved.max() < 0.002 * np.linalg.norm(raw[l] - raw[r])  # measured: under 0.001
 
 
 def test_depth_scale_scales_the_relief(astronaut_analysis):

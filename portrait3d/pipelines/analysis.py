@@ -21,7 +21,16 @@ import numpy as np
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
 from .caption import TEMPLATE
 from .camera import Camera
-from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, NOSE_RIDGE, landmark_face_mask, lift_landmarks
+from .face_geometry import (
+    CHIN,
+    FACE_SIDES,
+    FOREHEAD,
+    MESH_POINTS,
+    NOSE_RIDGE,
+    landmark_face_mask,
+    lift_landmarks,
+    mirror_hidden_side,
+)
 from .identity import load_identity_encoder
 from .registry import register
 from .resample import shrink_crop
@@ -159,6 +168,11 @@ class MediapipeAnalysis:
             le=2,
         )
         head_center_depth: float = setting(0.1, "head centre behind the face's sides, in face widths", ge=0, le=3)
+        mirror_hidden_side: bool = setting(
+            True,
+            "the face's side turned away from the camera takes the mirrored shape of the side facing it, by how "
+            "much better that side faces it (mediapipe pulls a hidden side's outline onto the silhouette)",
+        )
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
         remove_hands: bool = setting(True, "cut hands (mediapipe's hand landmarks, with a margin) out of the head mask")
@@ -338,6 +352,8 @@ class MediapipeAnalysis:
         rot, ypr, cam, lm3d = lift_landmarks(
             lm, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
         )
+        if cfg.mirror_hidden_side:
+            lm3d = mirror_hidden_side(lm3d, cam)
         person = self._segmenter.process(crop).segmentation_mask > 0.5
         if self._pose is not None:
             person &= self.this_person(crop)

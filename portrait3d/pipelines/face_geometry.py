@@ -12,11 +12,13 @@ onto its pixel.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .camera import CV_TO_GL, Camera, ypr_from_rotation
+from .mesh import mirror_map
 
 #: Landmarks of the face mesh proper; the 10 after them (468-477) outline the irises.
 MESH_POINTS = 468
@@ -31,6 +33,31 @@ FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
 NOSE_RIDGE = 4
 EYE_OUTER = (33, 263)
 FACE_SIDES = (234, 454)
+#: mediapipe's metric canonical face (Apache-2.0, see the file's header).
+CANONICAL_FACE_FILE = Path(__file__).parent / "data" / "mediapipe_canonical_face.txt"
+# A side turned this much less toward the camera (cos) than its mirror side starts taking the mirror's
+# shape, fully at HIDDEN_SIDE_START + HIDDEN_SIDE_SPAN.
+HIDDEN_SIDE_START, HIDDEN_SIDE_SPAN = 0.1, 0.4
+
+
+@lru_cache(maxsize=1)
+def canonical_face() -> np.ndarray:
+    """mediapipe's canonical face: the 468 face-mesh vertices ``(468, 3)`` in landmark order, centimetres,
+    x right, y up, z toward the viewer; exactly mirror-symmetric about x = 0."""
+    return np.loadtxt(CANONICAL_FACE_FILE)
+
+
+@lru_cache(maxsize=1)
+def mirror_landmarks() -> np.ndarray:
+    """``(468,)`` int: each face-mesh landmark's left/right mirror partner (itself on the midline).
+
+    Example:
+        >>> m = mirror_landmarks()
+        >>> int(m[EYE_OUTER[0]]), int(m[FACE_SIDES[1]]), int(m[NOSE_TIP]), bool((m[m] == np.arange(468)).all())
+        (263, 234, 1, True)
+    """
+    _, idx = mirror_map(canonical_face())
+    return idx
 
 
 @lru_cache(maxsize=1)
@@ -112,6 +139,38 @@ def lift_landmarks(
     depth = dist + (center_px[2] - P[:, 2]) * s
     world = cam.unproject(lm_px[:, :2], depth)
     return R, ypr_from_rotation(R), cam, world
+
+
+def mirror_hidden_side(lm3d: np.ndarray, cam: Camera) -> np.ndarray:
+    """3D landmarks ``(478, 3)`` (head frame) -> the same with the face's side turned away from ``cam`` moved
+    toward the mirror image of the side facing it, by how much better that side faces the camera.
+
+    In a turned face mediapipe puts the hidden side's outline on the silhouette it sees, so that side comes
+    out narrower than the other (by 0.2 face widths at the face's sides in a 43-degree view); a frontal face
+    is unchanged. Irises and midline points stay.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[:MESH_POINTS] = canonical_face() * 0.01
+        >>> lm[FACE_SIDES[0], 0] *= 0.7  # the subject's right side pulled in
+        >>> out = mirror_hidden_side(lm, Camera.orbit(60, 0, 1.0, 30, 256))  # seen from the left
+        >>> bool(np.allclose(out[FACE_SIDES[0]], lm[FACE_SIDES[1]] * [-1, 1, 1])), bool((out[FACE_SIDES[1]] == lm[FACE_SIDES[1]]).all())
+        (True, True)
+    """
+    pts = lm3d[:MESH_POINTS]
+    tris = oriented_face_triangles(pts)
+    a, b, c = pts[tris[:, 0]], pts[tris[:, 1]], pts[tris[:, 2]]
+    fn = np.cross(b - a, c - a)
+    n = np.zeros_like(pts)
+    for k in range(3):
+        np.add.at(n, tris[:, k], fn)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    view = cam.center - pts
+    cos = (n * view).sum(1) / np.linalg.norm(view, axis=1)
+    m = mirror_landmarks()
+    w = np.clip((cos[m] - cos - HIDDEN_SIDE_START) / HIDDEN_SIDE_SPAN, 0, 1)
+    out = np.array(lm3d, dtype=np.float64)
+    out[:MESH_POINTS] = pts + w[:, None] * (pts[m] * [-1.0, 1.0, 1.0] - pts)
+    return out
 
 
 def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:

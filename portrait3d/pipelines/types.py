@@ -24,7 +24,7 @@ class PortraitAnalysis:
     face_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in crop pixels
     face_score: float
     landmarks_px: np.ndarray  # (478, 3) mediapipe landmarks: x, y in crop pixels, z in the same scale
-    landmarks_3d: np.ndarray  # (478, 3) the same landmarks in the head frame, metres
+    landmarks_3d: np.ndarray  # (478, 3) the same in the head frame, metres (a hidden side: mirrored, see analysis)
     rotation: np.ndarray  # (3, 3) head-to-camera rotation (camera axes x right, y up, z back)
     pose_ypr: tuple[float, float, float]  # yaw, pitch, roll in degrees
     camera: Camera  # the reference view: the crop is this camera's image of the head
