@@ -40,7 +40,7 @@ from .types import AnalysisInput, PortraitAnalysis
 
 FACE_CHOICES = ("largest", "most-confident", "central")
 #: Beside the jaw, the head mask keeps only what runs up this far (face heights): hair does, collars do not.
-COLLAR_RISE = 0.15
+COLLAR_RISE = 0.3
 
 Detection = tuple[float, tuple[float, float, float, float]]
 
@@ -516,10 +516,11 @@ def head_mask(
     )
     m = ((person & ~below_chin) | neck).astype(np.uint8)
     # Beside the jaw, a collar or shoulder that rises just above the cut is left as a flat flap; hair hanging
-    # beside the jaw runs on up to the head. Keep there only what has a vertical run of COLLAR_RISE.
+    # beside the jaw runs on up to the head. Keep there only what has a vertical run of COLLAR_RISE (a collar
+    # that reaches the ear stays).
     rise = max(3, int(COLLAR_RISE * face_h)) | 1
     tall = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((rise, 1), np.uint8))
-    beside_jaw = ~below_chin & (along < 0.2 * face_h + 2 * rise) & ~band
+    beside_jaw = ~below_chin & (along < 0.2 * face_h + rise) & ~band
     m = np.where(beside_jaw, tall, m).astype(np.uint8)
     hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
     cv2.fillConvexPoly(m, hull.astype(np.int32), 1)
