@@ -1,5 +1,4 @@
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,17 +206,19 @@ def test_a_turned_faces_hidden_side_takes_the_mirrored_shape_and_a_frontal_face_
 
     a = analyze(analysis_stage, png_bytes(card_table_portraits()["card_table_5"]))
     cfg = analysis_stage.cfg
-    raw = lift_landmarks(a.landmarks_px, a.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth,
-                         cfg.depth_scale)[3]
-    r, l = FACE_SIDES
-    fw = np.linalg.norm(raw[l] - raw[r])
-    assert abs(raw[r, 0] + raw[l, 0]) > 0.15 * fw
-    assert a.landmarks_3d[r] == pytest.approx(a.landmarks_3d[l] * [-1, 1, 1], abs=0.01 * fw)
+    raw = lift_landmarks(
+        a.landmarks_px, a.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
+    )[3]
+    right, left = FACE_SIDES
+    fw = np.linalg.norm(raw[left] - raw[right])
+    assert abs(raw[right, 0] + raw[left, 0]) > 0.15 * fw
+    assert a.landmarks_3d[right] == pytest.approx(a.landmarks_3d[left] * [-1, 1, 1], abs=0.01 * fw)
     b = astronaut_analysis
-    raw = lift_landmarks(b.landmarks_px, b.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth,
-                         cfg.depth_scale)[3]
+    raw = lift_landmarks(
+        b.landmarks_px, b.crop.shape[0], cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale
+    )[3]
     moved = np.linalg.norm(mirror_hidden_side(raw, b.camera) - raw, axis=1)
-    assert moved.max() < 0.002 * np.linalg.norm(raw[l] - raw[r])  # measured: under 0.001
+    assert moved.max() < 0.002 * np.linalg.norm(raw[left] - raw[right])  # measured: under 0.001
 
 
 def test_depth_scale_scales_the_relief(astronaut_analysis):

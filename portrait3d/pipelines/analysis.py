@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
-from .caption import TEMPLATE
 from .camera import Camera
+from .caption import TEMPLATE
 from .face_geometry import (
     CHIN,
     FACE_SIDES,

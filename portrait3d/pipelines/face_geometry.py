@@ -153,7 +153,8 @@ def mirror_hidden_side(lm3d: np.ndarray, cam: Camera) -> np.ndarray:
         >>> lm = np.zeros((478, 3)); lm[:MESH_POINTS] = canonical_face() * 0.01
         >>> lm[FACE_SIDES[0], 0] *= 0.7  # the subject's right side pulled in
         >>> out = mirror_hidden_side(lm, Camera.orbit(60, 0, 1.0, 30, 256))  # seen from the left
-        >>> bool(np.allclose(out[FACE_SIDES[0]], lm[FACE_SIDES[1]] * [-1, 1, 1])), bool((out[FACE_SIDES[1]] == lm[FACE_SIDES[1]]).all())
+        >>> right, left = FACE_SIDES
+        >>> bool(np.allclose(out[right], lm[left] * [-1, 1, 1])), bool((out[left] == lm[left]).all())
         (True, True)
     """
     pts = lm3d[:MESH_POINTS]
