@@ -16,9 +16,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .camera import CV_TO_GL, Camera, ypr_from_rotation
-from .mesh import mirror_map
+from .mesh import mirror_map, vertex_normals
 
 #: Landmarks of the face mesh proper; the 10 after them (468-477) outline the irises.
 MESH_POINTS = 468
@@ -157,14 +158,8 @@ def mirror_hidden_side(lm3d: np.ndarray, cam: Camera) -> np.ndarray:
         >>> bool(np.allclose(out[right], lm[left] * [-1, 1, 1])), bool((out[left] == lm[left]).all())
         (True, True)
     """
-    pts = lm3d[:MESH_POINTS]
-    tris = oriented_face_triangles(pts)
-    a, b, c = pts[tris[:, 0]], pts[tris[:, 1]], pts[tris[:, 2]]
-    fn = np.cross(b - a, c - a)
-    n = np.zeros_like(pts)
-    for k in range(3):
-        np.add.at(n, tris[:, k], fn)
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    pts = np.asarray(lm3d[:MESH_POINTS], dtype=np.float64)
+    n = vertex_normals(torch.from_numpy(pts), torch.from_numpy(oriented_face_triangles(pts))).numpy()
     view = cam.center - pts
     cos = (n * view).sum(1) / np.linalg.norm(view, axis=1)
     m = mirror_landmarks()
