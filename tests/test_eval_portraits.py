@@ -1,6 +1,6 @@
-"""The dev-set benchmark reads the shared harness's reports as the issue's figures (two real reports the
-harness wrote for this project's heads: astronaut, and grace_hopper_painting, which fails at +-60 and shows a
-face at yaw -135)."""
+"""The dev-set benchmark reads the shared harness's reports as the issue's figures (real reports the harness
+wrote for this project's heads: astronaut, grace_hopper_painting, which fails at +-60 and shows a face at
+yaw -135, and astronaut_painting with the benchmark's views, the band around +-60 among them)."""
 
 import importlib.util
 import json
@@ -95,3 +95,19 @@ def test_a_group_photo_scored_against_another_face_has_no_identity_figures(bench
     assert (row["d0"] is None and row["same_person"] is None) is not ours
     table = {n: (value, met) for n, value, met in bench.table([{**row, "secs": 10.0}])}
     assert table["heads scored against another face (no ID figures)"] == (f"{int(not ours)}/1", None)
+
+
+def test_the_band_around_60_degrees_counts_each_view(bench):
+    # A report the harness wrote with the benchmark's views for astronaut_painting's head: no face at
+    # +50..+70; at -50..-70 one everywhere but at -60 itself.
+    assert bench.VIEWS.split(",")[:12] == "0,30,-30,45,-45,60,-60,90,-90,135,-135,180".split(",")
+    row = bench.row_metrics(_report("astronaut_painting_band"), 0.0)
+    assert row["mp60"] == [False, False]
+    assert row["mp_band"] == [False] * 5 + [True, True, False, True, True]
+    table = {name: value for name, value, _ in bench.table([{**row, "secs": 10.0}])}
+    assert table["mediapipe face at yaws +-50..70 (views, not an issue figure)"] == "4/10"
+    # A report with the harness's default views alone has no band.
+    old = bench.row_metrics(_report("astronaut"), 0.0)
+    assert old["mp_band"] is None
+    table = {name: value for name, value, _ in bench.table([{**old, "secs": 10.0}])}
+    assert table["mediapipe face at yaws +-50..70 (views, not an issue figure)"] == "-"
