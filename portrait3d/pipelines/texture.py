@@ -6,7 +6,8 @@
    Head-mask pixels at its edge that look like the background beside them are not projected: the
    outermost seen texels continue around the head (the ring prior), so a wall there would too.
 3. Mirroring: texels still empty take the colour of their left/right mirror point when that one
-   was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly).
+   was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly); texels the photo
+   saw at a grazing angle whose mirror point faced it better blend toward the mirror's colour.
 4. Progressive inpainting along the paper's camera trajectory (front, sides, back, then from above):
    each view renders the current texture, fills its empty pixels with a classical inpainter
    (OpenCV Telea), and back-projects the new pixels into the texels that are still empty.
@@ -55,6 +56,7 @@ from .texturing import (
     depth_map,
     enough_hair,
     mirror_points,
+    mirror_share,
     pixel_index,
     project_photo,
     ring_prior,
@@ -105,6 +107,13 @@ class ClassicalTexture:
         mirror: bool = setting(True, "fill the unseen side from the mirrored seen side")
         mirror_margin: float = setting(
             0.3, "use the mirror point when it faced the camera this much better (cos)", ge=0, le=2
+        )
+        mirror_blend: float = setting(
+            0.3,
+            "cos span, centred on mirror_margin, over which a seen texel's colour goes from the photo's to the "
+            "mirror's, so that on a turned face the two meet without a step (0: a hard switch)",
+            ge=0,
+            le=2,
         )
         ring_prior: bool = setting(True, "continue the outermost seen hair/headwear ring around the unseen head")
         ring_min_azimuth: float = setting(50.0, "seen texels beyond this azimuth (deg) form the ring", ge=0, le=180)
@@ -211,11 +220,14 @@ class ClassicalTexture:
         if cfg.mirror:
             mp = mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
             mpix, mvis, mcos = visible_texels(mp, nrm * [-1, 1, 1], cam, ref_depth, facing)
-            # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera.
-            take = mvis & mask[pixel_index(mpix, cam.width, cam.height)] & (~known | (mcos > cos + cfg.mirror_margin))
-            colors[take] = sample_bilinear(a.crop, mpix[take])
+            # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera better.
+            seen = mvis & mask[pixel_index(mpix, cam.width, cam.height)]
+            alpha = mirror_share(mcos - cos, cfg.mirror_margin, cfg.mirror_blend)
+            alpha = np.where(known, alpha, 1.0) * seen
+            take = alpha > 0
+            colors[take] += alpha[take, None] * (sample_bilinear(a.crop, mpix[take]) - colors[take])
             known |= take
-            source[take] = MIRROR
+            source[alpha >= 0.5] = MIRROR
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the

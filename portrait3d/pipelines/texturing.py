@@ -286,6 +286,22 @@ def mirror_points(mesh: HeadMesh, tids: np.ndarray, bary: np.ndarray) -> np.ndar
     return (mesh.vertices[corners] * bary[..., None]).sum(1)
 
 
+def mirror_share(gain: np.ndarray, margin: float, blend: float) -> np.ndarray:
+    """How much of a seen texel's colour comes from its mirror point, ``(P,)`` in [0, 1], given by how much
+    better the mirror point faced the camera (``gain (P,)``, a difference of cos): a half at ``margin``,
+    rising from none to all over ``blend`` around it (a step at ``margin`` with ``blend`` 0).
+
+    Example:
+        >>> mirror_share(np.array([0.0, 0.2, 0.3, 0.4, 0.6]), 0.3, 0.2).round(2).tolist()
+        [0.0, 0.0, 0.5, 1.0, 1.0]
+        >>> mirror_share(np.array([0.29, 0.31]), 0.3, 0.0).tolist()
+        [0.0, 1.0]
+    """
+    if blend <= 0:
+        return (gain > margin).astype(np.float64)
+    return np.clip((gain - margin) / blend + 0.5, 0, 1)
+
+
 def splat_known(pix: np.ndarray, col: np.ndarray, size: int, sil: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Splat known texel colours ``col (P, 3)`` at pixels ``pix (P, 2)`` into a ``size``-square view
     image; returns (uint8 image, covered mask ``(size, size)`` within the silhouette ``sil``)."""
