@@ -64,6 +64,7 @@ from .texturing import (
     skin_like,
     smooth_inpainted,
     splat_known,
+    surface_gaussian,
     trajectory_cameras,
     visible_texels,
 )
@@ -107,6 +108,13 @@ class ClassicalTexture:
         mirror: bool = setting(True, "fill the unseen side from the mirrored seen side")
         mirror_margin: float = setting(
             0.3, "use the mirror point when it faced the camera this much better (cos)", ge=0, le=2
+        )
+        mirror_gain_blur: float = setting(
+            0.006,
+            "sigma, metres along the surface, of a Gaussian over how much better each texel's mirror point faced "
+            "the camera, before mirror_margin and mirror_blend read it (0: off)",
+            ge=0,
+            le=0.05,
         )
         mirror_blend: float = setting(
             0.3,
@@ -222,7 +230,10 @@ class ClassicalTexture:
             mpix, mvis, mcos = visible_texels(mp, nrm * [-1, 1, 1], cam, ref_depth, facing)
             # Unseen texels, and texels seen at a grazing angle whose mirror point faced the camera better.
             seen = mvis & mask[pixel_index(mpix, cam.width, cam.height)]
-            alpha = mirror_share(mcos - cos, cfg.mirror_margin, cfg.mirror_blend)
+            gain = mcos - cos
+            if cfg.mirror_gain_blur > 0:  # normals vary from triangle to triangle: the patches' edges would too
+                gain = surface_gaussian(pts, gain[:, None], cfg.mirror_gain_blur)[:, 0]
+            alpha = mirror_share(gain, cfg.mirror_margin, cfg.mirror_blend)
             alpha = np.where(known, alpha, 1.0) * seen
             take = alpha > 0
             colors[take] += alpha[take, None] * (sample_bilinear(a.crop, mpix[take]) - colors[take])

@@ -518,7 +518,7 @@ def _continue_ring(
 
 
 def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: float | None = None) -> np.ndarray:
-    """The Gaussian-weighted mean colour ``(P, 3)`` around each of the points ``pts (P, 3)`` (metres) over
+    """The Gaussian-weighted mean colour ``(P, C)`` around each of the points ``pts (P, 3)`` (metres) over
     the points themselves, with ``sigma`` in metres: the points are splatted trilinearly onto a grid of
     ``cell`` (default: ``SURFACE_CELL`` or ``sigma / 2.5``, the larger), the grid blurred in 3D and read
     back trilinearly. A head is much thicker than ``sigma``, so the blur stays on the surface it starts on.
@@ -536,15 +536,16 @@ def surface_gaussian(pts: np.ndarray, colors: np.ndarray, sigma: float, cell: fl
     base = np.floor(q).astype(np.int64)
     frac = q - base
     values = np.concatenate([colors, np.ones((len(pts), 1))], 1).astype(np.float64)
-    grids = np.zeros((4, int(np.prod(shape))))
+    C = colors.shape[1]
+    grids = np.zeros((C + 1, int(np.prod(shape))))
     for corner in np.ndindex(2, 2, 2):  # trilinear splatting: each point's weight over its 8 nearest centres
         w = np.prod(np.where(corner, frac, 1 - frac), axis=1)
         flat = np.ravel_multi_index(tuple((base + corner).T), shape)
-        for c in range(4):
+        for c in range(C + 1):
             grids[c] += np.bincount(flat, weights=w * values[:, c], minlength=grids.shape[1])
     blurred = [gaussian_filter(g.reshape(shape), sigma / cell, mode="constant") for g in grids]
     out = np.stack([map_coordinates(b, q.T, order=1) for b in blurred], 1)
-    return (out[:, :3] / np.maximum(out[:, 3:], 1e-12)).astype(colors.dtype)
+    return (out[:, :C] / np.maximum(out[:, C:], 1e-12)).astype(colors.dtype)
 
 
 def smooth_inpainted(pts: np.ndarray, colors: np.ndarray, inpainted: np.ndarray, sigma: float) -> np.ndarray:
