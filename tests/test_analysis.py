@@ -313,6 +313,28 @@ def test_a_collar_beside_the_jaw_is_cut_and_hair_hanging_there_is_kept(analysis_
     assert right > 0.8
 
 
+def test_what_a_hand_holds_in_front_of_the_neck_is_cut_with_it(analysis_stage):
+    """card_table_4 holds a blue chip up in front of his neck, above his fingertips: the hand's own cut
+    (its hull and margin) left 535 of the chip's blue pixels in the head mask, where they coloured the neck
+    and, continued round the head, a band on its side; the cut's reach toward the fingertips takes them all."""
+    from portrait3d.pipelines.analysis import MediapipeAnalysis
+    from portrait3d.testing import card_table_portraits
+
+    photo = png_bytes(card_table_portraits()["card_table_4"])
+
+    def chip_in_mask(a) -> int:
+        c = a.crop.astype(int)
+        return int(((c[..., 2] > c[..., 0] + 40) & a.head_mask).sum())
+
+    hand_alone = MediapipeAnalysis(MediapipeAnalysis.Config(held_reach=0.0))
+    try:
+        assert chip_in_mask(analyze(hand_alone, photo)) > 300  # measured: 535
+    finally:
+        hand_alone.close()
+    a = analyze(analysis_stage, photo)
+    assert chip_in_mask(a) == 0
+
+
 def test_each_hand_is_grown_by_its_own_margin():
     from portrait3d.pipelines.analysis import hand_regions
 

@@ -178,6 +178,13 @@ class MediapipeAnalysis:
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
         remove_hands: bool = setting(True, "cut hands (mediapipe's hand landmarks, with a margin) out of the head mask")
+        held_reach: float = setting(
+            0.6,
+            "below the chin, the hand cut also reaches this many hand sizes from the wrist toward the fingertips, "
+            "over what the hand holds in front of the neck (cards, a cup; 0: the hand alone)",
+            ge=0,
+            le=3,
+        )
         one_person: bool = setting(
             True,
             "keep only the person mediapipe's pose model segments (other people's arms and bodies beside the "
@@ -369,7 +376,8 @@ class MediapipeAnalysis:
         axis = head_axis_px(cam, lm3d)
         clutter = ~head_bounds(lm, S, cfg.head_halfwidth, cfg.head_top, axis)
         if self._hands is not None:  # on the whole photo: a hand at the crop's edge is found there
-            clutter |= hand_regions([(h - box[:2]) * scale for h in self.hands(img)], S)
+            hands = [(h - box[:2]) * scale for h in self.hands(img)]
+            clutter |= hand_regions(hands, S, reach=cfg.held_reach, below=float(lm[CHIN, 1]))
         clutter &= ~face  # a hand in front of the face still leaves the face
         mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width, axis)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
@@ -424,16 +432,41 @@ class MediapipeAnalysis:
         return parsed_masks(self.parser(crop), self.parser.names)
 
 
-def hand_regions(hands: list[np.ndarray], size: int, margin: float = 0.25) -> np.ndarray:
-    """``(S, S)`` bool: each hand's landmark hull grown by ``margin`` of the hand's size (fingers beyond
-    the landmarks, what they hold)."""
+def hand_regions(
+    hands: list[np.ndarray], size: int, margin: float = 0.25, reach: float = 0.0, below: float = 0.0
+) -> np.ndarray:
+    """``(S, S)`` bool: each hand's ``(21, 2)`` landmark hull grown by ``margin`` of the hand's size (fingers
+    beyond the landmarks), and, in the rows from ``below`` down, swept ``reach`` hand sizes from the wrist
+    toward the fingertips (what the hand holds: cards, a cup, a chip in front of the neck).
+
+    Example:
+        >>> hand = np.zeros((21, 2)); hand[:, 0] = 50; hand[:, 1] = np.linspace(80, 60, 21)  # fingers up
+        >>> m = hand_regions([hand], 128, margin=0.0, reach=1.0, below=45)
+        >>> bool(m[70, 50]), bool(m[50, 50]), bool(m[40, 50])   # the hand, what it holds, above `below`
+        (True, True, False)
+    """
     m = np.zeros((size, size), bool)
     for pts in hands:
-        one = np.zeros((size, size), np.uint8)
-        cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts.astype(np.float32))).astype(np.int32), 1)
-        grow = max(1, int(margin * np.ptp(pts, axis=0).max()))
-        m |= cv2.dilate(one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)) > 0
+        extent = float(np.ptp(pts, axis=0).max())
+        m |= _hull_grown(pts, size, max(1, int(margin * extent)))
+        if reach > 0:
+            toward = pts[HAND_TIPS].mean(0) - pts[WRIST]
+            toward = toward / max(float(np.linalg.norm(toward)), 1e-6)
+            swept = _hull_grown(np.concatenate([pts, pts + reach * extent * toward]), size, 0)
+            swept[: max(0, int(np.ceil(below)))] = False
+            m |= swept
     return m
+
+
+def _hull_grown(pts: np.ndarray, size: int, grow: int) -> np.ndarray:
+    one = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts.astype(np.float32))).astype(np.int32), 1)
+    if grow > 0:
+        one = cv2.dilate(one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+    return one > 0
+
+
+WRIST, HAND_TIPS = 0, [4, 8, 12, 16, 20]  # mediapipe hand landmarks
 
 
 @dataclass(frozen=True)
