@@ -178,8 +178,15 @@ class MediapipeAnalysis:
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
         remove_hands: bool = setting(True, "cut hands (mediapipe's hand landmarks, with a margin) out of the head mask")
+        hand_confidence: float = setting(
+            0.3,
+            "mediapipe's palm detection score from which a hand is cut: a hand holding cards or cut by the "
+            "photo's edge scores low",
+            gt=0,
+            le=1,
+        )
         held_reach: float = setting(
-            0.6,
+            1.0,
             "below the chin, the hand cut also reaches this many hand sizes from the wrist toward the fingertips, "
             "over what the hand holds in front of the neck (cards, a cup; 0: the hand alone)",
             ge=0,
@@ -258,7 +265,9 @@ class MediapipeAnalysis:
             else None
         )
         self._hands = (
-            mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=4, min_detection_confidence=0.5)
+            mp.solutions.hands.Hands(
+                static_image_mode=True, max_num_hands=4, min_detection_confidence=cfg.hand_confidence
+            )
             if cfg.remove_hands
             else None
         )
