@@ -80,6 +80,7 @@ def faces_from_left(faces: list[Detection]) -> list[Detection]:
 
 TILE_OVERLAP = 0.3  # each tile is this much wider (and taller) than a 1/N share of the photo
 SAME_FACE = 0.5  # boxes whose intersection covers this share of the smaller one are one face
+WRIST, HAND_TIPS = 0, [4, 8, 12, 16, 20]  # mediapipe hand landmarks
 
 
 def tile_boxes(width: int, height: int, n: int) -> list[tuple[int, int, int, int]]:
@@ -473,9 +474,6 @@ def _hull_grown(pts: np.ndarray, size: int, grow: int) -> np.ndarray:
     if grow > 0:
         one = cv2.dilate(one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
     return one > 0
-
-
-WRIST, HAND_TIPS = 0, [4, 8, 12, 16, 20]  # mediapipe hand landmarks
 
 
 @dataclass(frozen=True)
