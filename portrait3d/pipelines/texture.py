@@ -55,6 +55,7 @@ from .texturing import (
     depth_inside_outline,
     depth_map,
     enough_hair,
+    fade_photo_edge,
     mirror_points,
     mirror_share,
     pixel_index,
@@ -148,6 +149,14 @@ class ClassicalTexture:
             "sigma, metres along the surface, of a Gaussian over the colours the views inpainted (not the "
             "photo's or the mirror's): each view fills its own holes, and the edges between those patches are "
             "artefacts, not detail (0: off)",
+            ge=0,
+            le=0.05,
+        )
+        edge_fade: float = setting(
+            0.006,
+            "sigma, metres along the surface, over which the painted texels beside the photo's (and the mirror's) "
+            "continue the photo's colour, so the cheek does not end in a step where the photo stops; the photo's "
+            "own texels keep theirs (0: off)",
             ge=0,
             le=0.05,
         )
@@ -277,6 +286,8 @@ class ClassicalTexture:
             known |= todo
             source[todo] = VIEWS
         colors = smooth_inpainted(pts, colors, source == VIEWS, cfg.inpaint_blur)
+        seen, painted = (source == PHOTO) | (source == MIRROR), source == VIEWS
+        colors = fade_photo_edge(pts, colors, seen, painted, cfg.edge_fade)
         report(0.9, "atlas fill")
         texture = atlas_texture(T, idx, colors, known, source == PHOTO, cfg.feather)
         stats = coverage_stats(source, known)

@@ -558,6 +558,34 @@ def smooth_inpainted(pts: np.ndarray, colors: np.ndarray, inpainted: np.ndarray,
     return out
 
 
+def fade_photo_edge(
+    pts: np.ndarray, colors: np.ndarray, photo: np.ndarray, painted: np.ndarray, sigma: float
+) -> np.ndarray:
+    """``colors (P, 3)`` with the ``painted (P,)`` texels beside the ``photo (P,)`` ones continuing the photo's
+    colour: each moves toward the :func:`surface_gaussian` mean (``sigma`` metres along the surface) of the
+    photo's texels around it, fully where they are half of the known texels around it (at the edge), less
+    with fewer, not at all where there are none. The photo's texels and all others keep their colours, so
+    what the photo shows at its own viewpoint does not change; ``sigma`` 0: nothing changes.
+
+    Example:
+        >>> pts = np.stack([np.linspace(-0.05, 0.05, 101), np.zeros(101), np.zeros(101)], 1)
+        >>> cols = np.where(pts[:, :1] < 0, 200.0, 100.0).repeat(3, 1)
+        >>> out = fade_photo_edge(pts, cols, pts[:, 0] < 0, pts[:, 0] >= 0, 0.005)
+        >>> np.round(out[[0, 49, 50, 55, 60, 100], 0]).tolist()  # the photo's side keeps; a ramp, not a step
+        [200.0, 200.0, 193.0, 132.0, 104.0, 100.0]
+    """
+    if sigma <= 0 or not photo.any() or not painted.any():
+        return colors
+    p, q = photo[:, None].astype(np.float64), painted[:, None].astype(np.float64)
+    f = surface_gaussian(pts[photo | painted], np.concatenate([colors * p, p, q], 1)[photo | painted], sigma)
+    share = f[:, 3:4] / np.maximum(f[:, 3:4] + f[:, 4:5], 1e-12)
+    photo_mean = f[:, :3] / np.maximum(f[:, 3:4], 1e-12)
+    w = np.minimum(2 * share, 1.0)[painted[photo | painted]]
+    out = colors.copy()
+    out[painted] += w * (photo_mean[painted[photo | painted]] - colors[painted])
+    return out.astype(colors.dtype)
+
+
 def coverage_stats(source: np.ndarray, known: np.ndarray) -> dict[str, float]:
     """Shares of the used texels by where their colour came from; ``coverage``: from any source but the
     final atlas fill."""
