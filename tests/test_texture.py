@@ -322,6 +322,18 @@ def test_the_back_of_a_blonde_head_is_her_hair_not_the_cards_she_holds(analysis_
     assert max(whites) < 0.02, whites
 
 
+def _steps_where_changed(img: dict, region: np.ndarray, levels: tuple[int, ...]) -> dict:
+    """For each of two renders ``img`` (case -> ``(H, W, 3)`` float), how many pixels of ``region`` where the two
+    differ by more than 4 levels step by more than each of ``levels`` to their right or lower neighbour."""
+    a, b = img.values()
+    zone = region & (np.abs(a - b).max(-1) > 4)
+    steps = {}
+    for case, im in img.items():
+        jump = np.maximum(np.abs(np.diff(im, axis=0))[:, :-1], np.abs(np.diff(im, axis=1))[:-1]).max(-1)
+        steps[case] = [int((jump[zone[:-1, :-1]] > t).sum()) for t in levels]
+    return steps
+
+
 def test_on_a_turned_face_the_photo_and_the_mirror_meet_without_a_step(analysis_stage):
     """A real photo of a face turned 43 degrees (card_table_5): its far side is partly the photo's, seen
     obliquely, and partly its near side's mirror image, which the photo lit differently. Seen from the front,
@@ -343,12 +355,7 @@ def test_on_a_turned_face_the_photo_and_the_mirror_meet_without_a_step(analysis_
     for case, over in cases.items():
         head = _painted(a, ["texture.back_check=false", *over])
         img[case] = render_textured(head, cam)[0].astype(np.float32)
-    # Where the blend changed the face, the colour's steps between neighbouring pixels.
-    zone = face & (np.abs(img["blend"] - img["switch"]).max(-1) > 4)
-    steps = {}
-    for case, im in img.items():
-        jump = np.maximum(np.abs(np.diff(im, axis=0))[:, :-1], np.abs(np.diff(im, axis=1))[:-1]).max(-1)
-        steps[case] = [int((jump[zone[:-1, :-1]] > t).sum()) for t in (16, 24)]
+    steps = _steps_where_changed(img, face, (16, 24))
     # Measured: the blend changes 636 of the face's 28049 pixels; among them steps over 16 and 24 levels:
     # 165 and 84 with the switch, 47 and 6 blended (the blend alone, without smoothing the gain: 344 pixels
     # changed, 76 and 54 steps against 36 and 13).
@@ -372,11 +379,7 @@ def test_where_the_photo_stops_on_the_cheek_its_colour_fades_into_the_painted_si
         img[case] = rgb.astype(np.float32)
         at_front[case] = render_textured(head, front)[0].astype(np.float32)
     inside = cv2.erode(sil.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    zone = inside & (np.abs(img["faded"] - img["cut"]).max(-1) > 4)
-    steps = {}
-    for case, im in img.items():
-        jump = np.maximum(np.abs(np.diff(im, axis=0))[:, :-1], np.abs(np.diff(im, axis=1))[:-1]).max(-1)
-        steps[case] = [int((jump[zone[:-1, :-1]] > t).sum()) for t in (12, 24)]
+    steps = _steps_where_changed(img, inside, (12, 24))
     # Measured: 3317 pixels changed; among them steps over 12 and 24 levels: 302 and 132 cut, 221 and 77 faded.
     assert steps["faded"][0] < 0.8 * steps["cut"][0] and steps["faded"][1] < 0.7 * steps["cut"][1], steps
     lm = np.zeros((478, 3))
