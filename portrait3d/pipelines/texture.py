@@ -10,7 +10,9 @@
    saw at a grazing angle whose mirror point faced it better blend toward the mirror's colour.
 4. Progressive inpainting along the paper's camera trajectory (front, sides, back, then from above):
    each view renders the current texture, fills its empty pixels with a classical inpainter
-   (OpenCV Telea), and back-projects the new pixels into the texels that are still empty.
+   (OpenCV Telea), and back-projects the new pixels into the texels that are still empty. What the views
+   painted is blurred along the surface, and beside the photo's edge it continues the photo's colour,
+   fading out over about a centimetre (``edge_fade``), so a cheek seen from the side ends without a step.
 5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
    feathered into the photo region.
 6. The back of the head is looked at with mediapipe's face detector; where it finds a face there, the
