@@ -70,7 +70,7 @@ def test_one_lease_at_a_time_and_takeover_after_it_lapses(store_url):
         got = {}
 
         def claim(name, s):
-            got[name] = s.claim(name, lease_s=0.6, limit=4)
+            got[name] = s.claim(name, lease_s=30, limit=4)
 
         threads = [threading.Thread(target=claim, args=(n, s)) for n, s in (("one", one), ("two", two))]
         for t in threads:
@@ -82,9 +82,12 @@ def test_one_lease_at_a_time_and_takeover_after_it_lapses(store_url):
         assert all(j.attempts == 1 for j in got["one"] + got["two"])
         held = a if len(a) else b
         owner = "one" if held is a else "two"
-        assert one.renew(owner, held, lease_s=0.6) == held
+        assert one.renew(owner, held, lease_s=30) == held
         assert one.claim("three", lease_s=5, limit=10) == []  # all leased
-        time.sleep(0.8)  # the leases lapse: the dispatchers died
+        # The dispatchers die: their leases end (set 50 ms from now, so a slow machine cannot lapse them early).
+        for name, ids in (("one", a), ("two", b)):
+            assert one.renew(name, ids, lease_s=0.05) == ids
+        time.sleep(0.3)
         again = two.claim("three", lease_s=5, limit=10)
         assert {j.id for j in again} == {j.id for j in jobs} and all(j.attempts == 2 for j in again)
         assert one.renew(owner, held, lease_s=5) == set()  # the old owner lost them
