@@ -576,13 +576,14 @@ def fade_photo_edge(
     """
     if sigma <= 0 or not photo.any() or not painted.any():
         return colors
-    p, q = photo[:, None].astype(np.float64), painted[:, None].astype(np.float64)
-    f = surface_gaussian(pts[photo | painted], np.concatenate([colors * p, p, q], 1)[photo | painted], sigma)
+    known = photo | painted
+    p, q = photo[known, None].astype(np.float64), painted[known, None].astype(np.float64)
+    f = surface_gaussian(pts[known], np.concatenate([colors[known] * p, p, q], 1), sigma)
     share = f[:, 3:4] / np.maximum(f[:, 3:4] + f[:, 4:5], 1e-12)
     photo_mean = f[:, :3] / np.maximum(f[:, 3:4], 1e-12)
-    w = np.minimum(2 * share, 1.0)[painted[photo | painted]]
+    sub = painted[known]  # the painted texels among the known
     out = colors.copy()
-    out[painted] += w * (photo_mean[painted[photo | painted]] - colors[painted])
+    out[painted] += np.minimum(2 * share[sub], 1.0) * (photo_mean[sub] - colors[painted])
     return out.astype(colors.dtype)
 
 
