@@ -7,7 +7,7 @@ from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_
 from portrait3d.pipelines.image_io import mask_coverage
 from portrait3d.pipelines.init import HeadPriorInit, nape_radius, polar_radius
 from portrait3d.pipelines.losses import negative_pearson
-from portrait3d.pipelines.mesh import harmonic_fill, quality, rays_from_origin, symmetric_sphere
+from portrait3d.pipelines.mesh import adjacency, harmonic_fill, quality, rays_from_origin, symmetric_sphere
 from portrait3d.pipelines.render import get_rasterizer
 from portrait3d.pipelines.sculpt import ReferenceViewSculpt
 from portrait3d.pipelines.stage import Reporter
@@ -122,3 +122,28 @@ def test_the_nape_slope_fills_under_the_back_of_the_cranium_and_leaves_the_front
     grew = radius[1.0] > radius[0.0] + 1e-9
     assert grew.any() and (d[grew, 2] < 0).all() and (d[grew, 1] < 0).all()  # behind and below the horizon
     assert np.isfinite(radius[1.0]).all()
+
+
+def _concavity_outside_face(head, rings: int) -> np.ndarray:
+    """Per vertex within ``rings`` vertex rings outside the face (and in front of the head centre): the mean
+    radius of its neighbours minus its own (metres; > 0 in a groove)."""
+    r = np.linalg.norm(head.vertices, axis=1)
+    adj = adjacency(head.faces, len(r))
+    face = head.face_weight >= 1
+    band = face.copy()
+    for _ in range(rings):
+        band = band | (adj @ band.astype(float) > 0)
+    band &= ~face & (head.vertices[:, 2] > 0)
+    return ((adj @ r) / adj.sum(1).A1 - r)[band]
+
+
+def test_the_face_meets_the_cranium_without_a_groove(astronaut_analysis, initial_head):
+    # The face is fixed and the prior around it is warped to the head mask; when both met within four
+    # vertex rings, the head had a groove around the face (a hood), which at yaw 30-60 crossed the cheek.
+    rings = build_profile_config("fast").stages["init"].blend_rings + 2
+    now = _concavity_outside_face(initial_head, rings)
+    cfg = build_profile_config("fast", ["init.blend_rings=4"])
+    hood = HeadPriorInit(cfg.stages["init"])(InitInput(astronaut_analysis), Reporter("init"))
+    before = _concavity_outside_face(hood, rings)
+    # Measured on astronaut: 99th percentile 1.45 mm at 8 rings, 2.30 mm at 4.
+    assert np.percentile(now, 99) < 0.0018 < np.percentile(before, 99)

@@ -76,7 +76,13 @@ class HeadPriorInit:
         )
         neck_length: float = setting(0.5, "neck below the chin, in face heights", ge=0, le=2)
         ear_size: float = setting(0.09, "ear region bulge, in face widths", ge=0, le=0.5)
-        blend_rings: int = setting(4, "vertex rings blending face and prior", ge=0, le=32)
+        blend_rings: int = setting(
+            8,
+            "vertex rings over which the face blends harmonically into the prior (4 left a groove around the face "
+            "that crossed the cheek at yaw 30-60)",
+            ge=0,
+            le=32,
+        )
         silhouette_fit: bool = setting(True, "warp the prior to the head mask at the reference view")
         neck_max_scale: float = setting(1.1, "largest silhouette-warp scale below the chin", ge=0.5, le=2)
         depth_follow: float = setting(0.35, "how much depth follows the silhouette warp", ge=0, le=1)
