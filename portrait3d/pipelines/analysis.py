@@ -3,8 +3,8 @@
 Face detection on the whole image and on overlapping tiles of it (full-range model; when several
 faces, the one ``face`` picks), a square head-and-shoulders crop around it, 478 landmarks on the
 crop, head pose and the reference camera, a head mask (the person segmentation of the one person
-the pose model segments, hands cut out, within a head's reach of the face, cut at the neck), a canny
-map, and an identity embedding.
+the pose model segments, hands cut out, within a head's reach of the face, cut at the neck, without
+the clothes beside the face: :mod:`.clothes`), a canny map, and an identity embedding.
 
 Example:
     >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())                       # doctest: +SKIP
@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ConfigError, FaceTooSmallError, NoFaceError
 from .camera import Camera
 from .caption import TEMPLATE
+from .clothes import look_like_clothes
 from .face_geometry import (
     CHIN,
     FACE_SIDES,
@@ -41,6 +42,12 @@ from .types import AnalysisInput, PortraitAnalysis
 FACE_CHOICES = ("largest", "most-confident", "central")
 #: Beside the jaw, the head mask keeps only what runs up this far (face heights): hair does, collars do not.
 COLLAR_RISE = 0.3
+#: Clothes are cut from beside the face up to this height above the chin (face heights): a collar reaches the ear.
+CLOTHES_TOP = 0.5
+#: The shoulders (what the person wears) are the person's pixels this far below the chin (face heights).
+SHOULDER_DROP = 0.5
+#: Gaps narrower than this (face widths) between pieces of clothes beside the face are clothes too.
+CLOTHES_CLOSE = 0.15
 
 Detection = tuple[float, tuple[float, float, float, float]]
 
@@ -197,6 +204,11 @@ class MediapipeAnalysis:
             True,
             "keep only the person mediapipe's pose model segments (other people's arms and bodies beside the "
             "head are cut); without a pose found, the person segmentation alone",
+        )
+        cut_clothes: bool = setting(
+            True,
+            "cut from beside the face, up to the ears, what has the colours of the shoulders and not of the "
+            "face or the hair: a collar or shoulder risen beside a tilted head (it made a wing of shirt)",
         )
         head_halfwidth: float = setting(
             1.0,
@@ -389,6 +401,8 @@ class MediapipeAnalysis:
             hands = [(h - box[:2]) * scale for h in self.hands(img)]
             clutter |= hand_regions(hands, S, reach=cfg.held_reach, below=float(lm[CHIN, 1]))
         clutter &= ~face  # a hand in front of the face still leaves the face
+        if cfg.cut_clothes:
+            clutter |= clothes_beside_face(crop, person, lm, axis, cfg.neck_width)
         mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width, axis)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
@@ -501,6 +515,27 @@ def head_axis_px(cam: Camera, lm3d: np.ndarray) -> HeadAxis:
     uv, z = cam.project(np.array([[0.0, 0.0, 0.0], [0.0, float(lm3d[CHIN, 1]), 0.0]]))
     fw = float(np.linalg.norm(lm3d[FACE_SIDES[1]] - lm3d[FACE_SIDES[0]]))
     return HeadAxis(center=uv[0], neck=uv[1], face_w=fw * float(cam.K[1, 1]) / float(z[0]))
+
+
+def clothes_beside_face(
+    crop: np.ndarray, person: np.ndarray, lm_px: np.ndarray, axis: HeadAxis, neck_width: float
+) -> np.ndarray:
+    """``(S, S)`` bool: the ``person`` pixels beside the face, outside the neck band and up to ``CLOTHES_TOP``
+    face heights above the chin, that look like clothes (:func:`look_like_clothes`). The shoulders are the
+    person's pixels ``SHOULDER_DROP`` face heights below the chin outside the neck band; the head is the
+    landmarks' face hull and the person's pixels above the forehead."""
+    S = person.shape[0]
+    along, _, _, face_h = upright_frame(lm_px, S, lm_px[CHIN, :2])
+    _, across, _, _ = upright_frame(lm_px, S, axis.neck)
+    band = np.abs(across) < neck_width * axis.face_w / 2
+    face = landmark_face_mask(lm_px, S)
+    zone = person & ~face & ~band & (along < CLOTHES_TOP * face_h)
+    shoulders = person & ~band & (along < -SHOULDER_DROP * face_h)
+    head = face | (person & (along > face_h))
+    cut = look_like_clothes(crop, zone, shoulders, head).astype(np.uint8)
+    # A shirt's folds and shadows take the head's colours here and there: close the gaps between its pieces.
+    k = max(3, int(CLOTHES_CLOSE * axis.face_w)) | 1
+    return (cv2.morphologyEx(cut, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) & zone
 
 
 def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float, axis: HeadAxis) -> np.ndarray:
