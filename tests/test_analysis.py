@@ -474,19 +474,17 @@ def test_a_shirt_collar_risen_beside_the_jaw_leaves_the_head_mask(analysis_stage
     assert not (cut & face).any() and along[cut].max() < 0.55 * face_h
 
 
-@pytest.mark.parametrize(
-    "name, took",
-    [("cameraman", 0), ("card_table_2", 0), ("astronaut", 212), ("grace_hopper", 0)],
-)
-def test_hair_over_a_dark_coat_and_an_ear_over_a_bare_shoulder_stay(analysis_stage, clothes_kept, name, took):
+@pytest.mark.parametrize("name", ["cameraman", "card_table_2", "astronaut", "card_table_6"])
+def test_hair_over_a_dark_coat_and_an_ear_over_a_bare_shoulder_stay(analysis_stage, clothes_kept, name):
     """The cut must not take what the head shares with the shoulders: the cameraman's black hair beside his ear
-    over a black coat, card_table_2's ear beside her bare shoulder; nor more than a sliver from a head over a
-    turtleneck and suit (measured, pixels: ``took``; the astronaut's is her black collar's edge at the jaw)."""
+    over a black coat, card_table_2's ear beside her bare shoulder. Nor slivers: the astronaut's black collar's
+    edge at the jaw (212 px) and card_table_6's dark gap between her hair and neck (133 px) look like clothes,
+    but pieces under ``MIN_WING`` notch the outline and are not wings: they stay (measured: 0 px cut on all)."""
     from portrait3d.testing import card_table_portraits, shipped_portraits
 
     photos = {**shipped_portraits(), **card_table_portraits()}
-    mask, cut, _ = _clothes_cut(analysis_stage, clothes_kept, png_bytes(photos[name]))
-    assert cut.sum() <= max(2 * took, 50) and cut.sum() < 0.005 * mask.sum(), cut.sum()
+    _, cut, _ = _clothes_cut(analysis_stage, clothes_kept, png_bytes(photos[name]))
+    assert cut.sum() == 0, cut.sum()
 
 
 def test_clothes_are_colours_common_on_the_shoulders_and_rare_on_the_head():

@@ -48,6 +48,9 @@ CLOTHES_TOP = 0.5
 SHOULDER_DROP = 0.5
 #: Gaps narrower than this (face widths) between pieces of clothes beside the face are clothes too.
 CLOTHES_CLOSE = 0.15
+#: Clothes cut from the head mask in pieces smaller than this (face widths squared) stay: a sliver at the jaw is
+#: not a wing, and cutting it only notches the outline.
+MIN_WING = 0.02
 
 Detection = tuple[float, tuple[float, float, float, float]]
 
@@ -401,9 +404,11 @@ class MediapipeAnalysis:
             hands = [(h - box[:2]) * scale for h in self.hands(img)]
             clutter |= hand_regions(hands, S, reach=cfg.held_reach, below=float(lm[CHIN, 1]))
         clutter &= ~face  # a hand in front of the face still leaves the face
-        if cfg.cut_clothes:
-            clutter |= clothes_beside_face(crop, person, lm, axis, cfg.neck_width)
         mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width, axis)
+        if cfg.cut_clothes:
+            clothes = clothes_beside_face(crop, person, lm, axis, cfg.neck_width)
+            trimmed = head_mask(person & ~(clutter | clothes), lm, cfg.neck_length, cfg.neck_width, axis)
+            mask &= ~wings(mask & ~trimmed, MIN_WING * axis.face_w**2)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
         report(0.6, "head mask")
@@ -536,6 +541,19 @@ def clothes_beside_face(
     # A shirt's folds and shadows take the head's colours here and there: close the gaps between its pieces.
     k = max(3, int(CLOTHES_CLOSE * axis.face_w)) | 1
     return (cv2.morphologyEx(cut, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) & zone
+
+
+def wings(removed: np.ndarray, min_area: float) -> np.ndarray:
+    """The connected pieces of ``removed (S, S)`` bool of at least ``min_area`` pixels.
+
+    Example:
+        >>> r = np.zeros((20, 20), bool); r[0:2, 0:2] = True; r[10:16, 10:16] = True
+        >>> int(wings(r, 10).sum())
+        36
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(removed.astype(np.uint8))
+    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_area)
+    return np.isin(labels, big[big > 0])
 
 
 def head_bounds(lm_px: np.ndarray, size: int, halfwidth: float, top: float, axis: HeadAxis) -> np.ndarray:
