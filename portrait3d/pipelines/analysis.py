@@ -405,8 +405,8 @@ class MediapipeAnalysis:
             clutter |= hand_regions(hands, S, reach=cfg.held_reach, below=float(lm[CHIN, 1]))
         clutter &= ~face  # a hand in front of the face still leaves the face
         mask = head_mask(person & ~clutter, lm, cfg.neck_length, cfg.neck_width, axis)
-        if cfg.cut_clothes:
-            clothes = clothes_beside_face(crop, person, lm, axis, cfg.neck_width)
+        clothes = clothes_beside_face(crop, person, lm, axis, cfg.neck_width) if cfg.cut_clothes else None
+        if clothes is not None and clothes.any():  # without any, the second head mask would be the first
             trimmed = head_mask(person & ~(clutter | clothes), lm, cfg.neck_length, cfg.neck_width, axis)
             mask &= ~wings(mask & ~trimmed, MIN_WING * axis.face_w**2)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
@@ -551,7 +551,7 @@ def wings(removed: np.ndarray, min_area: float) -> np.ndarray:
         >>> int(wings(r, 10).sum())
         36
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(removed.astype(np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(removed.astype(np.uint8))
     big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_area)
     return np.isin(labels, big[big > 0])
 
