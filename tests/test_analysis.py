@@ -221,6 +221,51 @@ def test_a_turned_faces_hidden_side_takes_the_mirrored_shape_and_a_frontal_face_
     assert moved.max() < 0.002 * np.linalg.norm(raw[left] - raw[right])  # measured: under 0.001
 
 
+@pytest.mark.parametrize("name", ["card_table_2", "card_table_4"])
+def test_a_turned_faces_mirrored_far_cheek_stays_inside_the_photos_outline(analysis_stage, astronaut_analysis, name):
+    """Turned 28 and 18 degrees, these faces' far cheeks come out of ``mirror_hidden_side`` wider than the
+    photo shows them: at the reference view 51 and 41 landmarks fall outside the head mask, up to 15 px
+    (measured), and the mesh showed a band of mirrored cheek beyond the photo's outline. ``within_outline``
+    brings them inside (measured: at most 4 px, the mask's own ragged edge) and leaves the side toward the
+    camera as mediapipe lifted it; the astronaut, whose face is inside the outline, is unchanged."""
+    import cv2
+
+    from portrait3d.pipelines.face_geometry import (
+        FACE_SIDES,
+        landmark_face_mask,
+        mirror_hidden_side,
+        within_outline,
+    )
+    from portrait3d.testing import card_table_portraits
+
+    cfg = analysis_stage.cfg
+    assert cfg.face_within_outline
+
+    def mirrored(a):
+        S = a.crop.shape[0]
+        raw = lift_landmarks(a.landmarks_px, S, cfg.fovy_deg, cfg.eye_width_m, cfg.head_center_depth, cfg.depth_scale)
+        return mirror_hidden_side(raw[3], a.camera)
+
+    def px_outside(a, lm3d):
+        uv, _ = a.camera.project(lm3d[:MESH_POINTS])
+        H, W = a.head_mask.shape
+        outside = cv2.distanceTransform((~a.head_mask).astype(np.uint8), cv2.DIST_L2, 5)
+        return outside[np.clip(uv[:, 1].astype(int), 0, H - 1), np.clip(uv[:, 0].astype(int), 0, W - 1)]
+
+    a = analyze(analysis_stage, png_bytes(card_table_portraits()[name]))
+    before = mirrored(a)
+    assert px_outside(a, before).max() > 10
+    outline = a.head_mask | landmark_face_mask(a.landmarks_px, a.crop.shape[0])
+    assert a.landmarks_3d == pytest.approx(within_outline(before, a.camera, outline))
+    assert px_outside(a, a.landmarks_3d).max() <= 5
+    # The side facing the camera stays where the photo put it.
+    facing = FACE_SIDES[int(np.argmin(a.camera.project(before[list(FACE_SIDES)])[1]))]
+    fw = np.linalg.norm(before[FACE_SIDES[1]] - before[FACE_SIDES[0]])
+    assert np.linalg.norm(a.landmarks_3d[facing] - before[facing]) < 0.01 * fw
+    b = astronaut_analysis
+    assert np.array_equal(b.landmarks_3d, mirrored(b))
+
+
 def test_depth_scale_scales_the_relief(astronaut_analysis):
     lm = astronaut_analysis.landmarks_px
     _, _, _, flat = lift_landmarks(lm, 512, 20, 0.09, 0.1, depth_scale=0.5)

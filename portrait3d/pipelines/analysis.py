@@ -31,6 +31,7 @@ from .face_geometry import (
     landmark_face_mask,
     lift_landmarks,
     mirror_hidden_side,
+    within_outline,
 )
 from .identity import load_identity_encoder
 from .registry import register
@@ -185,6 +186,11 @@ class MediapipeAnalysis:
             True,
             "the face's side turned away from the camera takes the mirrored shape of the side facing it, by how "
             "much better that side faces it (mediapipe pulls a hidden side's outline onto the silhouette)",
+        )
+        face_within_outline: bool = setting(
+            True,
+            "the 3D face is moved back inside the head mask where its reference-view projection reaches past it "
+            "(a turned face's mirrored far cheek can be wider than the photo's outline)",
         )
         neck_length: float = setting(0.45, "neck kept below the chin in the head mask, in face heights", ge=0, le=3)
         neck_width: float = setting(0.8, "neck width in the head mask, in face widths", gt=0, le=5)
@@ -409,6 +415,8 @@ class MediapipeAnalysis:
         if clothes is not None and clothes.any():  # without any, the second head mask would be the first
             trimmed = head_mask(person & ~(clutter | clothes), lm, cfg.neck_length, cfg.neck_width, axis)
             mask &= ~wings(mask & ~trimmed, MIN_WING * axis.face_w**2)
+        if cfg.face_within_outline:  # never inside mediapipe's own outline, whatever the mask missed
+            lm3d = within_outline(lm3d, cam, mask | landmark_face_mask(lm, S))
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
         report(0.6, "head mask")

@@ -169,6 +169,50 @@ def mirror_hidden_side(lm3d: np.ndarray, cam: Camera) -> np.ndarray:
     return out
 
 
+def within_outline(lm3d: np.ndarray, cam: Camera, mask: np.ndarray, spread: float = 0.15) -> np.ndarray:
+    """3D landmarks ``(478, 3)`` (head frame) -> the same with the face moved, parallel to the image plane
+    of ``cam`` and toward the face's centre, where its projection reaches past the head ``mask (H, W)``:
+    the photo's outline is what the reference view sees, and :func:`mirror_hidden_side` can widen a turned
+    face's far cheek past it. Each landmark outside moves by as much as brings it inside; the others by the
+    shift of the landmarks outside near them, fading over ``spread`` face widths (Gaussian), so the cheek
+    bends in rather than kinks. A face inside the mask is unchanged.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[:MESH_POINTS] = canonical_face() * 0.01
+        >>> cam = Camera.orbit(0, 0, 1.0, 30, 256)
+        >>> uv, _ = cam.project(lm[:MESH_POINTS])
+        >>> mask = np.zeros((256, 256), bool); mask[:, : int(uv[:, 0].max()) - 3] = True  # 3 px too narrow
+        >>> out = within_outline(lm, cam, mask)
+        >>> bool(cam.project(out[:MESH_POINTS])[0][:, 0].max() < uv[:, 0].max() - 2)
+        True
+        >>> bool(np.array_equal(within_outline(lm, cam, np.ones((256, 256), bool)), lm))
+        True
+    """
+    pts = np.array(lm3d[:MESH_POINTS], dtype=np.float64)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+    H, W = mask.shape
+    centre = cam.project(pts.mean(0)[None])[0][0]
+    face_w = float(np.linalg.norm(pts[FACE_SIDES[1]] - pts[FACE_SIDES[0]]))
+    fx, fy = cam.K[0, 0], cam.K[1, 1]
+    for _ in range(3):  # a shift toward the centre is not the shortest way in: look again
+        uv, z = cam.project(pts)
+        xi, yi = np.clip(uv[:, 0].astype(int), 0, W - 1), np.clip(uv[:, 1].astype(int), 0, H - 1)
+        d = outside[yi, xi]
+        out = d > 0
+        if not out.any():
+            break
+        toward = centre - uv[out]
+        px = toward / np.maximum(np.linalg.norm(toward, axis=1, keepdims=True), 1e-9) * (d[out, None] + 1)
+        move = (px * z[out, None] / [fx, fy]) @ cam.R[:2]  # image-plane shifts at each depth, head frame
+        gap = np.linalg.norm(pts[:, None] - pts[None, out], axis=2) / (spread * face_w)
+        w = np.exp(-0.5 * gap**2)
+        nearest = w.argmax(1)  # each landmark follows its nearest landmark outside, faded by distance
+        pts += move[nearest] * w[np.arange(len(pts)), nearest, None]
+    result = np.array(lm3d, dtype=np.float64)
+    result[:MESH_POINTS] = pts
+    return result
+
+
 def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
     """The face as the landmarks outline it: their convex hull, ``(S, S)`` bool."""
     m = np.zeros((size, size), np.uint8)
