@@ -230,6 +230,7 @@ def test_a_turned_faces_mirrored_far_cheek_stays_inside_the_photos_outline(analy
     camera as mediapipe lifted it; the astronaut, whose face is inside the outline, is unchanged."""
     import cv2
 
+    from portrait3d.pipelines.camera import pixel_index
     from portrait3d.pipelines.face_geometry import (
         FACE_SIDES,
         landmark_face_mask,
@@ -248,9 +249,8 @@ def test_a_turned_faces_mirrored_far_cheek_stays_inside_the_photos_outline(analy
 
     def px_outside(a, lm3d):
         uv, _ = a.camera.project(lm3d[:MESH_POINTS])
-        H, W = a.head_mask.shape
         outside = cv2.distanceTransform((~a.head_mask).astype(np.uint8), cv2.DIST_L2, 5)
-        return outside[np.clip(uv[:, 1].astype(int), 0, H - 1), np.clip(uv[:, 0].astype(int), 0, W - 1)]
+        return outside[pixel_index(uv, *a.head_mask.shape[::-1])]
 
     a = analyze(analysis_stage, png_bytes(card_table_portraits()[name]))
     before = mirrored(a)

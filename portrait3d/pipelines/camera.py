@@ -207,3 +207,8 @@ class Camera:
             width=int(d["width"]),
             height=int(d["height"]),
         )
+
+
+def pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(P, 2)`` -> clamped (row, col) integer indices."""
+    return (np.clip(pix[:, 1].astype(int), 0, height - 1), np.clip(pix[:, 0].astype(int), 0, width - 1))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from .camera import CV_TO_GL, Camera, ypr_from_rotation
+from .camera import CV_TO_GL, Camera, pixel_index, ypr_from_rotation
 from .mesh import mirror_map, vertex_normals
 
 #: Landmarks of the face mesh proper; the 10 after them (468-477) outline the irises.
@@ -198,8 +198,7 @@ def within_outline(lm3d: np.ndarray, cam: Camera, mask: np.ndarray, spread: floa
     fx, fy = cam.K[0, 0], cam.K[1, 1]
     for _ in range(3):  # a shift toward the centre is not the shortest way in: look again
         uv, z = cam.project(pts)
-        xi, yi = np.clip(uv[:, 0].astype(int), 0, W - 1), np.clip(uv[:, 1].astype(int), 0, H - 1)
-        d = outside[yi, xi]
+        d = outside[pixel_index(uv, W, H)]
         out = d > 0
         if not out.any():
             break

@@ -40,7 +40,7 @@ from .back_check import (
     mediapipe_detector,
     smooth_back,
 )
-from .camera import LEVEL_MAX_DEG, leveling_rotation
+from .camera import LEVEL_MAX_DEG, leveling_rotation, pixel_index
 from .face_geometry import CHIN
 from .registry import register
 from .render import get_rasterizer
@@ -60,7 +60,6 @@ from .texturing import (
     fade_photo_edge,
     mirror_points,
     mirror_share,
-    pixel_index,
     project_photo,
     ring_prior,
     sample_bilinear,

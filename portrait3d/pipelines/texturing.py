@@ -21,7 +21,7 @@ import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial import cKDTree
 
-from .camera import Camera
+from .camera import Camera, pixel_index
 from .face_geometry import CHIN, FACE_SIDES, landmark_face_mask
 from .mesh import vertex_normals
 from .render import Rasterizer
@@ -125,11 +125,6 @@ def depth_map(raster: Rasterizer, mesh: HeadMesh, cam: Camera) -> np.ndarray:
     rast = raster.rasterize(cam.clip(v).float(), tri, (cam.height, cam.width))
     z = raster.interpolate(cam.to_camera(v)[:, 2:].float(), rast, tri)[..., 0].cpu().numpy()
     return np.where(rast.mask.cpu().numpy(), z, np.inf)
-
-
-def pixel_index(pix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates ``(P, 2)`` -> clamped (row, col) integer indices."""
-    return (np.clip(pix[:, 1].astype(int), 0, height - 1), np.clip(pix[:, 0].astype(int), 0, width - 1))
 
 
 def visible_texels(
