@@ -13,6 +13,8 @@ from portrait3d.pipelines.sculpt import ReferenceViewSculpt
 from portrait3d.pipelines.stage import Reporter
 from portrait3d.pipelines.types import InitInput, SculptInput
 
+from .conftest import analyze, astronaut, png_bytes
+
 
 def test_rays_from_origin_hits_plane():
     verts = np.array([[-1, -1, 2.0], [1, -1, 2.0], [0, 1, 2.0]])
@@ -147,3 +149,40 @@ def test_the_face_meets_the_cranium_without_a_groove(astronaut_analysis, initial
     before = _concavity_outside_face(hood, rings)
     # Measured on astronaut: 99th percentile 1.45 mm at 8 rings, 2.30 mm at 4.
     assert np.percentile(now, 99) < 0.0018 < np.percentile(before, 99)
+
+
+def test_a_photo_cut_above_the_brows_gets_a_cranium_past_its_edge_not_a_flat_top(analysis_stage, astronaut_analysis):
+    """The astronaut cut just above her forehead (hair gone): the crop repeats the photo's top row above it.
+    Analysis marks that part unknown and keeps the head mask off it, with a note; init and the sculpt
+    carry the cranium on past the edge (measured 0.37 face heights above it, init and sculpt), where
+    before both stopped at the edge (0.00 and 0.02), the repeated row taken for the head's outline."""
+    import dataclasses
+
+    from portrait3d.pipelines.analysis import PAST_EDGE_NOTE
+    from portrait3d.pipelines.face_geometry import FOREHEAD
+
+    b = astronaut_analysis
+    assert b.in_photo is not None and PAST_EDGE_NOTE not in b.notes
+    x0, y0, x1, _ = b.crop_box
+    scale = b.crop.shape[0] / (x1 - x0)
+    forehead, chin = y0 + b.landmarks_px[[FOREHEAD, CHIN], 1] / scale
+    a = analyze(
+        analysis_stage, png_bytes(np.ascontiguousarray(astronaut()[int(forehead - 0.05 * (chin - forehead)) :]))
+    )
+    assert PAST_EDGE_NOTE in a.notes
+    edge = int(np.argmax(a.in_photo.any(1)))  # the photo's top row in the crop
+    assert edge > 100 and not a.in_photo[:edge].any() and a.in_photo[edge:].all()
+    assert not (a.head_mask & ~a.in_photo).any()
+
+    cfg = build_profile_config("fast", ["sculpt.steps=25"])
+    face_h = a.landmarks_px[CHIN, 1] - a.landmarks_px[FOREHEAD, 1]
+
+    def reach(analysis) -> tuple[float, float]:
+        """How far above the photo's edge the initial and the sculpted head reach, in face heights."""
+        head = HeadPriorInit(cfg.stages["init"])(InitInput(analysis), Reporter("init"))
+        sculpted = ReferenceViewSculpt(cfg.stages["sculpt"])(SculptInput(analysis, head), Reporter("sculpt")).mesh
+        tops = [analysis.camera.project(m.vertices.astype(np.float64))[0][:, 1].min() for m in (head, sculpted)]
+        return tuple((edge - t) / face_h for t in tops)
+
+    assert min(reach(a)) > 0.25
+    assert max(reach(dataclasses.replace(a, in_photo=None))) < 0.1  # the edge as the outline: a flat top

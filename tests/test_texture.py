@@ -58,6 +58,22 @@ def test_a_mask_grown_past_the_head_loses_the_background_it_took(astronaut_analy
     assert not (kept & ~grown).any()
 
 
+def test_the_rim_past_the_photos_edge_is_not_taken_for_background():
+    """A head on a white wall, cut by the photo's left edge through its dark hair: the crop repeats the
+    edge column to the left. Those repeated pixels are not background, so the hair by the edge stays."""
+    img = np.full((64, 64, 3), 255, np.uint8)
+    img[:, :28] = (60, 40, 20)  # hair, columns 0-23 repeated past the photo's edge
+    img[:, 28:40] = (220, 170, 140)  # skin
+    known = np.zeros((64, 64), bool)
+    known[:, 24:] = True
+    mask = known.copy()
+    mask[:, 44:] = False  # the mask overshoots the head by 4 px onto the wall
+    kept = drop_background_rim(img, mask, 8, known)
+    assert kept[:, 24:40].all() and not kept[:, 40:].any()
+    # Without ``known`` the repeated hair is taken for a dark background: the hair by the edge goes.
+    assert not drop_background_rim(img, mask, 8)[:, 24:28].any()
+
+
 def test_the_grazing_average_runs_across_the_stretch_only(astronaut_analysis):
     crop = astronaut_analysis.crop.astype(np.float32)
     rng = np.random.default_rng(1)

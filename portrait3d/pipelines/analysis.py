@@ -35,7 +35,7 @@ from .face_geometry import (
 )
 from .identity import load_identity_encoder
 from .registry import register
-from .resample import shrink_crop
+from .resample import inside_photo, shrink_crop
 from .settings import ModelRootSettings, setting
 from .stage import Reporter
 from .types import AnalysisInput, PortraitAnalysis
@@ -52,6 +52,10 @@ CLOTHES_CLOSE = 0.15
 #: Clothes cut from the head mask in pieces smaller than this (face widths squared) stay: a sliver at the jaw is
 #: not a wing, and cutting it only notches the outline.
 MIN_WING = 0.02
+#: A head mask with more than this share of its pixels past the photo's edge (repeated edge pixels) is cut there,
+#: and head.json says so: the head's shape and colour beyond the edge are the head prior's.
+PAST_EDGE = 0.01
+PAST_EDGE_NOTE = "the head reaches past the photo's edge; its shape and colour there come from the head prior"
 
 Detection = tuple[float, tuple[float, float, float, float]]
 
@@ -415,6 +419,10 @@ class MediapipeAnalysis:
         if clothes is not None and clothes.any():  # without any, the second head mask would be the first
             trimmed = head_mask(person & ~(clutter | clothes), lm, cfg.neck_length, cfg.neck_width, axis)
             mask &= ~wings(mask & ~trimmed, MIN_WING * axis.face_w**2)
+        in_photo = inside_photo(box, S, W, H)
+        if (mask & ~in_photo).sum() > PAST_EDGE * mask.sum():
+            notes.append(PAST_EDGE_NOTE)
+        mask &= in_photo
         if cfg.face_within_outline:  # never inside mediapipe's own outline, whatever the mask missed
             lm3d = within_outline(lm3d, cam, mask | landmark_face_mask(lm, S))
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
@@ -445,6 +453,7 @@ class MediapipeAnalysis:
             notes=notes,
             caption=caption,
             face_mask=face & mask,
+            in_photo=in_photo,
         )
 
     def this_person(self, crop: np.ndarray) -> np.ndarray:

@@ -109,7 +109,14 @@ class HeadPriorInit:
         verts = dirs * r[:, None]
         if cfg.silhouette_fit:
             verts = self.fit_silhouette(
-                verts, faces, face_w, a.camera, a.head_mask, chin_y=float(lm[CHIN, 1]), report=report.span(0.6, 1.0)
+                verts,
+                faces,
+                face_w,
+                a.camera,
+                a.head_mask,
+                chin_y=float(lm[CHIN, 1]),
+                known=a.photo_pixels(),
+                report=report.span(0.6, 1.0),
             )
         return HeadMesh(
             vertices=verts.astype(np.float32),
@@ -187,19 +194,25 @@ class HeadPriorInit:
         cam: Camera,
         mask: np.ndarray,
         chin_y: float,
+        known: np.ndarray | None = None,
         iterations: int = 2,
         res: int = 256,
         report: Reporter | None = None,
     ) -> np.ndarray:
         """Scale the non-face part of the head, per image angle about the head centre, so its
         reference-view silhouette follows ``mask``. Below the chin (the neck, where masks also hold
-        collars and hair) the scale may shrink but grows by at most ``neck_max_scale``."""
+        collars and hair) the scale may shrink but grows by at most ``neck_max_scale``. Where the mask
+        runs to the edge of the ``known`` pixels (the photo's edge, the crop's) the head goes on past
+        it: there the scale only grows."""
         small = cam.resized(res)
         m = mask_coverage(mask, res) > 0.5
         center_uv, _ = small.project(np.zeros((1, 3)))
         r_mask = polar_radius(m, center_uv[0])
         if r_mask is None:
             return verts
+        seen = np.ones_like(m) if known is None else mask_coverage(known, res) > 0.5
+        r_seen = polar_radius(seen, center_uv[0])
+        cut = r_mask >= r_seen - 1.0 if r_seen is not None else np.zeros(len(r_mask), bool)
         tri = torch.tensor(faces)
         for it in range(iterations):
             if report is not None:
@@ -210,6 +223,7 @@ class HeadPriorInit:
             if r_sil is None:
                 return verts
             k = np.clip(r_mask / np.maximum(r_sil, 1.0), *SILHOUETTE_SCALE)
+            k = np.where(cut, np.maximum(k, 1.0), k)
             k = _smooth_circular(k, SILHOUETTE_SMOOTHING)
             uv, _ = small.project(verts)
             theta = np.arctan2(uv[:, 1] - center_uv[0, 1], uv[:, 0] - center_uv[0, 0])

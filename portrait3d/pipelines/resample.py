@@ -89,3 +89,18 @@ def _source_region(M: np.ndarray, size: tuple[int, int], width: int, height: int
     lo = np.floor(corners.min(0)).astype(int) - MARGIN_PX
     hi = np.ceil(corners.max(0)).astype(int) + MARGIN_PX
     return max(lo[0], 0), max(lo[1], 0), min(hi[0], width), min(hi[1], height)
+
+
+def inside_photo(box: tuple[float, float, float, float], size: int, width: int, height: int) -> np.ndarray:
+    """``(size, size)`` bool: the pixels of the square crop of ``box = (x0, y0, x1, y1)`` (photo pixels) at
+    ``size`` whose centre lies on the ``width x height`` photo. The others hold repeated edge pixels:
+    nothing of the subject is known there.
+
+    Example:
+        >>> inside_photo((-2.0, 0.0, 6.0, 8.0), 4, 10, 10)[0].tolist()   # the first column is left of the photo
+        [False, True, True, True]
+    """
+    x0, y0, x1, y1 = box
+    centre = (np.arange(size) + 0.5) / size
+    x, y = x0 + centre * (x1 - x0), y0 + centre * (y1 - y0)
+    return ((y >= 0) & (y <= height))[:, None] & ((x >= 0) & (x <= width))[None, :]

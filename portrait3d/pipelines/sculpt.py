@@ -76,6 +76,7 @@ class ReferenceViewSculpt:
         res = cfg.resolution
         cam = a.camera.resized(res)
         mask = torch.from_numpy(mask_coverage(a.head_mask, res))[..., None]
+        known = torch.from_numpy(mask_coverage(a.photo_pixels(), res))[..., None]  # past the photo's edge: no loss
         target = reference_geometry(a, cam)
         tri = torch.tensor(head.faces)
         v0 = torch.tensor(head.vertices, dtype=torch.float32)
@@ -97,7 +98,7 @@ class ReferenceViewSculpt:
             pos = cam.clip(v.double()).float()
             rast = self.raster.rasterize(pos, tri, (res, res))
             sil = self.raster.antialias(rast.mask.float()[..., None], rast, pos, tri)
-            l_mask = F.mse_loss(sil, mask)
+            l_mask = ((sil - mask).pow(2) * known).mean()
             both = rast.mask & target["mask"]
             n = F.normalize(self.raster.interpolate(vertex_normals(v, tri) @ R.T, rast, tri), dim=-1)
             d = self.raster.interpolate(cam.to_camera(v)[:, 2:], rast, tri)[..., 0]

@@ -77,6 +77,7 @@ class ReferenceTargets:
     """What the reference view is fitted to, at the render size ``S``."""
 
     mask: torch.Tensor  # (S, S, 1) head-mask coverage in [0, 1]
+    known: torch.Tensor  # (S, S, 1) share of each pixel on the photo: past its edge the mask says nothing
     face: torch.Tensor  # (S, S) bool: the face, where the reference normals apply
     normal: torch.Tensor | None = None  # (S, S, 3) unit normals, OpenGL camera frame
     depth: torch.Tensor | None = None  # (S, S) reference depth, min-max normalised on its foreground
@@ -88,6 +89,7 @@ class ReferenceTargets:
     ) -> ReferenceTargets:
         t = cls(
             mask=torch.from_numpy(mask_coverage(a.head_mask, size))[..., None].to(device),
+            known=torch.from_numpy(mask_coverage(a.photo_pixels(), size))[..., None].to(device),
             face=torch.from_numpy(face_region(a, size)).to(device),
         )
         if refs is not None:
@@ -106,8 +108,8 @@ def reference_losses(
     """The reference view's weighted losses, as the release's ``ref_guidance`` step computes them, for
     the maps ``out`` of :func:`render_geometry`: head mask MSE; normal MSE on the face; depth as an MSE
     after least-squares alignment and as ``1 - Pearson``, on the reference depth's foreground, against
-    the render's normalised disparity."""
-    terms = {"mask": cfg.w_mask(step) * F.mse_loss(out["silhouette"], t.mask)}
+    the render's normalised disparity. The mask MSE leaves out what lies past the photo's edge."""
+    terms = {"mask": cfg.w_mask(step) * ((out["silhouette"] - t.mask).pow(2) * t.known).mean()}
     face = out["mask"] & t.face
     if t.normal is not None and face.sum() > 16:  # boolean masks read the device anyway
         terms["normal"] = cfg.w_normal(step) * F.mse_loss(out["normal"][face], t.normal[face])

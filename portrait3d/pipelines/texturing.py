@@ -180,7 +180,7 @@ def project_photo(
     if background_rim > 0:
         # Below the chin the mask's sides are the neck's cut, with clothes on both sides of it.
         neck = np.arange(head.shape[0])[:, None] > a.landmarks_px[CHIN, 1]
-        head = drop_background_rim(a.crop, head, background_rim) | (head & neck)
+        head = drop_background_rim(a.crop, head, background_rim, a.photo_pixels()) | (head & neck)
     k = mask_erode * 2 + 1
     mask = cv2.erode(head.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     ref_depth = depth_map(raster, mesh, cam)
@@ -213,12 +213,13 @@ def depth_inside_outline(lm_px: np.ndarray, size: int, pix: np.ndarray, start: f
     return np.clip((d - start) / width, 0, 1)
 
 
-def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int, known: np.ndarray | None = None) -> np.ndarray:
     """``mask (H, W)`` bool without the pixels within ``width`` of its edge whose colour is nearer (in
     CIELAB) the local background than the local foreground of ``img (H, W, 3)`` uint8: a person mask
     that reaches a few pixels past the hair or cheek would paint the wall or flag behind onto the head's
     sides. The local colours are Gaussian averages (sigma ``2 * width``) of the pixels ``width`` to
-    ``2 * width`` outside the mask (background) and more than ``width`` inside it (foreground).
+    ``2 * width`` outside the mask (background) and more than ``width`` inside it (foreground); pixels
+    off ``known (H, W)`` bool (past the photo's edge, where the crop repeats its edge) are neither.
 
     Example:
         >>> img = np.zeros((64, 64, 3), np.uint8); img[:, 32:] = 255    # a black head on a white wall
@@ -232,6 +233,8 @@ def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int) -> np.nda
     inner = cv2.erode(m, kernel)
     grown = cv2.dilate(m, kernel)
     outer = cv2.dilate(grown, kernel) & ~grown & 1
+    if known is not None:
+        outer &= known.astype(np.uint8)
     lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
 
     def local_mean(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,12 @@ class PortraitAnalysis:
     notes: list[str] = field(default_factory=list)
     caption: str = ""  # text describing the portrait (the diffusion models' condition)
     face_mask: np.ndarray | None = None  # (S, S) bool: the face without hair, ears, neck (face parsing or landmarks)
+    in_photo: np.ndarray | None = None  # (S, S) bool: crop pixels on the photo; beyond its edge nothing is known
+
+    def photo_pixels(self) -> np.ndarray:
+        """``(S, S)`` bool: where the crop shows the photo (``in_photo``; everywhere when it is not given)."""
+        S = self.crop.shape[0]
+        return np.ones((S, S), bool) if self.in_photo is None else self.in_photo
 
     def record(self) -> dict[str, Any]:
         """The JSON-able part that goes into head.json."""
