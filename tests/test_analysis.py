@@ -547,27 +547,3 @@ def test_clothes_are_colours_common_on_the_shoulders_and_rare_on_the_head():
     # Black is the hair's too, green is on neither: only the red shirt is clothes.
     assert [bool(cut[15:30, 10 * c : 10 * c + 10].all()) for c in range(4)] == [False, True, False, False]
     assert [bool(cut[15:30, 10 * c : 10 * c + 10].any()) for c in range(4)] == [False, True, False, False]
-
-
-def test_a_cap_cut_by_the_photos_edge_stays_in_the_head_mask(analysis_stage):
-    """grace_hopper cut through her cap, just above the forehead: the crop repeats the cut row above it, a
-    tall black column that the person segmenter, run on the whole crop, leaves out together with the cap
-    (4 px of the edge row in the mask, measured). Segmented on the photo's part of the crop, the cap stays:
-    151 px of the edge row (177 px 20 rows lower); and head.json notes the head running past the edge."""
-    from portrait3d.pipelines.analysis import PAST_EDGE_NOTE, on_photo_part, photo_edge
-    from portrait3d.testing import shipped_portraits
-
-    img = shipped_portraits()["grace_hopper"]
-    b = analyze(analysis_stage, png_bytes(img))
-    x0, y0, x1, _ = b.crop_box
-    forehead, chin = y0 + b.landmarks_px[[FOREHEAD, CHIN], 1] * (x1 - x0) / b.crop.shape[0]
-    a = analyze(analysis_stage, png_bytes(np.ascontiguousarray(img[int(forehead - 0.05 * (chin - forehead)) :])))
-    edge = int(np.argmax(a.in_photo.any(1)))
-    assert PAST_EDGE_NOTE in a.notes and PAST_EDGE_NOTE not in b.notes
-    assert photo_edge(a.in_photo)[edge].sum() == a.in_photo[edge].sum()  # the whole row is the photo's edge
-    assert a.head_mask[edge].sum() > 0.7 * a.head_mask[edge + 20].sum()
-    segment = analysis_stage._segmenter.process
-    whole = segment(a.crop).segmentation_mask > 0.5  # the repeated rows seen as part of the picture
-    assert whole[edge].sum() < 0.2 * a.head_mask[edge + 20].sum()
-    part = on_photo_part(lambda c: segment(c).segmentation_mask > 0.5, a.crop, a.in_photo)
-    assert not (part & ~a.in_photo).any() and part[edge].sum() > 0.7 * a.head_mask[edge + 20].sum()

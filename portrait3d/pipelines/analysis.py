@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -56,8 +55,6 @@ MIN_WING = 0.02
 #: A head mask that runs along the photo's edge (inside the crop) for more than this share of the crop's side is
 #: cut there, and head.json says so: the head's shape and colour beyond the edge are the head prior's.
 PAST_EDGE = 0.02
-#: Within this share of the crop's side of the photo's edge the masks are also made on the photo's part alone.
-EDGE_BAND = 0.06
 PAST_EDGE_NOTE = "the head reaches past the photo's edge; its shape and colour there come from the head prior"
 
 Detection = tuple[float, tuple[float, float, float, float]]
@@ -401,15 +398,12 @@ class MediapipeAnalysis:
         )
         if cfg.mirror_hidden_side:
             lm3d = mirror_hidden_side(lm3d, cam)
-        in_photo = inside_photo(box, S, W, H)
-        band = EDGE_BAND * S
-        person = photo_masks(lambda c: self._segmenter.process(c).segmentation_mask > 0.5, crop, in_photo, band)
+        person = self._segmenter.process(crop).segmentation_mask > 0.5
         if self._pose is not None:
-            person &= photo_masks(self.this_person, crop, in_photo, band)
+            person &= self.this_person(crop)
         face = landmark_face_mask(lm, S)
         if self.parser is not None:
-            parsed = photo_masks(lambda c: np.stack(self.parse(c), -1), crop, in_photo, band)
-            parsed_face, parsed_head = parsed[..., 0], parsed[..., 1]
+            parsed_face, parsed_head = self.parse(crop)
             if (parsed_face & face).sum() >= cfg.parsing_agreement * face.sum():
                 face, person = parsed_face, parsed_head
             else:
@@ -425,8 +419,10 @@ class MediapipeAnalysis:
         if clothes is not None and clothes.any():  # without any, the second head mask would be the first
             trimmed = head_mask(person & ~(clutter | clothes), lm, cfg.neck_length, cfg.neck_width, axis)
             mask &= ~wings(mask & ~trimmed, MIN_WING * axis.face_w**2)
+        in_photo = inside_photo(box, S, W, H)
         if (mask & photo_edge(in_photo)).sum() > PAST_EDGE * S:
             notes.append(PAST_EDGE_NOTE)
+        mask &= in_photo
         if cfg.face_within_outline:  # never inside mediapipe's own outline, whatever the mask missed
             lm3d = within_outline(lm3d, cam, mask | landmark_face_mask(lm, S))
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
@@ -597,41 +593,6 @@ def photo_edge(in_photo: np.ndarray) -> np.ndarray:
         [[0, 0, 0, 0], [1, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]]
     """
     return in_photo & ~cv2.erode(in_photo.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-
-
-def photo_masks(
-    masks: Callable[[np.ndarray], np.ndarray], crop: np.ndarray, in_photo: np.ndarray, band: float
-) -> np.ndarray:
-    """``masks`` (an image ``(h, w, 3)`` -> ``(h, w[, K])`` bool) of ``crop (S, S, 3)``, on the photo only
-    (``in_photo (S, S)``). Past the photo's edge the crop repeats the edge pixels, which a segmenter may
-    read as more of what touches the edge or as a wall that ends it; so within ``band`` pixels of the edge
-    what ``masks`` finds on the photo's part alone (:func:`on_photo_part`) counts too. A crop inside the
-    photo gets ``masks(crop)`` unchanged."""
-    whole = masks(crop)
-    if in_photo.all():
-        return whole
-    near = cv2.distanceTransform(in_photo.astype(np.uint8), cv2.DIST_L2, 3) < band
-    near, inside = (near, in_photo) if whole.ndim == 2 else (near[..., None], in_photo[..., None])
-    return (whole | (on_photo_part(masks, crop, in_photo) & near)) & inside
-
-
-def on_photo_part(masks: Callable[[np.ndarray], np.ndarray], crop: np.ndarray, in_photo: np.ndarray) -> np.ndarray:
-    """``masks`` (an image ``(h, w, 3)`` -> ``(h, w[, K])`` bool) of the rectangle of ``crop (S, S, 3)`` that
-    ``in_photo (S, S)`` marks, ``(S, S[, K])`` bool with nothing past the photo's edge.
-
-    Example:
-        >>> inside = np.zeros((4, 4), bool); inside[1:, :3] = True
-        >>> on_photo_part(lambda c: c[..., 0] > 0, np.ones((4, 4, 3)), inside).astype(int).tolist()
-        [[0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
-    """
-    rows, cols = np.flatnonzero(in_photo.any(1)), np.flatnonzero(in_photo.any(0))
-    if len(rows) == len(in_photo) and len(cols) == in_photo.shape[1]:
-        return masks(crop)
-    r, c = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-    part = masks(np.ascontiguousarray(crop[r, c]))
-    out = np.zeros(in_photo.shape + part.shape[2:], bool)
-    out[r, c] = part
-    return out
 
 
 def upright_frame(lm_px: np.ndarray, size: int, origin: np.ndarray) -> tuple[np.ndarray, ...]:
