@@ -21,6 +21,13 @@ def negative_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -(a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
 
 
+def mask_mse(silhouette: torch.Tensor, mask: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of a rendered ``silhouette (S, S, 1)`` and the head ``mask (S, S, 1)``,
+    each pixel weighted by ``known (S, S, 1)``, its share on the photo (past the photo's edge the mask says
+    nothing); with ``known`` all ones, ``F.mse_loss``."""
+    return ((silhouette - mask).pow(2) * known).mean()
+
+
 def unique_edges(f: torch.Tensor) -> torch.Tensor:
     """``(E, 2)`` the undirected edges of faces ``f (F, 3)``, each once (lower index first)."""
     e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .camera import Camera
 from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
-from .losses import negative_pearson
+from .losses import mask_mse, negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
 from .registry import register
 from .render import get_rasterizer
@@ -98,7 +98,7 @@ class ReferenceViewSculpt:
             pos = cam.clip(v.double()).float()
             rast = self.raster.rasterize(pos, tri, (res, res))
             sil = self.raster.antialias(rast.mask.float()[..., None], rast, pos, tri)
-            l_mask = ((sil - mask).pow(2) * known).mean()
+            l_mask = mask_mse(sil, mask, known)
             both = rast.mask & target["mask"]
             n = F.normalize(self.raster.interpolate(vertex_normals(v, tri) @ R.T, rast, tri), dim=-1)
             d = self.raster.interpolate(cam.to_camera(v)[:, 2:], rast, tri)[..., 0]

@@ -34,7 +34,7 @@ from ..errors import ConfigError, OptimizationError
 from .dmtet import DMTetSurface
 from .guidance import Condition, IDGuidance, ISDSettings, id_embeds, ip_adapter_processors, ip_adapter_scale
 from .image_io import mask_coverage
-from .losses import aligned_depth_mse, mesh_regularizers, negative_pearson, normalized_disparity
+from .losses import aligned_depth_mse, mask_mse, mesh_regularizers, negative_pearson, normalized_disparity
 from .mesh import decimate, largest_component, transfer_attributes
 from .random_views import SHAPE_INIT_EXTENT, ViewRanges, random_view, release_frame
 from .registry import register
@@ -109,7 +109,7 @@ def reference_losses(
     the maps ``out`` of :func:`render_geometry`: head mask MSE; normal MSE on the face; depth as an MSE
     after least-squares alignment and as ``1 - Pearson``, on the reference depth's foreground, against
     the render's normalised disparity. The mask MSE leaves out what lies past the photo's edge."""
-    terms = {"mask": cfg.w_mask(step) * ((out["silhouette"] - t.mask).pow(2) * t.known).mean()}
+    terms = {"mask": cfg.w_mask(step) * mask_mse(out["silhouette"], t.mask, t.known)}
     face = out["mask"] & t.face
     if t.normal is not None and face.sum() > 16:  # boolean masks read the device anyway
         terms["normal"] = cfg.w_normal(step) * F.mse_loss(out["normal"][face], t.normal[face])
