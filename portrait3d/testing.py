@@ -1,7 +1,8 @@
 """Real portraits for tests and benchmarks: the photos that ship inside scikit-image and matplotlib
 (public domain), variants of them, a real cluttered group photo (the sample image of the insightface
 wheel that setup.sh puts in ``.tools/wheels``: six people at a card table, hands and arms beside their
-heads), and small datasets with broken files mixed in.
+heads), White House photos of two other people from face_recognition's source archive (also put in
+``.tools/wheels`` by setup.sh), and small datasets with broken files mixed in.
 
 Needs the ``test`` extra (scikit-image, matplotlib). Nothing here is downloaded.
 
@@ -114,10 +115,30 @@ def card_table_portraits() -> dict[str, np.ndarray]:
     return {"card_table": img, **out}
 
 
+FACE_RECOGNITION_SDIST = INSIGHTFACE_WHEEL.parent / "face_recognition-1.3.0.tar.gz"
+
+#: The test photos in face_recognition's source archive (White House photos of two other people: an
+#: older man, standing; a darker-skinned man speaking, smiling, standing) and the smiling one cut through
+#: his face at either edge of the photo, as faces at a group photo's border are.
+FACE_RECOGNITION_PHOTOS = ("biden", "obama", "obama2", "obama3", "obama_partial_face", "obama_partial_face2")
+
+
+def face_recognition_photos() -> dict[str, bytes]:
+    """``{name: JPEG bytes}`` of :data:`FACE_RECOGNITION_PHOTOS`, read from the pinned source archive of
+    face_recognition 1.3.0 that setup.sh puts in ``.tools/wheels`` (not installed)."""
+    import tarfile
+
+    if not FACE_RECOGNITION_SDIST.is_file():
+        raise FileNotFoundError(f"{FACE_RECOGNITION_SDIST} is missing: setup.sh downloads it")
+    with tarfile.open(FACE_RECOGNITION_SDIST) as tar:
+        folder = "face_recognition-1.3.0/tests/test_images"
+        return {n: tar.extractfile(f"{folder}/{n}.jpg").read() for n in FACE_RECOGNITION_PHOTOS}
+
+
 def evaluation_set(folder: Path) -> list[Path]:
     """The development set: the three shipped portraits, every variant of astronaut and grace_hopper,
-    a group photo of the two, each at a small-face resolution, and the card-table photo with a crop
-    of each of its six people (when setup.sh has fetched it)."""
+    a group photo of the two, each at a small-face resolution, the card-table photo with a crop of
+    each of its six people, and face_recognition's test photos (when setup.sh has fetched them)."""
     shipped = shipped_portraits()
     paths = [save(folder, n, img) for n, img in shipped.items()]
     for name in ("astronaut", "grace_hopper"):
@@ -126,6 +147,8 @@ def evaluation_set(folder: Path) -> list[Path]:
     paths.append(save(folder, "group_two", group_photo(shipped["grace_hopper"], shipped["astronaut"])))
     if INSIGHTFACE_WHEEL.is_file():
         paths += [save(folder, name, img) for name, img in card_table_portraits().items()]
+    if FACE_RECOGNITION_SDIST.is_file():
+        paths += [save(folder, name, data) for name, data in face_recognition_photos().items()]
     return paths
 
 
