@@ -405,3 +405,50 @@ def test_where_the_photo_stops_on_the_cheek_its_colour_fades_into_the_painted_si
     # Measured: 170 of the face's 15107 pixels change by more than 4 levels, all within 5 pixels of its outline.
     inner = cv2.erode(face.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
     assert np.abs(at_front["faded"] - at_front["cut"])[inner].max() <= 1.0
+
+
+def test_a_face_cut_through_an_eye_by_the_photos_edge_takes_that_whole_eye_from_the_mirror(analysis_stage, monkeypatch):
+    """face_recognition's ``obama_partial_face2``: the photo's right edge cuts through his left eye, so the
+    photo shows its inner third and mediapipe guesses the rest. Analysis moves the landmarks past the edge
+    to their partners' mirror images; the texture takes that half of the face from the mirror, seam down
+    the midline, and keeps the mirror's texels as sharp as the photo's. Seen from the front, the cut eye is
+    then the mirror image of the other one (measured: mean difference 2.1 levels); with the photo's third
+    of it beside the mirror's rest, two eyes' worth of corners (4.7; 16.9 when the mirror was blurred
+    like the inpainted texels). A photo cut through the cheek (``obama_partial_face``) cuts no eye."""
+    import portrait3d.pipelines.texture as texture_stage
+    from portrait3d.pipelines.camera import Camera, pixel_index
+    from portrait3d.pipelines.face_geometry import MESH_POINTS, RIGHT_EYE, eye_cut_side, mirror_landmarks
+    from portrait3d.pipelines.views import render_textured
+    from portrait3d.testing import face_recognition_photos
+
+    photos = face_recognition_photos()
+    a = analyze(analysis_stage, photos["obama_partial_face2"])
+    assert eye_cut_side(a.landmarks_3d, a.landmarks_px, a.in_photo) == 1  # the subject's left (+x)
+    b = analyze(analysis_stage, photos["obama_partial_face"])
+    assert eye_cut_side(b.landmarks_3d, b.landmarks_px, b.in_photo) == 0
+
+    S, m = a.crop.shape[0], mirror_landmarks()
+    px = a.landmarks_px[:MESH_POINTS, :2]
+    on = (px >= 0).all(1) & (px < S).all(1) & a.in_photo[pixel_index(px, S, S)]
+    past = ~on & on[m]
+    assert past.sum() > 50
+    lm = a.landmarks_3d[:MESH_POINTS]
+    np.testing.assert_allclose(lm[past], lm[m[past]] * [-1, 1, 1])
+
+    cfg = build_profile_config("fast", ["texture.back_check=false"])
+    mesh = HeadPriorInit(cfg.stages["init"])(InitInput(a), Reporter("init"))
+    cam = Camera.orbit(0, 0, 1.0, 30, 512)
+    eye = cam.project(a.landmarks_3d[m[list(RIGHT_EYE)]])[0]
+    (x0, y0), (x1, y1) = (eye.min(0) - 4).astype(int), (eye.max(0) + 4).astype(int)
+
+    def eye_asymmetry() -> float:
+        stage = ClassicalTexture(cfg.stages["texture"])
+        try:
+            img = render_textured(stage(TextureInput(a, mesh), Reporter("texture")), cam)[0].astype(np.float32)
+        finally:
+            stage.close()
+        return float(np.abs(img[y0:y1, x0:x1] - img[:, ::-1][y0:y1, x0:x1]).mean())
+
+    whole = eye_asymmetry()
+    monkeypatch.setattr(texture_stage, "eye_cut_side", lambda *args: 0)
+    assert whole < 3.0 and whole < 0.6 * eye_asymmetry(), whole

@@ -31,6 +31,7 @@ from .face_geometry import (
     landmark_face_mask,
     lift_landmarks,
     mirror_hidden_side,
+    mirror_past_edge,
     within_outline,
 )
 from .identity import load_identity_encoder
@@ -423,8 +424,10 @@ class MediapipeAnalysis:
         if (mask & photo_edge(in_photo)).sum() > PAST_EDGE * S:
             notes.append(PAST_EDGE_NOTE)
         mask &= in_photo
-        if cfg.face_within_outline:  # never inside mediapipe's own outline, whatever the mask missed
-            lm3d = within_outline(lm3d, cam, mask | landmark_face_mask(lm, S))
+        # Never inside mediapipe's own outline, whatever the mask missed; past the photo's edge is no outline.
+        if cfg.face_within_outline:
+            lm3d = within_outline(lm3d, cam, mask | landmark_face_mask(lm, S) | ~in_photo)
+        lm3d = mirror_past_edge(lm3d, lm, in_photo)
         gray = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (3, 3), 0)
         canny = cv2.Canny(gray, cfg.canny_low, cfg.canny_high)
         report(0.6, "head mask")

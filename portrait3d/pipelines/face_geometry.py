@@ -33,6 +33,8 @@ FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
 #: A point on the ridge of the nose: inside the face's region of every mask.
 NOSE_RIDGE = 4
 EYE_OUTER = (33, 263)
+#: The subject's right eye's contour (its mirror partners outline the left eye).
+RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 FACE_SIDES = (234, 454)
 #: mediapipe's metric canonical face (Apache-2.0, see the file's header).
 CANONICAL_FACE_FILE = Path(__file__).parent / "data" / "mediapipe_canonical_face.txt"
@@ -220,3 +222,61 @@ def landmark_face_mask(lm_px: np.ndarray, size: int) -> np.ndarray:
     hull = cv2.convexHull(lm_px[:MESH_POINTS, :2].astype(np.float32))
     cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 1)
     return m.astype(bool)
+
+
+def eye_cut_side(lm3d: np.ndarray, lm_px: np.ndarray, in_photo: np.ndarray | None) -> int:
+    """The side (the sign of the head frame's x: +1 the subject's left, -1 the right) of the one eye whose
+    contour the photo's edge cuts, or 0: ``lm3d (478, 3)`` head frame, ``lm_px (478, 2+)`` crop pixels,
+    ``in_photo (S, S)`` bool, where the crop shows the photo (None: all of it).
+
+    Beyond the edge mediapipe guesses the face; a seam between the photo's part of an eye and the mirror's
+    rest of it shows two eyes' worth of corners, where the mirror's whole eye does not.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[:MESH_POINTS] = canonical_face() * 0.01
+        >>> px = lm[:, :2] * [1000, -1000] + 64
+        >>> photo = np.ones((128, 128), bool); photo[:, 64 + 35 :] = False   # cut through the image-right eye
+        >>> eye_cut_side(lm, px, photo), eye_cut_side(lm, px, None), eye_cut_side(lm, px, photo[:, ::-1])
+        (1, 0, -1)
+    """
+    if in_photo is None:
+        return 0
+    S = in_photo.shape[0]
+    right = np.array(RIGHT_EYE)
+    cut = []
+    for eye in (right, mirror_landmarks()[right]):
+        yi, xi = pixel_index(np.asarray(lm_px[eye, :2], np.float64), S, S)
+        inside = (lm_px[eye, 0] >= 0) & (lm_px[eye, 0] < S) & (lm_px[eye, 1] >= 0) & (lm_px[eye, 1] < S)
+        cut.append(not (inside & in_photo[yi, xi]).all())
+    if cut[0] == cut[1]:
+        return 0
+    eye = right if cut[0] else mirror_landmarks()[right]
+    return int(np.sign(lm3d[eye, 0].mean()))
+
+
+def mirror_past_edge(lm3d: np.ndarray, lm_px: np.ndarray, in_photo: np.ndarray | None) -> np.ndarray:
+    """3D landmarks ``(478, 3)`` (head frame) -> the same with each face-mesh landmark past the photo's edge
+    (``lm_px (478, 2+)`` crop pixels; ``in_photo (S, S)`` bool, None: no edge) moved to the mirror image of
+    its partner, where the partner is on the photo: beyond the edge mediapipe guesses the face, and the
+    texture there is the mirror's.
+
+    Example:
+        >>> lm = np.zeros((478, 3)); lm[:MESH_POINTS] = canonical_face() * 0.01
+        >>> px = lm[:, :2] * [500, -500] + 64                                 # the face 77 px wide
+        >>> photo = np.ones((128, 128), bool); photo[:, 64 + 30 :] = False
+        >>> bent = lm.copy(); bent[FACE_SIDES[1], 2] += 0.01                # a guess past the edge
+        >>> out = mirror_past_edge(bent, px, photo)
+        >>> bool(np.allclose(out[FACE_SIDES[1]], lm[FACE_SIDES[1]])), bool((out[:, 0] == bent[:, 0]).sum() > 400)
+        (True, True)
+    """
+    if in_photo is None:
+        return lm3d
+    S = in_photo.shape[0]
+    px = np.asarray(lm_px[:MESH_POINTS, :2], np.float64)
+    yi, xi = pixel_index(px, S, S)
+    on = (px[:, 0] >= 0) & (px[:, 0] < S) & (px[:, 1] >= 0) & (px[:, 1] < S) & in_photo[yi, xi]
+    m = mirror_landmarks()
+    move = ~on & on[m]
+    out = np.array(lm3d, dtype=np.float64)
+    out[:MESH_POINTS][move] = out[:MESH_POINTS][m[move]] * [-1.0, 1.0, 1.0]
+    return out

@@ -41,7 +41,7 @@ from .back_check import (
     smooth_back,
 )
 from .camera import LEVEL_MAX_DEG, leveling_rotation, pixel_index
-from .face_geometry import CHIN
+from .face_geometry import CHIN, eye_cut_side
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -244,6 +244,9 @@ class ClassicalTexture:
             if cfg.mirror_gain_blur > 0:  # normals vary from triangle to triangle: the patches' edges would too
                 gain = surface_gaussian(pts, gain[:, None], cfg.mirror_gain_blur)[:, 0]
             alpha = mirror_share(gain, cfg.mirror_margin, cfg.mirror_blend)
+            cut = eye_cut_side(a.landmarks_3d, a.landmarks_px, a.in_photo)
+            if cut:  # the photo's edge cuts an eye: that half of the face is the mirror's, seam at the midline
+                alpha = np.where(np.sign(pts[:, 0]) == cut, np.maximum(alpha, np.clip(fw, 0, 1)), alpha)
             alpha = np.where(known, alpha, 1.0) * seen
             take = alpha > 0
             colors[take] += alpha[take, None] * (sample_bilinear(a.crop, mpix[take]) - colors[take])
@@ -290,7 +293,7 @@ class ClassicalTexture:
         seen, painted = (source == PHOTO) | (source == MIRROR), source == VIEWS
         colors = fade_photo_edge(pts, colors, seen, painted, cfg.edge_fade)
         report(0.9, "atlas fill")
-        texture = atlas_texture(T, idx, colors, known, source == PHOTO, cfg.feather)
+        texture = atlas_texture(T, idx, colors, known, seen, cfg.feather)
         stats = coverage_stats(source, known)
         head = TexturedHead(
             mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex, texture=texture, stats=stats
