@@ -154,8 +154,9 @@ def test_the_face_meets_the_cranium_without_a_groove(astronaut_analysis, initial
 def test_a_photo_cut_above_the_brows_gets_a_cranium_past_its_edge_not_a_flat_top(analysis_stage, astronaut_analysis):
     """The astronaut cut just above her forehead (hair gone): the crop repeats the photo's top row above it.
     Analysis marks that part unknown and keeps the head mask off it, with a note; init and the sculpt
-    carry the cranium on past the edge (measured 0.37 face heights above it, init and sculpt), where
-    before both stopped at the edge (0.00 and 0.02), the repeated row taken for the head's outline."""
+    carry the cranium on past the edge (measured 0.46 face heights above it, init and sculpt: 0.51 above
+    the forehead, where the uncut photo's head reaches 0.52), where with the edge taken for the head's
+    outline both stop at it (0.00 and 0.02)."""
     import dataclasses
 
     from portrait3d.pipelines.analysis import PAST_EDGE_NOTE

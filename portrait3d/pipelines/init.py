@@ -43,7 +43,7 @@ FACE_MIN_FORWARD = -0.2  # directions this far behind the centre are never face
 RING_DECAY = 0.7  # face weight kept per vertex ring outside the face
 SILHOUETTE_SCALE = (0.6, 1.8)  # the silhouette warp scales each image angle within this range
 SILHOUETTE_SMOOTHING = 3.0  # Gaussian smoothing of the warp over image angle, in 1-degree bins
-EDGE_REACH_BINS = 10.0  # past the photo's edge the outline's scale fades into the prior's over this many bins
+EDGE_REACH_BINS = 10.0  # past the photo's edge the outline's scale beside it fades over this many bins
 
 
 def _angles(d: np.ndarray) -> np.ndarray:
@@ -284,13 +284,14 @@ def polar_radius(mask: np.ndarray, center: np.ndarray, bins: int = 360) -> np.nd
 
 def past_edge_scale(k: np.ndarray, cut: np.ndarray, reach: float = EDGE_REACH_BINS) -> np.ndarray:
     """Silhouette scales per image angle ``k (B,)`` where the angles ``cut (B,)`` bool end at the photo's
-    edge: there the head goes on at its own scale (never shrunk to an edge that is not its outline) or,
-    next to angles that show their outline, at theirs, fading from it over ``reach`` bins (Gaussian).
+    edge: there the head goes on (never shrunk to an edge that is not its outline) at the scale its
+    outline shows, the median over the angles that show it, or, next to those angles, at theirs, fading
+    from it over ``reach`` bins (Gaussian). With no outline anywhere, at the prior's own scale.
 
     Example:
-        >>> cut = np.arange(12) >= 3                          # bins 3-11 end at the photo's edge
-        >>> past_edge_scale(np.array([1.3] * 3 + [0.5] * 9), cut, reach=2).round(2).tolist()
-        [1.3, 1.3, 1.3, 1.26, 1.18, 1.1, 1.04, 1.01, 1.04, 1.1, 1.18, 1.26]
+        >>> cut = np.arange(12) >= 4                          # bins 4-11 end at the photo's edge
+        >>> past_edge_scale(np.array([1.3, 1.1, 1.1, 1.3] + [0.5] * 8), cut, reach=2).round(2).tolist()
+        [1.3, 1.1, 1.1, 1.3, 1.29, 1.26, 1.23, 1.21, 1.21, 1.23, 1.26, 1.29]
     """
     if not cut.any() or cut.all():
         return np.where(cut, np.maximum(k, 1.0), k)
@@ -300,7 +301,8 @@ def past_edge_scale(k: np.ndarray, cut: np.ndarray, reach: float = EDGE_REACH_BI
     gap = np.minimum(gap, len(k) - gap)  # circular
     near = seen[np.argmin(gap, axis=1)]
     fade = np.exp(-0.5 * (gap.min(1) / reach) ** 2)
-    return np.where(cut, np.maximum(k, 1.0 + (k[near] - 1.0) * fade), k)
+    own = float(np.median(k[seen]))
+    return np.where(cut, np.maximum(k, own + (k[near] - own) * fade), k)
 
 
 def _smooth_circular(x: np.ndarray, sigma: float) -> np.ndarray:
