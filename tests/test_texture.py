@@ -411,10 +411,10 @@ def test_a_face_cut_through_an_eye_by_the_photos_edge_takes_that_whole_eye_from_
     """face_recognition's ``obama_partial_face2``: the photo's right edge cuts through his left eye, so the
     photo shows its inner third and mediapipe guesses the rest. Analysis moves the landmarks past the edge
     to their partners' mirror images; the texture takes that half of the face from the mirror, seam down
-    the midline, and keeps the mirror's texels as sharp as the photo's. Seen from the front, the cut eye is
-    then the mirror image of the other one (measured: mean difference 2.1 levels); with the photo's third
-    of it beside the mirror's rest, two eyes' worth of corners (4.7; 16.9 when the mirror was blurred
-    like the inpainted texels). A photo cut through the cheek (``obama_partial_face``) cuts no eye."""
+    the midline, as sharp as the photo's. Seen from the front, the cut eye is then the mirror image of the
+    other one (measured: mean difference 1.8 levels); with the photo's third of it beside the mirror's rest,
+    feathered as the mirror's texels elsewhere are, two eyes' worth of blurred corners (12.0). A photo cut
+    through the cheek (``obama_partial_face``) cuts no eye."""
     import portrait3d.pipelines.texture as texture_stage
     from portrait3d.pipelines.camera import Camera, pixel_index
     from portrait3d.pipelines.face_geometry import MESH_POINTS, RIGHT_EYE, eye_cut_side, mirror_landmarks

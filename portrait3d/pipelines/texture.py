@@ -235,6 +235,7 @@ class ClassicalTexture:
         report(0.2, "mirror")
 
         # 3. Mirror the seen side onto the unseen one.
+        mirror_face = np.zeros(len(idx), bool)
         if cfg.mirror:
             mp = mirror_points(mesh, tri_id.ravel()[idx], bary.reshape(-1, 3)[idx])
             mpix, mvis, mcos = visible_texels(mp, nrm * [-1, 1, 1], cam, ref_depth, facing)
@@ -246,7 +247,9 @@ class ClassicalTexture:
             alpha = mirror_share(gain, cfg.mirror_margin, cfg.mirror_blend)
             cut = eye_cut_side(a.landmarks_3d, a.landmarks_px, a.in_photo)
             if cut:  # the photo's edge cuts an eye: that half of the face is the mirror's, seam at the midline
-                alpha = np.where(np.sign(pts[:, 0]) == cut, np.maximum(alpha, np.clip(fw, 0, 1)), alpha)
+                half = np.sign(pts[:, 0]) == cut
+                alpha = np.where(half, np.maximum(alpha, np.clip(fw, 0, 1)), alpha)
+                mirror_face = half & (fw >= FACE_TEXEL)
             alpha = np.where(known, alpha, 1.0) * seen
             take = alpha > 0
             colors[take] += alpha[take, None] * (sample_bilinear(a.crop, mpix[take]) - colors[take])
@@ -293,7 +296,9 @@ class ClassicalTexture:
         seen, painted = (source == PHOTO) | (source == MIRROR), source == VIEWS
         colors = fade_photo_edge(pts, colors, seen, painted, cfg.edge_fade)
         report(0.9, "atlas fill")
-        texture = atlas_texture(T, idx, colors, known, seen, cfg.feather)
+        # A face half the mirror paints whole is the photo's detail (an eye), kept as sharp as the photo's.
+        sharp = (source == PHOTO) | ((source == MIRROR) & mirror_face)
+        texture = atlas_texture(T, idx, colors, known, sharp, cfg.feather)
         stats = coverage_stats(source, known)
         head = TexturedHead(
             mesh=mesh, uv=at.uv, uv_faces=at.uv_faces, uv_to_vertex=at.uv_to_vertex, texture=texture, stats=stats
