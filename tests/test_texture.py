@@ -416,8 +416,8 @@ def test_a_face_cut_through_an_eye_by_the_photos_edge_takes_that_whole_eye_from_
     feathered as the mirror's texels elsewhere are, two eyes' worth of blurred corners (12.0). A photo cut
     through the cheek (``obama_partial_face``) cuts no eye."""
     import portrait3d.pipelines.texture as texture_stage
-    from portrait3d.pipelines.camera import Camera, pixel_index
-    from portrait3d.pipelines.face_geometry import MESH_POINTS, RIGHT_EYE, eye_cut_side, mirror_landmarks
+    from portrait3d.pipelines.camera import Camera
+    from portrait3d.pipelines.face_geometry import MESH_POINTS, RIGHT_EYE, eye_cut_side, mirror_landmarks, on_photo
     from portrait3d.pipelines.views import render_textured
     from portrait3d.testing import face_recognition_photos
 
@@ -427,9 +427,8 @@ def test_a_face_cut_through_an_eye_by_the_photos_edge_takes_that_whole_eye_from_
     b = analyze(analysis_stage, photos["obama_partial_face"])
     assert eye_cut_side(b.landmarks_3d, b.landmarks_px, b.in_photo) == 0
 
-    S, m = a.crop.shape[0], mirror_landmarks()
-    px = a.landmarks_px[:MESH_POINTS, :2]
-    on = (px >= 0).all(1) & (px < S).all(1) & a.in_photo[pixel_index(px, S, S)]
+    m = mirror_landmarks()
+    on = on_photo(a.landmarks_px, a.in_photo)
     past = ~on & on[m]
     assert past.sum() > 50
     lm = a.landmarks_3d[:MESH_POINTS]

@@ -241,16 +241,12 @@ def eye_cut_side(lm3d: np.ndarray, lm_px: np.ndarray, in_photo: np.ndarray | Non
     """
     if in_photo is None:
         return 0
-    S = in_photo.shape[0]
+    on = on_photo(lm_px, in_photo)
     right = np.array(RIGHT_EYE)
-    cut = []
-    for eye in (right, mirror_landmarks()[right]):
-        yi, xi = pixel_index(np.asarray(lm_px[eye, :2], np.float64), S, S)
-        inside = (lm_px[eye, 0] >= 0) & (lm_px[eye, 0] < S) & (lm_px[eye, 1] >= 0) & (lm_px[eye, 1] < S)
-        cut.append(not (inside & in_photo[yi, xi]).all())
-    if cut[0] == cut[1]:
+    left = mirror_landmarks()[right]
+    if on[right].all() == on[left].all():
         return 0
-    eye = right if cut[0] else mirror_landmarks()[right]
+    eye = left if on[right].all() else right
     return int(np.sign(lm3d[eye, 0].mean()))
 
 
@@ -271,12 +267,25 @@ def mirror_past_edge(lm3d: np.ndarray, lm_px: np.ndarray, in_photo: np.ndarray |
     """
     if in_photo is None:
         return lm3d
-    S = in_photo.shape[0]
-    px = np.asarray(lm_px[:MESH_POINTS, :2], np.float64)
-    yi, xi = pixel_index(px, S, S)
-    on = (px[:, 0] >= 0) & (px[:, 0] < S) & (px[:, 1] >= 0) & (px[:, 1] < S) & in_photo[yi, xi]
+    on = on_photo(lm_px, in_photo)
     m = mirror_landmarks()
     move = ~on & on[m]
     out = np.array(lm3d, dtype=np.float64)
     out[:MESH_POINTS][move] = out[:MESH_POINTS][m[move]] * [-1.0, 1.0, 1.0]
     return out
+
+
+def on_photo(lm_px: np.ndarray, in_photo: np.ndarray) -> np.ndarray:
+    """``(468,)`` bool: which face-mesh landmarks ``lm_px (478, 2+)`` (crop pixels) lie on the photo's part
+    of the crop, ``in_photo (S, S)`` bool.
+
+    Example:
+        >>> px = np.zeros((478, 2)); px[1] = (5.0, 2.0); px[2] = (-1.0, 2.0)
+        >>> photo = np.ones((8, 8), bool); photo[:, 4:] = False
+        >>> on_photo(px, photo)[:3].tolist()
+        [True, False, False]
+    """
+    S = in_photo.shape[0]
+    px = np.asarray(lm_px[:MESH_POINTS, :2], np.float64)
+    inside = (px >= 0).all(1) & (px < S).all(1)
+    return inside & in_photo[pixel_index(px, S, S)]
