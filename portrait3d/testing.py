@@ -135,10 +135,42 @@ def face_recognition_photos() -> dict[str, bytes]:
         return {n: tar.extractfile(f"{folder}/{n}.jpg").read() for n in FACE_RECOGNITION_PHOTOS}
 
 
+FACE_API_TGZ = INSIGHTFACE_WHEEL.parents[1] / "npm" / "vladmandic-face-api-1.7.15.tgz"
+
+#: A crop (x0, y0, x1, y1) of each of the six group photos in face-api's npm package (``demo/sampleN.jpg``,
+#: 1920 px wide; twenty women of several skin tones at parties: makeup, dim light, tilted and lowered
+#: heads, arms raised to the hair, heads touching): four face sizes around the face dlib's HOG detector
+#: scores highest in the photo (the harness's reference face), cut where the photo ends.
+FACE_API_CROPS = {
+    "face_api_1": (1, (72, 176, 874, 979)),
+    "face_api_2": (2, (1143, 0, 1920, 780)),
+    "face_api_3": (3, (270, 150, 1080, 960)),
+    "face_api_4": (4, (315, 0, 1125, 690)),
+    "face_api_5": (5, (72, 713, 874, 1398)),
+    "face_api_6": (6, (878, 154, 1680, 956)),
+}
+
+
+def face_api_portraits() -> dict[str, np.ndarray]:
+    """``{name: crop}`` of :data:`FACE_API_CROPS`, read from the pinned npm archive of face-api 1.7.15 that
+    setup.sh puts in ``.tools/npm``, as ``(H, W, 3)`` uint8 RGB."""
+    import tarfile
+
+    if not FACE_API_TGZ.is_file():
+        raise FileNotFoundError(f"{FACE_API_TGZ} is missing: setup.sh downloads it")
+    out = {}
+    with tarfile.open(FACE_API_TGZ) as tar:
+        for name, (n, (x0, y0, x1, y1)) in FACE_API_CROPS.items():
+            img = Image.open(io.BytesIO(tar.extractfile(f"package/demo/sample{n}.jpg").read())).convert("RGB")
+            out[name] = np.ascontiguousarray(np.asarray(img)[y0:y1, x0:x1])
+    return out
+
+
 def evaluation_set(folder: Path) -> list[Path]:
     """The development set: the three shipped portraits, every variant of astronaut and grace_hopper,
     a group photo of the two, each at a small-face resolution, the card-table photo with a crop of
-    each of its six people, and face_recognition's test photos (when setup.sh has fetched them)."""
+    each of its six people, face_recognition's test photos and a crop of each of face-api's six group
+    photos (when setup.sh has fetched them)."""
     shipped = shipped_portraits()
     paths = [save(folder, n, img) for n, img in shipped.items()]
     for name in ("astronaut", "grace_hopper"):
@@ -149,6 +181,8 @@ def evaluation_set(folder: Path) -> list[Path]:
         paths += [save(folder, name, img) for name, img in card_table_portraits().items()]
     if FACE_RECOGNITION_SDIST.is_file():
         paths += [save(folder, name, data) for name, data in face_recognition_photos().items()]
+    if FACE_API_TGZ.is_file():
+        paths += [save(folder, name, img) for name, img in face_api_portraits().items()]
     return paths
 
 
