@@ -267,10 +267,9 @@ def faces(
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """The faces the analysis finds in a photo, numbered from the left, and the one it would make a head of
-    (`analysis.face`: the largest the photo's edge does not cut, by default; pick another with
-    `generate -c analysis.face=N`, or per photo with a batch manifest's face column, which `--manifest`
-    writes). With several photos, one that cannot be read or has no face is reported and skipped, and the
-    exit status is 1."""
+    (`analysis.face`: largest by default; pick another with `generate -c analysis.face=N`, or per photo
+    with a batch manifest's face column, which `--manifest` writes). With several photos, one that cannot
+    be read or has no face is reported and skipped, and the exit status is 1."""
     from .engine.batch import list_inputs
     from .pipelines.analysis import MediapipeAnalysis, box_side, faces_from_left
     from .pipelines.config import build_profile_config
