@@ -119,27 +119,6 @@ def test_the_face_setting_picks_another_face():
         build_profile_config("fast", ["analysis.face=widest"])
 
 
-def test_a_face_cut_by_the_photos_edge_is_passed_over_for_a_whole_one(analysis_stage):
-    """face-api's fourth group photo cut around one woman: her neighbour's face, cut by the right edge,
-    has the larger box; the head is made of the whole face."""
-    from portrait3d.pipelines.analysis import box_area, whole_faces
-    from portrait3d.testing import face_api_portraits
-
-    img = face_api_portraits()["face_api_4"]
-    H, W = img.shape[:2]
-    faces = analysis_stage.detect_faces(img, 2)
-    whole = whole_faces(faces, W, H)
-    assert len(faces) == 2 and len(whole) == 1
-    cut = next(f for f in faces if f not in whole)
-    assert cut[1][2] > W and box_area(cut[1]) > box_area(whole[0][1])  # past the right edge, and larger
-    a = analyze(analysis_stage, png_bytes(img))
-    assert "2 faces found; used the largest" in a.notes
-    k = (a.crop_box[2] - a.crop_box[0]) / a.crop.shape[0]
-    centre = np.add(a.crop_box[:2], np.reshape(a.face_box, (2, 2)).mean(0) * k)
-    x0, y0, x1, y1 = whole[0][1]
-    assert x0 < centre[0] < x1 and y0 < centre[1] < y1
-
-
 def test_tiles_find_every_face_of_a_group_photo(analysis_stage):
     from portrait3d.pipelines.analysis import box_overlap
     from portrait3d.testing import card_table_photo

@@ -64,16 +64,13 @@ Detection = tuple[float, tuple[float, float, float, float]]
 def choose_face(faces: list[Detection], how: str, width: int, height: int, source: str = "the photo") -> Detection:
     """The face ``how`` picks among detections ``[(score, (x0, y0, x1, y1))]`` (pixels) in a
     ``width`` x ``height`` photo: ``largest`` (box area), ``most-confident``, ``central`` (box centre
-    nearest the photo's centre), each among the faces the photo shows whole (:func:`whole_faces`) when
-    there are any, or a decimal index from the left among all. Raises NoFaceError when there is no face,
-    or for an index past the last one.
+    nearest the photo's centre) or a decimal index from the left. Raises NoFaceError when there is no
+    face, or for an index past the last one.
 
     Example:
         >>> faces = [(0.9, (100, 0, 200, 100)), (0.95, (0, 0, 50, 50)), (0.8, (220, 120, 280, 180))]
         >>> [choose_face(faces, h, 400, 300)[0] for h in ("largest", "most-confident", "central", "0", "2")]
         [0.9, 0.95, 0.8, 0.95, 0.8]
-        >>> choose_face([*faces, (0.7, (300, 60, 420, 180))], "largest", 400, 300)[0]  # cut by the right edge
-        0.9
     """
     if not faces:
         raise NoFaceError(f"no face found in {source}")
@@ -89,24 +86,7 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
         "most-confident": lambda f: -f[0],
         "central": lambda f: ((f[1][0] + f[1][2]) / 2 - width / 2) ** 2 + ((f[1][1] + f[1][3]) / 2 - height / 2) ** 2,
     }
-    return min(whole_faces(faces, width, height) or faces, key=keys[how])
-
-
-def whole_faces(faces: list[Detection], width: int, height: int) -> list[Detection]:
-    """The detections whose box lies in the photo, give or take :data:`CUT_FACE` of its side: the photo's
-    edge cuts through the others' faces (a neighbour at a group photo's border), which show less of a face
-    to make a head of.
-
-    Example:
-        >>> whole_faces([(0.9, (0, 10, 40, 50)), (0.8, (70, 10, 110, 50))], 100, 100)
-        [(0.9, (0, 10, 40, 50))]
-    """
-
-    def whole(b: tuple[float, ...]) -> bool:
-        m = CUT_FACE * box_side(b)
-        return b[0] >= -m and b[1] >= -m and b[2] <= width + m and b[3] <= height + m
-
-    return [f for f in faces if whole(f[1])]
+    return min(faces, key=keys[how])
 
 
 def faces_from_left(faces: list[Detection]) -> list[Detection]:
@@ -115,7 +95,6 @@ def faces_from_left(faces: list[Detection]) -> list[Detection]:
 
 
 TILE_OVERLAP = 0.3  # each tile is this much wider (and taller) than a 1/N share of the photo
-CUT_FACE = 0.05  # a face box past the photo's edge by more than this share of its side is cut by the edge
 SAME_FACE = 0.5  # boxes whose intersection covers this share of the smaller one are one face
 WRIST, HAND_TIPS = 0, [4, 8, 12, 16, 20]  # mediapipe hand landmarks
 
@@ -193,9 +172,8 @@ class MediapipeAnalysis:
         )
         face: str = setting(
             "largest",
-            "which face when the photo has several: 'largest', 'most-confident' (the detector's top score) or "
-            "'central' (nearest the photo's centre), among the faces the photo's edge does not cut when there "
-            "are any; or N (the N-th from the left, from 0)",
+            "which face when the photo has several: 'largest', 'most-confident' (the detector's top score), "
+            "'central' (nearest the photo's centre), or N (the N-th from the left, from 0)",
         )
         fovy_deg: float = setting(20.0, "vertical field of view of the reference camera over the crop", ge=5, le=90)
         eye_width_m: float = setting(
