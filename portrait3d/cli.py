@@ -267,7 +267,7 @@ def faces(
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """The faces the analysis finds in a photo, numbered from the left, and the one it would make a head of
-    (`analysis.face`: largest by default; pick another with `generate -c analysis.face=N`, or per photo
+    (`analysis.face`: the clearest by default; pick another with `generate -c analysis.face=N`, or per photo
     with a batch manifest's face column, which `--manifest` writes). With several photos, one that cannot
     be read or has no face is reported and skipped, and the exit status is 1."""
     from .engine.batch import list_inputs
@@ -312,13 +312,11 @@ def _faces_in(stage: Any, cfg: Any, uri: str, choose: bool) -> tuple[list[Any], 
     """The faces ``stage`` finds in the photo at ``uri``, and the one ``analysis.face`` picks (when ``choose``;
     else the largest). No face is a NoFaceError."""
     from . import storage
-    from .pipelines.analysis import choose_face
     from .pipelines.image_io import load_image
 
     photo = load_image(storage.read_bytes(uri), max_megapixels=cfg.max_megapixels, name=uri)
     found = stage.detect_faces(photo.pixels, cfg.face_tiles)
-    H, W = photo.pixels.shape[:2]
-    return found, choose_face(found, cfg.face if choose else "largest", W, H, photo.source)
+    return found, stage.pick_face(photo.pixels, found, cfg.face if choose else "largest", photo.source)
 
 
 def _faces_table(found: list[Any], picked: Any, how: str, name: str) -> Table:

@@ -92,10 +92,41 @@ def test_small_face_is_accepted_with_a_note(analysis_stage):
     assert a.crop.shape == (512, 512, 3) and a.identity is not None
 
 
-def test_largest_of_several_faces_is_used(analysis_stage):
-    a = analyze(analysis_stage, png_bytes(two_astronauts()))
-    assert "2 faces found; used the largest" in a.notes
-    assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one
+def test_of_several_faces_the_clearest_or_the_largest_is_used(analysis_stage):
+    from portrait3d.pipelines.analysis import MediapipeAnalysis, hog_clarity
+
+    photo = two_astronauts()
+    faces = analysis_stage.detect_faces(photo, 2)
+    clear = faces[int(np.argmax(hog_clarity(photo, faces)))][1]
+    a = analyze(analysis_stage, png_bytes(photo))
+    assert "2 faces found; used the clearest" in a.notes
+    centre = (a.crop_box[0] + a.crop_box[2]) / 2
+    assert clear[0] < centre < clear[2]  # the crop is centred on the face dlib scores higher
+    stage = MediapipeAnalysis(MediapipeAnalysis.Config(face="largest"))
+    try:
+        a = analyze(stage, png_bytes(photo))
+        assert "2 faces found; used the largest" in a.notes
+        assert a.crop_box[2] < 700  # the crop is centred on the big face (left), not the small one
+    finally:
+        stage.close()
+
+
+def test_in_a_group_photo_the_clearest_face_is_the_one_dlibs_frontal_detector_scores_highest(analysis_stage):
+    """The card-table photo: the largest face (135 px, turned and lit from the side) is not the clearest;
+    the clearest, a woman's at the right edge, is the face the independent harness takes as the photo's."""
+    from portrait3d.pipelines.analysis import box_area, choose_face, hog_clarity
+    from portrait3d.testing import card_table_photo
+
+    photo = card_table_photo()
+    faces = analysis_stage.detect_faces(photo, 2)
+    clarity = hog_clarity(photo, faces)
+    assert len(faces) == 6 and min(clarity) > -np.inf  # dlib finds each of the six
+    H, W = photo.shape[:2]
+    clearest = choose_face(faces, "clearest", W, H, clarity=clarity)
+    largest = choose_face(faces, "largest", W, H)
+    assert clearest == faces[int(np.argmax(clarity))] and clearest != largest
+    assert box_area(clearest[1]) < box_area(largest[1]) and clearest[1][0] > 1100
+    assert max(clarity) > 2.5 > sorted(clarity)[-2]  # a clear winner: 2.78 against 2.40
 
 
 def test_the_face_setting_picks_another_face():
@@ -134,7 +165,7 @@ def test_tiles_find_every_face_of_a_group_photo(analysis_stage):
     xs = sorted((f[1][0] + f[1][2]) / 2 for f in tiled)
     assert min(np.diff(xs)) > 100
     a = analyze(analysis_stage, png_bytes(photo))
-    assert "6 faces found; used the largest" in a.notes
+    assert "6 faces found; used the clearest" in a.notes
 
 
 def _relief(lm3d: np.ndarray, point: int) -> float:
@@ -418,7 +449,9 @@ def test_the_faces_command_lists_a_group_photos_faces_and_the_one_picked(tmp_pat
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("│")]
     assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "2", "3", "4", "5"]
-    assert [r for r in rows if "picked (largest)" in r] == [rows[4]]  # the largest box, 135 px
+    assert [r for r in rows if "picked (clearest)" in r] == [rows[5]]  # dlib's top frontal HOG score
+    res = runner.invoke(app, ["faces", str(photo), "-c", "analysis.face=largest"], terminal_width=200)
+    assert "picked (largest)" in [r for r in res.output.splitlines() if r.startswith("│")][4]  # 135 px
     res = runner.invoke(app, ["faces", str(photo), "-c", "analysis.face=0"], terminal_width=200)
     assert "picked (0)" in [r for r in res.output.splitlines() if r.startswith("│")][0]
     res = runner.invoke(app, ["faces", str(photo), "-c", "analysis.face=6"], terminal_width=200)

@@ -147,8 +147,9 @@ def test_a_manifest_row_picks_the_face_of_a_group_photo(ray_local, tmp_path):
     assert rows[5]["error_type"] == "ConfigError" and "widest" in rows[5]["error_message"]
     heads = [json.loads(Path(r["json_uri"]).read_text()) for r in rows[:4]]
     assert len({r["bundle_uri"] for r in rows[:3]}) == 3 and rows[3]["bundle_uri"] == rows[2]["bundle_uri"]
-    # Face 0 (left) is the largest, the run's choice; face 1 is the small one on the right.
-    assert heads[0]["crop_box"] == heads[1]["crop_box"] and heads[1]["crop_box"][2] < 700
+    # The run's choice is the clearest face: face 1, the small one on the right, which dlib's frontal
+    # detector scores higher than face 0, the big one on the left.
+    assert heads[0]["crop_box"] == heads[2]["crop_box"] and heads[1]["crop_box"][2] < 700
     assert heads[2]["crop_box"][0] > 512
     assert "2 faces found; used face 1 from the left (from 0)" in heads[2]["notes"]
     assert all(h["input_sha256"] == rows[0]["content_hash"] for h in heads)

@@ -74,8 +74,8 @@ HEAD_RECORDS = {
         "image_size": [512, 512],
         "face_box": [157.538, 181.171, 354.462, 378.089],
     },
-    # card_table (1280 x 886, a group photo): the head is of the largest face; the harness shrinks the photo
-    # to 1024 px and compares with its highest-scoring dlib face, a woman's at the right edge.
+    # card_table (1280 x 886, a group photo): a head of the largest face (analysis.face=largest); the harness
+    # shrinks the photo to 1024 px and compares with its highest-scoring dlib face, a woman's at the right edge.
     "card_table": {
         "crop_box": [762.460, -53.691, 1113.117, 296.966],
         "crop_size": 512,

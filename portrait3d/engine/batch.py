@@ -113,7 +113,7 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
     Folders, prefixes and globs give the files with an image suffix; other files are reported as
     skipped. A manifest names its images in a column ``input_uri``, ``uri``, ``path``, ``image`` or
     ``file``; relative paths in it are relative to the manifest's folder. Its optional ``face`` column
-    picks a face per photo (``largest``, ``central``, ``2`` ..., as ``analysis.face``; empty: the run's).
+    picks a face per photo (``clearest``, ``largest``, ``2`` ..., as ``analysis.face``; empty: the run's).
     """
     listing, skipped = list_input_table(spec)
     return listing.column("input_uri").to_pylist(), skipped

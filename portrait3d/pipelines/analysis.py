@@ -41,7 +41,7 @@ from .settings import ModelRootSettings, setting
 from .stage import Reporter
 from .types import AnalysisInput, PortraitAnalysis
 
-FACE_CHOICES = ("largest", "most-confident", "central")
+FACE_CHOICES = ("clearest", "largest", "most-confident", "central")
 #: Beside the jaw, the head mask keeps only what runs up this far (face heights): hair does, collars do not.
 COLLAR_RISE = 0.3
 #: Clothes are cut from beside the face up to this height above the chin (face heights): a collar reaches the ear.
@@ -61,9 +61,17 @@ PAST_EDGE_NOTE = "the head reaches past the photo's edge; its shape and colour t
 Detection = tuple[float, tuple[float, float, float, float]]
 
 
-def choose_face(faces: list[Detection], how: str, width: int, height: int, source: str = "the photo") -> Detection:
+def choose_face(
+    faces: list[Detection],
+    how: str,
+    width: int,
+    height: int,
+    source: str = "the photo",
+    clarity: list[float] | None = None,
+) -> Detection:
     """The face ``how`` picks among detections ``[(score, (x0, y0, x1, y1))]`` (pixels) in a
-    ``width`` x ``height`` photo: ``largest`` (box area), ``most-confident``, ``central`` (box centre
+    ``width`` x ``height`` photo: ``clearest`` (the highest ``clarity``, one per face: :func:`hog_clarity`;
+    the largest when none has one), ``largest`` (box area), ``most-confident``, ``central`` (box centre
     nearest the photo's centre) or a decimal index from the left. Raises NoFaceError when there is no
     face, or for an index past the last one.
 
@@ -71,6 +79,8 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
         >>> faces = [(0.9, (100, 0, 200, 100)), (0.95, (0, 0, 50, 50)), (0.8, (220, 120, 280, 180))]
         >>> [choose_face(faces, h, 400, 300)[0] for h in ("largest", "most-confident", "central", "0", "2")]
         [0.9, 0.95, 0.8, 0.95, 0.8]
+        >>> [choose_face(faces, "clearest", 400, 300, clarity=c)[0] for c in ([0.1, -1.0, 1.3], None)]
+        [0.8, 0.9]
     """
     if not faces:
         raise NoFaceError(f"no face found in {source}")
@@ -81,6 +91,10 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
                 f"face {how} (from 0, from the left) was asked for, but {source} has {len(faces)} face(s)"
             )
         return by_left[int(how)]
+    if how == "clearest":
+        if clarity is not None and max(clarity) > -np.inf:
+            return faces[int(np.argmax(clarity))]
+        how = "largest"
     keys = {
         "largest": lambda f: -box_area(f[1]),
         "most-confident": lambda f: -f[0],
@@ -89,12 +103,31 @@ def choose_face(faces: list[Detection], how: str, width: int, height: int, sourc
     return min(faces, key=keys[how])
 
 
+def hog_clarity(image: np.ndarray, faces: list[Detection]) -> list[float]:
+    """How clearly each detected face shows as a frontal face: the highest score dlib's frontal HOG
+    detector gives a face overlapping its box (:data:`SAME_FACE`), -inf for none, with the photo ``(H, W, 3)``
+    shrunk to at most :data:`HOG_SIDE` px (dlib upsamples it once, twice when it finds no face)."""
+    import dlib
+
+    s = min(1.0, HOG_SIDE / max(image.shape[:2]))
+    small = image if s == 1.0 else cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    det = dlib.get_frontal_face_detector()
+    rects, scores, _ = det.run(np.ascontiguousarray(small), 1, 0.0)
+    if not rects:
+        rects, scores, _ = det.run(np.ascontiguousarray(small), 2, 0.0)
+    hog = [
+        ((r.left() / s, r.top() / s, r.right() / s, r.bottom() / s), sc) for r, sc in zip(rects, scores, strict=True)
+    ]
+    return [max((sc for b, sc in hog if box_overlap(b, f[1]) >= SAME_FACE), default=-np.inf) for f in faces]
+
+
 def faces_from_left(faces: list[Detection]) -> list[Detection]:
     """Detections ordered by their box centre, left to right (then top to bottom): ``analysis.face=N``'s order."""
     return sorted(faces, key=lambda f: (f[1][0] + f[1][2], f[1][1] + f[1][3]))
 
 
 TILE_OVERLAP = 0.3  # each tile is this much wider (and taller) than a 1/N share of the photo
+HOG_SIDE = 1024  # the photo's longer side, at most, when dlib's HOG detector rates how clear each face is
 SAME_FACE = 0.5  # boxes whose intersection covers this share of the smaller one are one face
 WRIST, HAND_TIPS = 0, [4, 8, 12, 16, 20]  # mediapipe hand landmarks
 
@@ -171,9 +204,10 @@ class MediapipeAnalysis:
             le=8,
         )
         face: str = setting(
-            "largest",
-            "which face when the photo has several: 'largest', 'most-confident' (the detector's top score), "
-            "'central' (nearest the photo's centre), or N (the N-th from the left, from 0)",
+            "clearest",
+            "which face when the photo has several: 'clearest' (the most clearly frontal: dlib's frontal HOG "
+            "detector's top score, the face a one-photo head is best made of), 'largest', 'most-confident' "
+            "(mediapipe's top score), 'central' (nearest the photo's centre), or N (the N-th from the left, from 0)",
         )
         fovy_deg: float = setting(20.0, "vertical field of view of the reference camera over the crop", ge=5, le=90)
         eye_width_m: float = setting(
@@ -338,6 +372,11 @@ class MediapipeAnalysis:
         found.sort(key=lambda f: -box_area(f[1]))
         return found
 
+    def pick_face(self, image: np.ndarray, faces: list[Detection], how: str, source: str) -> Detection:
+        """:func:`choose_face` on the photo ``(H, W, 3)``, rating how clear each face is when ``how`` asks."""
+        clarity = hog_clarity(image, faces) if how == "clearest" and len(faces) > 1 else None
+        return choose_face(faces, how, image.shape[1], image.shape[0], source, clarity)
+
     def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
         """Faces in ``image``, their boxes shifted by ``(x0, y0)``."""
         H, W = image.shape[:2]
@@ -356,7 +395,7 @@ class MediapipeAnalysis:
         faces = self.detect_faces(img, cfg.face_tiles)
         notes = []
         how = check_face_choice(inputs.face, f"the face asked for {image.source}") if inputs.face else cfg.face
-        score, (x0, y0, x1, y1) = choose_face(faces, how, W, H, image.source)
+        score, (x0, y0, x1, y1) = self.pick_face(img, faces, how, image.source)
         if len(faces) > 1 or inputs.face:
             notes.append(f"{len(faces)} face{'s' * (len(faces) > 1)} found; used {describe_choice(how)}")
         side = box_side((x0, y0, x1, y1))
