@@ -316,7 +316,7 @@ def _faces_in(stage: Any, cfg: Any, uri: str, choose: bool) -> tuple[list[Any], 
 
     photo = load_image(storage.read_bytes(uri), max_megapixels=cfg.max_megapixels, name=uri)
     found = stage.detect_faces(photo.pixels, cfg.face_tiles)
-    return found, stage.pick_face(photo.pixels, found, cfg.face if choose else "largest", photo.source)
+    return found, stage.pick_face(photo.pixels, found, cfg.face if choose else "largest", photo.source)[0]
 
 
 def _faces_table(found: list[Any], picked: Any, how: str, name: str) -> Table:

@@ -372,10 +372,13 @@ class MediapipeAnalysis:
         found.sort(key=lambda f: -box_area(f[1]))
         return found
 
-    def pick_face(self, image: np.ndarray, faces: list[Detection], how: str, source: str) -> Detection:
-        """:func:`choose_face` on the photo ``(H, W, 3)``, rating how clear each face is when ``how`` asks."""
+    def pick_face(self, image: np.ndarray, faces: list[Detection], how: str, source: str) -> tuple[Detection, str]:
+        """:func:`choose_face` on the photo ``(H, W, 3)``, rating how clear each face is when ``how`` asks;
+        and how it chose (``largest`` for ``clearest`` when dlib finds none of the faces)."""
         clarity = hog_clarity(image, faces) if how == "clearest" and len(faces) > 1 else None
-        return choose_face(faces, how, image.shape[1], image.shape[0], source, clarity)
+        if clarity is not None and max(clarity) == -np.inf:
+            how = "largest"
+        return choose_face(faces, how, image.shape[1], image.shape[0], source, clarity), how
 
     def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
         """Faces in ``image``, their boxes shifted by ``(x0, y0)``."""
@@ -395,7 +398,7 @@ class MediapipeAnalysis:
         faces = self.detect_faces(img, cfg.face_tiles)
         notes = []
         how = check_face_choice(inputs.face, f"the face asked for {image.source}") if inputs.face else cfg.face
-        score, (x0, y0, x1, y1) = self.pick_face(img, faces, how, image.source)
+        (score, (x0, y0, x1, y1)), how = self.pick_face(img, faces, how, image.source)
         if len(faces) > 1 or inputs.face:
             notes.append(f"{len(faces)} face{'s' * (len(faces) > 1)} found; used {describe_choice(how)}")
         side = box_side((x0, y0, x1, y1))
