@@ -43,7 +43,7 @@ FACE_RECOGNITION_SDIST=.tools/wheels/face_recognition-1.3.0.tar.gz
 [ -f "$FACE_RECOGNITION_SDIST" ] ||
   .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d .tools/wheels face_recognition==1.3.0
 # Twenty other people in six group photos (women of several skin tones at parties: makeup, dim light,
-# arms raised to the hair, heads touching) for the development set and the clutter tests: the demo images
+# arms raised to the hair, heads touching) for the development set: the demo images
 # inside face-api's pinned npm package (MIT), kept as the archive and checked against its SHA-256.
 FACE_API_NPM=@vladmandic/face-api@1.7.15
 FACE_API_TGZ=.tools/npm/vladmandic-face-api-1.7.15.tgz

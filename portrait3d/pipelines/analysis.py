@@ -107,11 +107,9 @@ def hog_clarity(image: np.ndarray, faces: list[Detection]) -> list[float]:
     """How clearly each detected face shows as a frontal face: the highest score dlib's frontal HOG
     detector gives a face overlapping its box (:data:`SAME_FACE`), -inf for none, with the photo ``(H, W, 3)``
     shrunk to at most :data:`HOG_SIDE` px (dlib upsamples it once, twice when it finds no face)."""
-    import dlib
-
     s = min(1.0, HOG_SIDE / max(image.shape[:2]))
     small = image if s == 1.0 else cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-    det = dlib.get_frontal_face_detector()
+    det = dlib_hog()
     rects, scores, _ = det.run(np.ascontiguousarray(small), 1, 0.0)
     if not rects:
         rects, scores, _ = det.run(np.ascontiguousarray(small), 2, 0.0)
@@ -119,6 +117,13 @@ def hog_clarity(image: np.ndarray, faces: list[Detection]) -> list[float]:
         ((r.left() / s, r.top() / s, r.right() / s, r.bottom() / s), sc) for r, sc in zip(rects, scores, strict=True)
     ]
     return [max((sc for b, sc in hog if box_overlap(b, f[1]) >= SAME_FACE), default=-np.inf) for f in faces]
+
+
+def dlib_hog():
+    """dlib's frontal HOG face detector (``det(image, upsample)``, ``det.run(image, upsample, threshold)``)."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
 
 
 def faces_from_left(faces: list[Detection]) -> list[Detection]:

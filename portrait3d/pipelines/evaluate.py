@@ -19,7 +19,7 @@ import numpy as np
 import trimesh
 
 from ..errors import BundleError
-from .analysis import MediapipeAnalysis
+from .analysis import MediapipeAnalysis, dlib_hog
 from .camera import Camera
 from .image_io import load_image
 from .mesh import quality
@@ -100,7 +100,7 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
                     d = None if e is None else dlib_enc.distance(e, a.identity)
                 entry["identity_distance"] = d
             if yaw == 180:
-                entry["dlib_hog_faces"] = len(_dlib_hog()(im, 1))
+                entry["dlib_hog_faces"] = len(dlib_hog()(im, 1))
             views[str(yaw)] = entry
         out["views"] = views
 
@@ -113,12 +113,6 @@ def evaluate(bundle: str | Path, image: str | Path, view_size: int = 512) -> dic
         return out
     finally:
         stage.close()
-
-
-def _dlib_hog():
-    import dlib
-
-    return dlib.get_frontal_face_detector()
 
 
 def _checks(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
