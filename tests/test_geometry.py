@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from portrait3d.pipelines.camera import standing_rotation
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_triangles
 from portrait3d.pipelines.image_io import mask_coverage
-from portrait3d.pipelines.init import HeadPriorInit, nape_radius, polar_radius
+from portrait3d.pipelines.init import HeadPriorInit, nape_radius, narrow_to_breadth, polar_radius
 from portrait3d.pipelines.losses import negative_pearson
 from portrait3d.pipelines.mesh import adjacency, harmonic_fill, quality, rays_from_origin, symmetric_sphere
 from portrait3d.pipelines.render import get_rasterizer
@@ -187,3 +188,59 @@ def test_a_photo_cut_above_the_brows_gets_a_cranium_past_its_edge_not_a_flat_top
 
     assert min(reach(a)) > 0.25
     assert max(reach(dataclasses.replace(a, in_photo=None))) < 0.1  # the edge as the outline: a flat top
+
+
+def breadth(verts: np.ndarray, standing: np.ndarray) -> float:
+    """Width over depth of vertices ``(N, 3)`` as they stand (turned by ``standing (3, 3)``)."""
+    p = verts @ standing.T
+    return float(np.ptp(p[:, 0]) / np.ptp(p[:, 2]))
+
+
+def test_narrowing_to_a_breadth_moves_only_the_side_beyond_the_knee_and_keeps_its_order():
+    from scipy.spatial.transform import Rotation
+
+    from portrait3d.pipelines.init import BREADTH_KNEE
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(4000, 3)) * [1.0, 1.0, 0.6]
+    face = (np.abs(v[:, 0]) < 0.3) & (v[:, 2] > 0.4)
+    R = Rotation.from_euler("x", 20, degrees=True).as_matrix()
+    out = narrow_to_breadth(v, 1.2, face, R)
+    p, q = v @ R.T, out @ R.T
+    assert breadth(v, R) > 1.4 and breadth(out, R) == pytest.approx(1.2, abs=1e-9)
+    assert np.array_equal(out[face], v[face])
+    np.testing.assert_allclose(q[:, 1:], p[:, 1:], atol=1e-12)  # height and depth as they stand: unchanged
+    half = 1.2 * np.ptp(p[:, 2]) / 2
+    kept = np.abs(p[:, 0]) <= BREADTH_KNEE * half
+    np.testing.assert_allclose(q[kept, 0], p[kept, 0], atol=1e-12)
+    for side in (-1, 1):  # beyond the knee, each side is scaled toward it: the order of x stays
+        s = side * p[:, 0] > BREADTH_KNEE * half
+        order = np.argsort(p[s, 0])
+        assert (np.diff(q[s, 0][order]) >= 0).all()
+    # A head already within the breadth is returned as it is.
+    np.testing.assert_allclose(narrow_to_breadth(out, 1.2, face, R), out, atol=1e-12)
+    assert np.array_equal(narrow_to_breadth(v, 2.0, face, R), v)
+
+
+def test_a_neighbours_hair_beside_the_face_does_not_widen_the_head_past_its_breadth(analysis_stage):
+    """face-api's fourth crop: a woman whose face the photo's right edge cuts, with her neighbour's long hair
+    in the head mask beside her cheek. Without the breadth bound init and the sculpt follow that hair into a
+    flat wing: the head is measured {wide} times as wide as deep as it stands; with it (1.15 by default), at
+    most 1.15, the face's vertices where they were."""
+    from portrait3d.testing import face_api_portraits
+
+    a = analyze(analysis_stage, png_bytes(face_api_portraits()["face_api_4"]))
+    stand = standing_rotation(a.camera.center)
+
+    def heads(*overrides: str):
+        cfg = build_profile_config("fast", ["sculpt.steps=25", *overrides])
+        head = HeadPriorInit(cfg.stages["init"])(InitInput(a), Reporter("init"))
+        return head, ReferenceViewSculpt(cfg.stages["sculpt"])(SculptInput(a, head), Reporter("sculpt")).mesh
+
+    wide = heads("init.max_breadth=3", "sculpt.max_breadth=3")
+    bound = heads()
+    print([breadth(m.vertices, stand) for m in wide + bound])
+    assert min(breadth(m.vertices, stand) for m in wide) > 1.3
+    assert max(breadth(m.vertices, stand) for m in bound) <= 1.15 + 1e-6
+    face = bound[0].face_weight >= 0.5
+    assert np.array_equal(bound[0].vertices[face], wide[0].vertices[face])

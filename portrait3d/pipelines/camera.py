@@ -68,6 +68,12 @@ def leveling_rotation(eye: ArrayLike, max_deg: float) -> tuple[np.ndarray, float
     return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix(), math.degrees(angle)
 
 
+def standing_rotation(eye: ArrayLike) -> np.ndarray:
+    """``(3, 3)``: the head frame turned as the head stands in the exported head, export's default levelling
+    for a camera at ``eye (3,)``."""
+    return leveling_rotation(eye, LEVEL_MAX_DEG)[0]
+
+
 def ypr_from_rotation(rot: np.ndarray) -> tuple[float, float, float]:
     """Inverse of :func:`rotation_ypr` (degrees), for |pitch| < 90."""
     pitch = math.asin(float(np.clip(-rot[1, 2], -1.0, 1.0)))

@@ -7,7 +7,9 @@ per direction is
 2. inside the face, the person's own 3D landmark surface (rays from the centre hit the landmark mesh);
    eyes, mouth and the rim of the face are filled harmonically between face and prior;
 3. then warped in the reference view so that its silhouette follows the head mask (per image angle,
-   the ratio of mask radius to rendered radius scales the non-face part of the head).
+   the ratio of mask radius to rendered radius scales the non-face part of the head);
+4. and narrowed beside the face where it is wider than ``max_breadth`` times its depth (a monotone map
+   of x: no fold).
 
 Being star-shaped and built on a closed sphere, the result is watertight by construction.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .camera import Camera
+from .camera import Camera, standing_rotation
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, face_mesh_topology
 from .image_io import mask_coverage
 from .mesh import adjacency, harmonic_fill, rays_from_origin, symmetric_sphere
@@ -43,6 +45,7 @@ FACE_MIN_FORWARD = -0.2  # directions this far behind the centre are never face
 RING_DECAY = 0.7  # face weight kept per vertex ring outside the face
 SILHOUETTE_SCALE = (0.6, 1.8)  # the silhouette warp scales each image angle within this range
 SILHOUETTE_SMOOTHING = 3.0  # Gaussian smoothing of the warp over image angle, in 1-degree bins
+BREADTH_KNEE = 0.85  # a side too wide for the head's depth is narrowed from this share of the half-breadth out
 EDGE_REACH_BINS = 10.0  # past the photo's edge the outline's scale beside it fades over this many bins
 
 
@@ -87,6 +90,14 @@ class HeadPriorInit:
         silhouette_fit: bool = setting(True, "warp the prior to the head mask at the reference view")
         neck_max_scale: float = setting(1.1, "largest silhouette-warp scale below the chin", ge=0.5, le=2)
         depth_follow: float = setting(0.35, "how much depth follows the silhouette warp", ge=0, le=1)
+        max_breadth: float = setting(
+            1.15,
+            "the head, hair included, is at most this many times as wide as it is deep (as it stands, levelled as "
+            "export levels it): a wider silhouette (hair spread flat, an arm raised to the head, a neighbour's "
+            "hair beside the face) is narrowed to it beside the face (real heads: 0.75-0.9 without hair and ears)",
+            ge=0.5,
+            le=3,
+        )
 
     def __init__(self, cfg: HeadPriorInit.Config) -> None:
         self.cfg = cfg
@@ -119,6 +130,7 @@ class HeadPriorInit:
                 known=a.photo_pixels(),
                 report=report.span(0.6, 1.0),
             )
+        verts = narrow_to_breadth(verts, cfg.max_breadth, face_w >= 0.5, standing_rotation(a.camera.center))
         return HeadMesh(
             vertices=verts.astype(np.float32),
             faces=faces.copy(),
@@ -236,6 +248,39 @@ class HeadPriorInit:
             off[:, 2] *= 1 + (kv - 1) * self.cfg.depth_follow
             verts = off @ small.R
         return verts
+
+
+def narrow_to_breadth(
+    verts: np.ndarray, max_breadth: float, face: np.ndarray, standing: np.ndarray | None = None
+) -> np.ndarray:
+    """Vertices ``(N, 3)`` (head frame, centre at the origin) with each side of the head narrowed so that the
+    head is at most ``max_breadth`` times as wide (x) as it is deep (z), both as it stands (turned by the
+    rotation ``standing (3, 3)``, export's levelling; None: as it is). By side, the part beyond
+    ``BREADTH_KNEE`` of the allowed half-breadth and beyond the ``face (N,)`` bool vertices is scaled toward
+    that knee; a side that would need the face itself narrowed is left as it is.
+
+    Example:
+        >>> v = np.array([[-0.5, 0, 0], [0.95, 0, 0], [1.5, 0, 0], [2.0, 0, 0], [0, 0, -1.0], [0, 0, 1.0]])
+        >>> face = np.array([True, True, False, False, False, False])
+        >>> narrow_to_breadth(v, 1.0, face)[:, 0].round(3).tolist()  # right half-breadth 1.0, from the face on
+        [-0.5, 0.95, 0.976, 1.0, 0.0, 0.0]
+        >>> narrow_to_breadth(v, 1.0, np.zeros(6, bool))[:, 0].round(3).tolist()  # from 0.85 of it
+        [-0.5, 0.863, 0.935, 1.0, 0.0, 0.0]
+    """
+    R = np.eye(3) if standing is None else standing
+    p = verts @ R.T
+    half = max_breadth * float(np.ptp(p[:, 2])) / 2
+    out = verts.copy()
+    for side in (-1.0, 1.0):
+        s = side * p[:, 0]
+        reach = float(s.max())
+        knee = max(float(s[face].max()) if face.any() else 0.0, BREADTH_KNEE * half)
+        if reach <= half or half <= knee:
+            continue
+        beyond = s > knee
+        p[beyond, 0] = side * (knee + (s[beyond] - knee) * (half - knee) / (reach - knee))
+        out[beyond] = p[beyond] @ R  # the rest keep their coordinates bit for bit
+    return out
 
 
 def horizontal(d: np.ndarray) -> np.ndarray:

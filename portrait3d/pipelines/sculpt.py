@@ -7,7 +7,9 @@ Vertex positions are optimized with Adam against
   person's 3D landmark surface rendered at the reference view; normals by cosine, depth by negative
   Pearson correlation (scale- and shift-free, as in the paper);
 - priors: Laplacian smoothness (keep the initial shape's Laplacian coordinates) and left/right
-  symmetry of the skull (the face keeps its own asymmetry).
+  symmetry of the skull (the face keeps its own asymmetry);
+then the head is narrowed to ``max_breadth`` as in init (:func:`.init.narrow_to_breadth`): the silhouette
+loss pulls a side that init narrowed back toward the mask.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .camera import Camera
+from .camera import Camera, standing_rotation
 from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
+from .init import narrow_to_breadth
 from .losses import mask_mse, negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
 from .registry import register
@@ -61,6 +64,13 @@ class ReferenceViewSculpt:
             "how far face vertices may move relative to the rest (0: the landmark face stays as it is)",
             ge=0,
             le=1,
+        )
+        max_breadth: float = setting(
+            1.15,
+            "the sculpted head is at most this many times as wide as it is deep, narrowed beside the face as in "
+            "init.max_breadth (the silhouette loss pulls a narrowed side back toward the mask)",
+            ge=0.5,
+            le=3,
         )
 
     def __init__(self, cfg: ReferenceViewSculpt.Config) -> None:
@@ -128,8 +138,9 @@ class ReferenceViewSculpt:
                     "depth": l_depth.item(),
                 }
                 first = first or last
-        v = (v0 + delta * mobility).detach()
+        v = (v0 + delta * mobility).detach().numpy()
+        v = narrow_to_breadth(v, cfg.max_breadth, head.face_weight >= 0.5, standing_rotation(a.camera.center))
         out = HeadMesh(
-            vertices=v.numpy().astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
+            vertices=v.astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
         )
         return SculptResult(mesh=out, info={"first": first, "last": last})

@@ -40,7 +40,7 @@ from .back_check import (
     mediapipe_detector,
     smooth_back,
 )
-from .camera import LEVEL_MAX_DEG, leveling_rotation, pixel_index
+from .camera import pixel_index, standing_rotation
 from .face_geometry import CHIN, eye_cut_side
 from .registry import register
 from .render import get_rasterizer
@@ -305,7 +305,7 @@ class ClassicalTexture:
         )
         if cfg.back_check:
             report(0.95, "back of the head")
-            stand, _ = leveling_rotation(a.camera.center, LEVEL_MAX_DEG)
+            stand = standing_rotation(a.camera.center)
             cap = None
             if hair is not None and enough_hair(ring, hair, MIN_SKIN_TEXELS):
                 cap = (np.median(colors[ring & hair], 0), nape)
