@@ -6,7 +6,7 @@ from portrait3d.pipelines.camera import standing_rotation
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_triangles
 from portrait3d.pipelines.image_io import mask_coverage
-from portrait3d.pipelines.init import HeadPriorInit, nape_radius, narrow_to_breadth, polar_radius
+from portrait3d.pipelines.init import HeadPriorInit, limit_breadth, nape_radius, narrow_to_breadth, polar_radius
 from portrait3d.pipelines.losses import negative_pearson
 from portrait3d.pipelines.mesh import adjacency, harmonic_fill, quality, rays_from_origin, symmetric_sphere
 from portrait3d.pipelines.render import get_rasterizer
@@ -222,11 +222,35 @@ def test_narrowing_to_a_breadth_moves_only_the_side_beyond_the_knee_and_keeps_it
     assert np.array_equal(narrow_to_breadth(v, 2.0, face, R), v)
 
 
+def test_a_move_that_widens_one_side_is_taken_only_as_far_as_the_breadth_allows():
+    """A round head whose right side a move pushes out into a wing: the right side moves the largest share of
+    its way that keeps the head within the breadth (all of it at the midline, that share from the face's
+    reach out), found by bisection and checked here against a fine scan; the left side moves all the way."""
+    dirs, _, _ = symmetric_sphere(3)
+    start = dirs * [0.6, 0.8, 0.7]
+    face = (dirs[:, 2] > 0.8) & (np.abs(dirs[:, 0]) < 0.3)
+    wing = np.clip(dirs[:, :1] - 0.5, 0, None) * [2.0, 0.0, 0.0]
+    end = start * 1.02 + wing
+    out = limit_breadth(start, end, 1.0, face)
+    assert breadth(end, np.eye(3)) > 1.1 and breadth(out, np.eye(3)) <= 1.0 + 1e-6
+    left, mid = start[:, 0] <= 0, np.abs(start[:, 0]) < 1e-9
+    assert np.array_equal(out[left], end[left]) and np.array_equal(out[mid], end[mid])
+    knee = start[face, 0].max()
+    ramp = np.clip(start[:, 0] / knee, 0, 1)[:, None]
+    half = np.ptp(end[:, 2]) / 2
+
+    def reach(t: float) -> float:
+        return float((start + (end - start) * (1 - (1 - t) * ramp))[:, 0].max())
+
+    best = max(t for t in np.linspace(0, 1, 20001) if reach(t) <= half)
+    np.testing.assert_allclose(out[~left], (start + (end - start) * (1 - (1 - best) * ramp))[~left], atol=1e-4)
+
+
 def test_a_neighbours_hair_beside_the_face_does_not_widen_the_head_past_its_breadth(analysis_stage):
     """face-api's fourth crop: a woman whose face the photo's right edge cuts, with her neighbour's long hair
     in the head mask beside her cheek. Without the breadth bound init and the sculpt follow that hair into a
-    flat wing: the head is measured {wide} times as wide as deep as it stands; with it (1.15 by default), at
-    most 1.15, the face's vertices where they were."""
+    flat wing (measured 1.38 and 1.42 times as wide as deep as the head stands); with it (1.15 by default)
+    that side keeps more of the head prior's shape (1.06 and 1.11), the face and the other side where they were."""
     from portrait3d.testing import face_api_portraits
 
     a = analyze(analysis_stage, png_bytes(face_api_portraits()["face_api_4"]))
@@ -242,5 +266,5 @@ def test_a_neighbours_hair_beside_the_face_does_not_widen_the_head_past_its_brea
     print([breadth(m.vertices, stand) for m in wide + bound])
     assert min(breadth(m.vertices, stand) for m in wide) > 1.3
     assert max(breadth(m.vertices, stand) for m in bound) <= 1.15 + 1e-6
-    face = bound[0].face_weight >= 0.5
-    assert np.array_equal(bound[0].vertices[face], wide[0].vertices[face])
+    kept = (bound[0].face_weight >= 1) | ((wide[0].vertices @ stand.T)[:, 0] > 0.01)  # the face, the right side
+    np.testing.assert_allclose(bound[0].vertices[kept], wide[0].vertices[kept], atol=1e-9)

@@ -8,8 +8,8 @@ per direction is
    eyes, mouth and the rim of the face are filled harmonically between face and prior;
 3. then warped in the reference view so that its silhouette follows the head mask (per image angle,
    the ratio of mask radius to rendered radius scales the non-face part of the head);
-4. and narrowed beside the face where it is wider than ``max_breadth`` times its depth (a monotone map
-   of x: no fold).
+4. where that warp would make a side of the head wider than ``max_breadth`` times its depth, that side
+   takes only the share of the warp that keeps it within (:func:`limit_breadth`).
 
 Being star-shaped and built on a closed sphere, the result is watertight by construction.
 """
@@ -46,6 +46,7 @@ RING_DECAY = 0.7  # face weight kept per vertex ring outside the face
 SILHOUETTE_SCALE = (0.6, 1.8)  # the silhouette warp scales each image angle within this range
 SILHOUETTE_SMOOTHING = 3.0  # Gaussian smoothing of the warp over image angle, in 1-degree bins
 BREADTH_KNEE = 0.85  # a side too wide for the head's depth is narrowed from this share of the half-breadth out
+BREADTH_BISECTIONS = 20  # steps of the search for the share of a move that keeps a side within the breadth
 EDGE_REACH_BINS = 10.0  # past the photo's edge the outline's scale beside it fades over this many bins
 
 
@@ -93,8 +94,9 @@ class HeadPriorInit:
         max_breadth: float = setting(
             1.15,
             "the head, hair included, is at most this many times as wide as it is deep (as it stands, levelled as "
-            "export levels it): a wider silhouette (hair spread flat, an arm raised to the head, a neighbour's "
-            "hair beside the face) is narrowed to it beside the face (real heads: 0.75-0.9 without hair and ears)",
+            "export levels it): on a side where the silhouette is wider (hair spread flat, an arm raised to the "
+            "head, a neighbour's hair beside the face) the warp to it goes only that far (real heads: 0.75-0.9 "
+            "without hair and ears)",
             ge=0.5,
             le=3,
         )
@@ -118,10 +120,10 @@ class HeadPriorInit:
         report(0.1, "head prior")
         r, face_w = self.fit_face(dirs, faces, r_prior, lm)
         report(0.6, "face fitted")
-        verts = dirs * r[:, None]
+        prior = verts = dirs * r[:, None]
         if cfg.silhouette_fit:
             verts = self.fit_silhouette(
-                verts,
+                prior,
                 faces,
                 face_w,
                 a.camera,
@@ -130,7 +132,7 @@ class HeadPriorInit:
                 known=a.photo_pixels(),
                 report=report.span(0.6, 1.0),
             )
-        verts = narrow_to_breadth(verts, cfg.max_breadth, face_w >= 0.5, standing_rotation(a.camera.center))
+        verts = limit_breadth(prior, verts, cfg.max_breadth, face_w >= 0.5, standing_rotation(a.camera.center))
         return HeadMesh(
             vertices=verts.astype(np.float32),
             faces=faces.copy(),
@@ -248,6 +250,48 @@ class HeadPriorInit:
             off[:, 2] *= 1 + (kv - 1) * self.cfg.depth_follow
             verts = off @ small.R
         return verts
+
+
+def limit_breadth(
+    start: np.ndarray, end: np.ndarray, max_breadth: float, face: np.ndarray, standing: np.ndarray | None = None
+) -> np.ndarray:
+    """The move of vertices ``(N, 3)`` from ``start`` to ``end`` taken, by side of the head, only as far as
+    keeps the head at most ``max_breadth`` times as wide as deep as it stands (:func:`narrow_to_breadth`'s
+    measure): on a side that ``end`` makes too wide, each vertex moves the largest share of its way that
+    keeps the side within the breadth (bisection), all of its way at the midline, fading to that share at
+    the ``face (N,)`` bool vertices' reach and beyond. What is then still too wide is narrowed.
+
+    Example:
+        >>> start = np.array([[-0.5, 0, 0], [0.5, 0, 0], [0.0, 0, -1.0], [0.0, 0, 1.0]])
+        >>> end = start + [[0, 0, 0], [1.5, 0, 0], [0, 0, 0], [0, 0, 0]]  # the right side pushed out to 2.0
+        >>> limit_breadth(start, end, 1.0, np.zeros(4, bool))[:, 0].round(3).tolist()  # its half-breadth: 1.0
+        [-0.5, 1.0, 0.0, 0.0]
+    """
+    R = np.eye(3) if standing is None else standing
+    ps, pe = start @ R.T, end @ R.T
+    half = max_breadth * float(np.ptp(pe[:, 2])) / 2
+    out = end.copy()
+    for side in (-1.0, 1.0):
+        if float((side * pe[:, 0]).max()) <= half:
+            continue
+        knee = max(float((side * ps[face, 0]).max()) if face.any() else 0.0, 1e-9)
+        ramp = np.clip(side * ps[:, 0] / knee, 0.0, 1.0)[:, None]
+        lo, hi = 0.0, 1.0
+        for _ in range(BREADTH_BISECTIONS):
+            t = (lo + hi) / 2
+            if float((side * partway(ps, pe, ramp, t)[:, 0]).max()) <= half:
+                lo = t
+            else:
+                hi = t
+        moved = ramp[:, 0] > 0
+        out[moved] = partway(ps, pe, ramp, lo)[moved] @ R
+    return narrow_to_breadth(out, max_breadth, face, standing)
+
+
+def partway(start: np.ndarray, end: np.ndarray, ramp: np.ndarray, share: float) -> np.ndarray:
+    """Points ``(N, 3)`` on the way from ``start`` to ``end``: all of it where ``ramp (N, 1)`` is 0, ``share``
+    of it where the ramp is 1, linearly between."""
+    return start + (end - start) * (1 - (1 - share) * ramp)
 
 
 def narrow_to_breadth(

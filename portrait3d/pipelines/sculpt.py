@@ -8,8 +8,8 @@ Vertex positions are optimized with Adam against
   Pearson correlation (scale- and shift-free, as in the paper);
 - priors: Laplacian smoothness (keep the initial shape's Laplacian coordinates) and left/right
   symmetry of the skull (the face keeps its own asymmetry);
-then the head is narrowed to ``max_breadth`` as in init (:func:`.init.narrow_to_breadth`): the silhouette
-loss pulls a side that init narrowed back toward the mask.
+then on a side the moves make wider than ``max_breadth`` times the head's depth they are taken only that far,
+as in init (:func:`.init.limit_breadth`): the silhouette loss pulls a side that init held back toward the mask.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .camera import Camera, standing_rotation
 from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
-from .init import narrow_to_breadth
+from .init import limit_breadth
 from .losses import mask_mse, negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
 from .registry import register
@@ -67,8 +67,9 @@ class ReferenceViewSculpt:
         )
         max_breadth: float = setting(
             1.15,
-            "the sculpted head is at most this many times as wide as it is deep, narrowed beside the face as in "
-            "init.max_breadth (the silhouette loss pulls a narrowed side back toward the mask)",
+            "the sculpted head is at most this many times as wide as it is deep, as in init.max_breadth: on a side "
+            "the sculpt makes wider, its moves go only that far (the silhouette loss pulls a side init held back "
+            "toward the mask)",
             ge=0.5,
             le=3,
         )
@@ -139,7 +140,9 @@ class ReferenceViewSculpt:
                 }
                 first = first or last
         v = (v0 + delta * mobility).detach().numpy()
-        v = narrow_to_breadth(v, cfg.max_breadth, head.face_weight >= 0.5, standing_rotation(a.camera.center))
+        v = limit_breadth(
+            head.vertices, v, cfg.max_breadth, head.face_weight >= 0.5, standing_rotation(a.camera.center)
+        )
         out = HeadMesh(
             vertices=v.astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
         )
