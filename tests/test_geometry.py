@@ -6,9 +6,10 @@ from portrait3d.pipelines.camera import standing_rotation
 from portrait3d.pipelines.config import build_profile_config
 from portrait3d.pipelines.face_geometry import CHIN, MESH_POINTS, oriented_face_triangles
 from portrait3d.pipelines.image_io import mask_coverage
-from portrait3d.pipelines.init import HeadPriorInit, limit_breadth, nape_radius, narrow_to_breadth, polar_radius
+from portrait3d.pipelines.init import HeadPriorInit, nape_radius, polar_radius
 from portrait3d.pipelines.losses import negative_pearson
 from portrait3d.pipelines.mesh import adjacency, harmonic_fill, quality, rays_from_origin, symmetric_sphere
+from portrait3d.pipelines.proportions import limit_breadth, narrow_to_breadth
 from portrait3d.pipelines.render import get_rasterizer
 from portrait3d.pipelines.sculpt import ReferenceViewSculpt
 from portrait3d.pipelines.stage import Reporter
@@ -199,7 +200,7 @@ def breadth(verts: np.ndarray, standing: np.ndarray) -> float:
 def test_narrowing_to_a_breadth_moves_only_the_side_beyond_the_knee_and_keeps_its_order():
     from scipy.spatial.transform import Rotation
 
-    from portrait3d.pipelines.init import BREADTH_KNEE
+    from portrait3d.pipelines.proportions import BREADTH_KNEE
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(4000, 3)) * [1.0, 1.0, 0.6]

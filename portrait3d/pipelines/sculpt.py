@@ -9,7 +9,7 @@ Vertex positions are optimized with Adam against
 - priors: Laplacian smoothness (keep the initial shape's Laplacian coordinates) and left/right
   symmetry of the skull (the face keeps its own asymmetry);
 then on a side the moves make wider than ``max_breadth`` times the head's depth they are taken only that far,
-as in init (:func:`.init.limit_breadth`): the silhouette loss pulls a side that init held back toward the mask.
+as in init (:func:`.proportions.limit_breadth`): the silhouette loss pulls a side that init held back toward the mask.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from .camera import Camera, standing_rotation
 from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
-from .init import limit_breadth
 from .losses import mask_mse, negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
+from .proportions import limit_breadth
 from .registry import register
 from .render import get_rasterizer
 from .schedule import Schedule
