@@ -36,12 +36,12 @@ def limit_breadth(
     for side, room in zip((-1.0, 1.0), side_room(pe[:, 0], max_breadth * float(np.ptp(pe[:, 2]))), strict=True):
         if float((side * pe[:, 0]).max()) <= room:
             continue
-        knee = max(float((side * ps[face, 0]).max()) if face.any() else 0.0, 1e-9)
+        knee = max(face_reach(side * ps[:, 0], face), 1e-9)
         ramp = np.clip(side * ps[:, 0] / knee, 0.0, 1.0)[:, None]
         lo, hi = 0.0, 1.0
         for _ in range(BREADTH_BISECTIONS):
             t = (lo + hi) / 2
-            if float((side * partway(ps, pe, ramp, t)[:, 0]).max()) <= room:
+            if float((side * partway(ps[:, :1], pe[:, :1], ramp, t)).max()) <= room:
                 lo = t
             else:
                 hi = t
@@ -70,9 +70,14 @@ def side_room(x: np.ndarray, width: float) -> tuple[float, float]:
     return half, half
 
 
+def face_reach(s: np.ndarray, face: np.ndarray) -> float:
+    """How far the ``face (N,)`` bool vertices reach along the coordinates ``s (N,)``; 0 without a face."""
+    return float(s[face].max()) if face.any() else 0.0
+
+
 def partway(start: np.ndarray, end: np.ndarray, ramp: np.ndarray, share: float) -> np.ndarray:
-    """Points ``(N, 3)`` on the way from ``start`` to ``end``: all of it where ``ramp (N, 1)`` is 0, ``share``
-    of it where the ramp is 1, linearly between."""
+    """Points ``(N, D)`` on the way from ``start`` to ``end`` ``(N, D)``: all of it where ``ramp (N, 1)`` is 0,
+    ``share`` of it where the ramp is 1, linearly between."""
     return start + (end - start) * (1 - (1 - share) * ramp)
 
 
@@ -99,7 +104,7 @@ def narrow_to_breadth(
     for side, room in zip((-1.0, 1.0), side_room(p[:, 0], max_breadth * float(np.ptp(p[:, 2]))), strict=True):
         s = side * p[:, 0]
         reach = float(s.max())
-        knee = max(float(s[face].max()) if face.any() else 0.0, BREADTH_KNEE * room)
+        knee = max(face_reach(s, face), BREADTH_KNEE * room)
         if reach <= room or room <= knee:
             continue
         beyond = s > knee
