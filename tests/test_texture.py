@@ -12,6 +12,7 @@ from portrait3d.pipelines.stage import CancelToken, Reporter
 from portrait3d.pipelines.texture import ClassicalTexture
 from portrait3d.pipelines.texturing import (
     drop_background_rim,
+    photo_mask,
     push_pull,
     ring_prior,
     sample_across_stretch,
@@ -72,6 +73,32 @@ def test_the_rim_past_the_photos_edge_is_not_taken_for_background():
     assert kept[:, 24:40].all() and not kept[:, 40:].any()
     # Without ``known`` the repeated hair is taken for a dark background: the hair by the edge goes.
     assert not drop_background_rim(img, mask, 8)[:, 24:28].any()
+
+
+@pytest.mark.parametrize("name", ["tracking_1", "tracking_2", "tracking_3"])
+def test_what_the_background_rim_cuts_beside_the_face_is_open_to_the_outside(analysis_stage, name):
+    """Real photos of three men before dark walls: pixels near the mask's edge that look like the wall (the
+    shadowed bowl of tracking_3's ear, strands of tracking_1's dark hair by his cheek) were cut wherever they
+    lay, leaving holes inside the mask; the photo was not projected there and the texture filled them from
+    the other side's mirror image (squares of the other, lit ear in his ear; a stripe of lit cheek on the
+    hair). Beside the face, the pixels the photo is projected from have no holes cut by the rim rule."""
+    from portrait3d.pipelines.face_geometry import CHIN, landmark_face_mask
+    from portrait3d.testing import tracking_portraits
+
+    a = analyze(analysis_stage, png_bytes(tracking_portraits()[name]))
+    mask = a.head_mask.astype(bool)
+    beside = ~landmark_face_mask(a.landmarks_px, mask.shape[0])
+
+    def enclosed(kept):
+        _, parts = cv2.connectedComponents((~kept).astype(np.uint8), connectivity=4)
+        return int((~np.isin(parts, np.unique(parts[~mask])) & ~kept & beside).sum())
+
+    kept = photo_mask(a, 12)
+    above = np.arange(mask.shape[0])[:, None] <= a.landmarks_px[CHIN, 1]
+    # Measured: 4588, 3728 and 3897 rim pixels cut above the chin, none enclosed beside the face; the cut
+    # alone leaves 1032, 492 and 202 enclosed.
+    assert (mask & ~kept & above).sum() > 1000
+    assert enclosed(kept) == 0 and enclosed(drop_background_rim(a.crop, mask, 12, a.photo_pixels())) > 100
 
 
 def test_the_grazing_average_runs_across_the_stretch_only(astronaut_analysis):

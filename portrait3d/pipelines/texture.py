@@ -4,7 +4,8 @@
 2. Back-projection of the photo from the reference view onto visible texels facing the camera within
    ~66 degrees; a texel seen obliquely averages the photo across its stretch (no streaks at the sides).
    Head-mask pixels at its edge that look like the background beside them are not projected: the
-   outermost seen texels continue around the head (the ring prior), so a wall there would too.
+   outermost seen texels continue around the head (the ring prior), so a wall there would too. Such
+   pixels that the head encloses beside the face (an ear's shadowed bowl) are the head's and stay.
 3. Mirroring: texels still empty take the colour of their left/right mirror point when that one
    was seen in the photo (the mesh's vertex mirror map gives the mirrored point exactly); texels the photo
    saw at a grazing angle whose mirror point faced it better blend toward the mirror's colour.
@@ -167,7 +168,8 @@ class ClassicalTexture:
             12,
             "head-mask pixels above the chin within this many crop pixels of its edge nearer in colour to the "
             "background beside them than to the head are not projected (a mask that overshoots the hair or "
-            "cheek would paint the wall behind onto the sides; 0: off)",
+            "cheek would paint the wall behind onto the sides), unless the head encloses them beside the face "
+            "(0: off)",
             ge=0,
             le=100,
         )

@@ -176,11 +176,7 @@ def project_photo(
     out first (:func:`drop_background_rim`). Returns (seen ``(P,)``, facing cos ``(P,)``, eroded head
     mask, reference depth map)."""
     cam = a.camera
-    head = a.head_mask.astype(bool)
-    if background_rim > 0:
-        # Below the chin the mask's sides are the neck's cut, with clothes on both sides of it.
-        neck = np.arange(head.shape[0])[:, None] > a.landmarks_px[CHIN, 1]
-        head = drop_background_rim(a.crop, head, background_rim, a.photo_pixels()) | (head & neck)
+    head = photo_mask(a, background_rim)
     k = mask_erode * 2 + 1
     mask = cv2.erode(head.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     ref_depth = depth_map(raster, mesh, cam)
@@ -193,6 +189,23 @@ def project_photo(
     else:
         colors[vis] = sample_bilinear(a.crop, pix[vis])
     return vis, cos, mask, ref_depth
+
+
+def photo_mask(a: PortraitAnalysis, background_rim: int) -> np.ndarray:
+    """The crop's pixels ``(S, S)`` bool the photo is projected from: the head mask, with the pixels within
+    ``background_rim`` of its edge above the chin that look like the background beside them left out
+    (:func:`drop_background_rim`; 0: none), unless they are enclosed by the head outside the face's outline
+    (:func:`restore_enclosed`)."""
+    head = a.head_mask.astype(bool)
+    if background_rim <= 0:
+        return head
+    # Below the chin the mask's sides are the neck's cut, with clothes on both sides of it.
+    neck = np.arange(head.shape[0])[:, None] > a.landmarks_px[CHIN, 1]
+    kept = drop_background_rim(a.crop, head, background_rim, a.photo_pixels()) | (head & neck)
+    # What looks like the wall but is enclosed by the head beside the face (an ear's shadowed bowl, dark
+    # strands by the cheek) is the head. Inside the face's outline the cut stays: on a turned face's far
+    # side what it cuts (a dark spot seen at a grazing angle) is painted from the near side instead.
+    return restore_enclosed(kept, head, ~landmark_face_mask(a.landmarks_px, head.shape[0]))
 
 
 def depth_inside_outline(lm_px: np.ndarray, size: int, pix: np.ndarray, start: float, width: float) -> np.ndarray:
@@ -247,6 +260,21 @@ def drop_background_rim(img: np.ndarray, mask: np.ndarray, width: int, known: np
     rim = mask & ~inner.astype(bool) & (w_bg > MIN_LOCAL_WEIGHT) & (w_fg > MIN_LOCAL_WEIGHT)
     nearer_bg = np.linalg.norm(lab - bg, axis=2) < np.linalg.norm(lab - fg, axis=2)
     return mask & ~(rim & nearer_bg)
+
+
+def restore_enclosed(kept: np.ndarray, mask: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``kept (H, W)`` bool, a cut of ``mask (H, W)``, with what it cut from inside the mask (not connected
+    to the outside) restored within ``where (H, W)``.
+
+    Example:
+        >>> mask = np.zeros((8, 8), bool); mask[1:7, 1:7] = True
+        >>> kept = mask.copy(); kept[3, 3] = kept[1, 4] = False      # a hole inside, a notch at the edge
+        >>> out = restore_enclosed(kept, mask, np.ones((8, 8), bool))
+        >>> bool(out[3, 3]), bool(out[1, 4])
+        (True, False)
+    """
+    _, parts = cv2.connectedComponents((~kept).astype(np.uint8), connectivity=4)
+    return kept | (~np.isin(parts, np.unique(parts[~mask])) & mask & where)
 
 
 MIN_LOCAL_WEIGHT = 0.05  # share of a pixel's Gaussian neighbourhood that must be background (or foreground)
