@@ -123,16 +123,27 @@ FACE_RECOGNITION_SDIST = INSIGHTFACE_WHEEL.parent / "face_recognition-1.3.0.tar.
 FACE_RECOGNITION_PHOTOS = ("biden", "obama", "obama2", "obama3", "obama_partial_face", "obama_partial_face2")
 
 
+def archive_files(archive: Path, members: list[str]) -> list[bytes]:
+    """The bytes of ``members`` of the tar ``archive`` that setup.sh fetched (``FileNotFoundError`` that
+    says so when it has not)."""
+    import tarfile
+
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive} is missing: setup.sh downloads it")
+    with tarfile.open(archive) as tar:
+        return [tar.extractfile(m).read() for m in members]
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def face_recognition_photos() -> dict[str, bytes]:
     """``{name: JPEG bytes}`` of :data:`FACE_RECOGNITION_PHOTOS`, read from the pinned source archive of
     face_recognition 1.3.0 that setup.sh puts in ``.tools/wheels`` (not installed)."""
-    import tarfile
-
-    if not FACE_RECOGNITION_SDIST.is_file():
-        raise FileNotFoundError(f"{FACE_RECOGNITION_SDIST} is missing: setup.sh downloads it")
-    with tarfile.open(FACE_RECOGNITION_SDIST) as tar:
-        folder = "face_recognition-1.3.0/tests/test_images"
-        return {n: tar.extractfile(f"{folder}/{n}.jpg").read() for n in FACE_RECOGNITION_PHOTOS}
+    folder = "face_recognition-1.3.0/tests/test_images"
+    data = archive_files(FACE_RECOGNITION_SDIST, [f"{folder}/{n}.jpg" for n in FACE_RECOGNITION_PHOTOS])
+    return dict(zip(FACE_RECOGNITION_PHOTOS, data, strict=True))
 
 
 FACE_API_TGZ = INSIGHTFACE_WHEEL.parents[1] / "npm" / "vladmandic-face-api-1.7.15.tgz"
@@ -154,16 +165,11 @@ FACE_API_CROPS = {
 def face_api_portraits() -> dict[str, np.ndarray]:
     """``{name: crop}`` of :data:`FACE_API_CROPS`, read from the pinned npm archive of face-api 1.7.15 that
     setup.sh puts in ``.tools/npm``, as ``(H, W, 3)`` uint8 RGB."""
-    import tarfile
-
-    if not FACE_API_TGZ.is_file():
-        raise FileNotFoundError(f"{FACE_API_TGZ} is missing: setup.sh downloads it")
-    out = {}
-    with tarfile.open(FACE_API_TGZ) as tar:
-        for name, (n, (x0, y0, x1, y1)) in FACE_API_CROPS.items():
-            img = Image.open(io.BytesIO(tar.extractfile(f"package/demo/sample{n}.jpg").read())).convert("RGB")
-            out[name] = np.ascontiguousarray(np.asarray(img)[y0:y1, x0:x1])
-    return out
+    data = archive_files(FACE_API_TGZ, [f"package/demo/sample{n}.jpg" for n, _ in FACE_API_CROPS.values()])
+    return {
+        name: np.ascontiguousarray(_rgb(jpg)[y0:y1, x0:x1])
+        for (name, (_, (x0, y0, x1, y1))), jpg in zip(FACE_API_CROPS.items(), data, strict=True)
+    }
 
 
 TRACKING_TGZ = FACE_API_TGZ.with_name("tracking-1.1.3.tgz")
@@ -181,13 +187,7 @@ TRACKING_CROPS = {
 def tracking_photo() -> np.ndarray:
     """tracking.js's example photo of three men, ``(346, 600, 3)`` uint8 RGB, read from the pinned npm
     archive of tracking 1.1.3 that setup.sh puts in ``.tools/npm``."""
-    import tarfile
-
-    if not TRACKING_TGZ.is_file():
-        raise FileNotFoundError(f"{TRACKING_TGZ} is missing: setup.sh downloads it")
-    with tarfile.open(TRACKING_TGZ) as tar:
-        data = tar.extractfile("package/examples/assets/faces.jpg").read()
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return _rgb(archive_files(TRACKING_TGZ, ["package/examples/assets/faces.jpg"])[0])
 
 
 def tracking_portraits() -> dict[str, np.ndarray]:
