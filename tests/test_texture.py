@@ -213,20 +213,66 @@ def test_the_back_of_the_head_continues_the_hair_not_the_cheeks():
 
 def test_a_few_texels_unlike_the_skin_are_not_hair_for_the_back():
     """A head whose hair is close to its skin in colour, holding a white card at one side: the card is the
-    only thing unlike the skin in that side's ring (under HAIR_MIN_SHARE of it), so the back there continues
-    the ring as it is (the hair), not the card."""
+    only thing unlike the skin in that side's ring above the nape (under HAIR_MIN_SHARE of it), so the back
+    there continues the ring as it is (the hair), not the card."""
     dirs, _, _ = symmetric_sphere(5)
     az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
     seen = (az > 50) & (az < 90)
     colors = np.tile(SKIN, (len(dirs), 1)).astype(np.float32)
-    card = seen & (dirs[:, 0] > 0) & (dirs[:, 1] < -0.3) & (dirs[:, 1] > -0.4)
+    card = seen & (dirs[:, 0] > 0) & (dirs[:, 1] > 0.0) & (dirs[:, 1] < 0.1)
     colors[card] = (235, 225, 215)
     hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
     assert card.sum() >= 50 and (hair == card).all()
     prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100)
-    back = (az > 100) & (dirs[:, 1] > -0.2) & (dirs[:, 0] > 0)
+    # The ring continues as seen (the card only at its own height), none of it held as hair.
+    back = (az > 100) & (dirs[:, 1] > -0.2) & (np.abs(dirs[:, 1] - 0.05) > 0.1) & (dirs[:, 0] > 0)
     np.testing.assert_array_equal(prior[back], np.tile(SKIN, (back.sum(), 1)))
     assert (hold == 0).all()
+
+
+def test_a_collar_below_the_nape_is_not_hair_for_the_back():
+    """Hair close to the skin in colour above the nape, a blue-grey collar below it (tracking_3 before this
+    rule: the collar was the ring's only colour unlike the skin, and the back of his head took it)."""
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    seen = (az > 50) & (az < 90)
+    colors = np.tile(SKIN, (len(dirs), 1)).astype(np.float32)
+    collar = seen & (dirs[:, 1] < -0.5)
+    colors[collar] = (150, 160, 180)
+    hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
+    assert (hair == collar).all() and collar.sum() >= 0.1 * seen.sum()
+    prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100)
+    back = (az > 100) & (dirs[:, 1] > -0.2)
+    np.testing.assert_array_equal(prior[back], np.tile(SKIN, (back.sum(), 1)))
+    assert (hold == 0).all()
+
+
+def test_the_back_of_a_head_with_hair_close_to_its_skin_is_the_hair(analysis_stage):
+    """tracking_3, a real photo: short dark brown hair, near his skin in hue, and red, backlit ears. With hair
+    as "unlike the face's skin" his hair was skin and the back of his head took his ears' red (measured on
+    this texture: median (133, 72, 60), CIELAB dE 25 from his crown's colour in the photo); hair is now what
+    looks like the photo's crown more than the face, and the back's median is (59, 42, 33), dE 8."""
+    from portrait3d.pipelines.face_geometry import CHIN
+    from portrait3d.pipelines.texture import CROWN, FOREHEAD_TOP, NOSE_BASE
+    from portrait3d.testing import tracking_portraits
+
+    a = analyze(analysis_stage, png_bytes(tracking_portraits()["tracking_3"]))
+    head = _texture(a)
+    v = head.mesh.vertices[head.uv_to_vertex]
+    lm = a.landmarks_3d[:, 1]
+    nape = lm[NOSE_BASE] + 0.6 * (lm[CHIN] - lm[NOSE_BASE])
+    back = (np.degrees(np.abs(np.arctan2(v[:, 0], v[:, 2]))) > 135) & (v[:, 1] > nape)
+    size = head.texture.shape[0]
+    px = np.clip(np.round(head.uv[back] * (size - 1)).astype(int), 0, size - 1)
+    painted = np.median(head.texture[size - 1 - px[:, 1], px[:, 0]].astype(float), 0)
+    top, chin = a.landmarks_px[FOREHEAD_TOP, 1], a.landmarks_px[CHIN, 1]
+    crown = np.arange(a.crop.shape[0])[:, None] < top - CROWN * (chin - top)
+    hair = np.median(a.crop[crown & a.head_mask.astype(bool)].astype(float), 0)
+
+    def lab(rgb):
+        return cv2.cvtColor(np.float32([[rgb]]) / 255, cv2.COLOR_RGB2Lab)[0, 0]
+
+    assert back.sum() > 300 and np.linalg.norm(lab(painted) - lab(hair)) < 15
 
 
 def test_a_stray_texel_in_the_ring_does_not_tile_the_side():

@@ -14,6 +14,9 @@
    (OpenCV Telea), and back-projects the new pixels into the texels that are still empty. What the views
    painted is blurred along the surface, and beside the photo's edge it continues the photo's colour,
    fading out over about a centimetre (``edge_fade``), so a cheek seen from the side ends without a step.
+   Far from known colour the ring prior takes over: the outermost seen ring continued around the head,
+   behind the ears and above the nape only its hair (texels more like the photo's crown than like the
+   face's skin).
 5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
    feathered into the photo region.
 6. The back of the head is looked at with mediapipe's face detector; where it finds a face there, the
@@ -59,6 +62,7 @@ from .texturing import (
     depth_map,
     enough_hair,
     fade_photo_edge,
+    hair_like,
     mirror_points,
     mirror_share,
     project_photo,
@@ -78,6 +82,10 @@ INNER = (0.12, 0.06)  # the face's inner part starts this many face widths insid
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
 NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
+FOREHEAD_TOP = 10  # mediapipe landmark at the top of the face's outline
+# The crown: from this many face heights above the face's outline up. Between it and the outline a high
+# forehead's skin would make the hair's colour model half skin (measured on obama_partial_face2).
+CROWN = 0.2
 
 
 @register("texture", "classical")
@@ -130,8 +138,9 @@ class ClassicalTexture:
         ring_min_azimuth: float = setting(50.0, "seen texels beyond this azimuth (deg) form the ring", ge=0, le=180)
         back_azimuth: float = setting(
             100.0,
-            "beyond this azimuth (deg) and above the nape the ring continues only its non-skin (hair) texels, when "
-            "they are at least a tenth of the ring (fewer are what the person holds or wears)",
+            "beyond this azimuth (deg) and above the nape the ring continues only its hair texels (more like the "
+            "photo's crown than like the face's skin), when they are at least a tenth of the ring above the nape "
+            "(fewer are what the person holds or wears)",
             ge=0,
             le=180,
         )
@@ -200,16 +209,22 @@ class ClassicalTexture:
         self._close_detector()
 
     def hair_ring(
-        self, a: PortraitAnalysis, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
+        self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """The photo's non-face texels ``(P,)`` bool; which texels are unlike the face's skin (hair), or None
-        without enough face texels to tell; and the nape's height ``nape_height`` of the way from the nose's
-        base to the chin (head frame, metres)."""
+        """The photo's non-face texels ``(P,)`` bool; which texels are hair, or None without enough face
+        texels to tell; and the nape's height ``nape_height`` of the way from the nose's base to the chin
+        (head frame, metres). Hair looks like the photo's texels on the crown (``CROWN``) more than like the
+        face's skin (:func:`hair_like`); a bald head's crown is its scalp, so its back is the scalp's colour."""
         photo = source == PHOTO
-        face = photo & (fw >= FACE_TEXEL)
-        hair = ~skin_like(colors, colors[face]) if face.sum() >= MIN_SKIN_TEXELS else None
-        base, chin = float(a.landmarks_3d[NOSE_BASE, 1]), float(a.landmarks_3d[CHIN, 1])
-        return photo & (fw < FACE_TEXEL), hair, base + self.cfg.nape_height * (chin - base)
+        face, ring = photo & (fw >= FACE_TEXEL), photo & (fw < FACE_TEXEL)
+        top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
+        crown = ring & (pts[:, 1] > top + CROWN * (top - chin))
+        hair = None
+        if face.sum() >= MIN_SKIN_TEXELS and crown.sum() >= MIN_SKIN_TEXELS:
+            hair = hair_like(colors, colors[face], colors[crown])
+        elif face.sum() >= MIN_SKIN_TEXELS:  # the photo's edge cuts the crown off: hair is what is unlike the skin
+            hair = ~skin_like(colors, colors[face])
+        return ring, hair, base + self.cfg.nape_height * (chin - base)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -260,8 +275,8 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
-        # ring's texels unlike the face's skin as hair for the back of the head, down to the nape.
-        ring, hair, nape = self.hair_ring(a, colors, source, fw)
+        # ring's hair texels for the back of the head, down to the nape.
+        ring, hair, nape = self.hair_ring(a, pts, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
             prior, hold = ring_prior(
@@ -309,8 +324,9 @@ class ClassicalTexture:
             report(0.95, "back of the head")
             stand = standing_rotation(a.camera.center)
             cap = None
-            if hair is not None and enough_hair(ring, hair, MIN_SKIN_TEXELS):
-                cap = (np.median(colors[ring & hair], 0), nape)
+            upper = ring & (pts[:, 1] > nape)
+            if hair is not None and enough_hair(upper, hair, MIN_SKIN_TEXELS):
+                cap = (np.median(colors[upper & hair], 0), nape)
             head = self.clear_back(head, idx, pts, colors, known, source, report.check, stand, cap)
         return head
 

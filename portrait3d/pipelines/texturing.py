@@ -426,12 +426,33 @@ def push_pull(img: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 def skin_like(colors: np.ndarray, skin: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
     """Which colours ``(P, 3)`` (float, 0-255) look like the skin samples ``skin (S, 3)``: within ``sigmas``
-    robust standard deviations (median, 1.4826 x MAD) of them in YCrCb. ``(P,)`` bool."""
-    ycc, ref = _ycrcb(colors), _ycrcb(skin)
+    robust standard deviations of them in YCrCb (:func:`colour_distance`). ``(P,)`` bool."""
+    return colour_distance(colors, skin) < sigmas
+
+
+def hair_like(colors: np.ndarray, skin: np.ndarray, hair: np.ndarray, sigmas: float = 4.5) -> np.ndarray:
+    """Which colours ``(P, 3)`` (float, 0-255) are hair: nearer the ``hair (H, 3)`` samples than the
+    ``skin (S, 3)`` samples, and within ``sigmas`` of the hair (:func:`colour_distance`). ``(P,)`` bool.
+
+    Dark brown hair is within a few sigmas of a face whose shadows widen its spread, so "unlike the
+    skin" alone misses it; two models tell it from the skin, and neither takes a collar or a backlit ear.
+
+    >>> skin, hair = np.array([[200.0, 150, 130]] * 9), np.array([[90.0, 60, 40]] * 9)
+    >>> hair_like(np.array([[200.0, 150, 130], [95, 62, 40], [40, 60, 120]]), skin, hair).tolist()
+    [False, True, False]
+    """
+    d_hair = colour_distance(colors, hair)
+    return (d_hair < colour_distance(colors, skin)) & (d_hair < sigmas)
+
+
+def colour_distance(colors: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """How far colours ``(P, 3)`` (float, 0-255) are from ``samples (S, 3)`` in YCrCb: ``(P,)`` robust
+    standard deviations (median, 1.4826 x MAD per channel, with a floor), the channels' in quadrature."""
+    ycc, ref = _ycrcb(colors), _ycrcb(samples)
     med = np.median(ref, 0)
-    # A floor on the spread: a face of one flat colour must not make every other colour "not skin".
+    # A floor on the spread: samples of one flat colour must not make every other colour far from them.
     spread = np.maximum(1.4826 * np.median(np.abs(ref - med), 0), (6.0, 3.0, 3.0))
-    return (((ycc - med) / spread) ** 2).sum(1) < sigmas**2
+    return np.sqrt((((ycc - med) / spread) ** 2).sum(1))
 
 
 def _ycrcb(colors: np.ndarray) -> np.ndarray:
@@ -480,8 +501,9 @@ def ring_prior(
         if ring.sum() < RING_MIN_TEXELS:
             continue
         q = side == sd
-        if back.any() and enough_hair(ring, hair, RING_MIN_TEXELS):
-            preds.append(_continue_ring(elev, az, colors, ring & hair, back, 90, check, k=BACK_NEIGHBOURS))
+        upper = ring & (y > hair_min_y)  # a collar's colour below the nape is not the hair's
+        if back.any() and enough_hair(upper, hair, RING_MIN_TEXELS):
+            preds.append(_continue_ring(elev, az, colors, upper & hair, back, 90, check, k=BACK_NEIGHBOURS))
             # Each side's hair fades into the other's across the back's midline.
             weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
             q = q & ~back
