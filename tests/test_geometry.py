@@ -270,3 +270,25 @@ def test_a_neighbours_hair_beside_the_face_does_not_widen_the_head_past_its_brea
     assert max(breadth(m.vertices, stand) for m in bound) <= 1.15 + 1e-6
     kept = (bound[0].face_weight >= 1) | ((wide[0].vertices @ stand.T)[:, 0] > 0.01)  # the face, the right side
     np.testing.assert_allclose(bound[0].vertices[kept], wide[0].vertices[kept], atol=1e-9)
+
+
+def test_a_narrow_silhouette_does_not_leave_a_long_skull_behind_it(analysis_stage):
+    """grace_hopper's painting: a narrow silhouette (hair close to the head) with the head prior's depth
+    behind it. Unbounded, init makes the head 1.291 times as deep as it is wide as it stands (measured);
+    with ``max_depth`` (1.28 by default) the back of the head is shortened to 1.28 in init and in the sculpt,
+    and everything in front of the head's centre, the face included, stays where it was."""
+    from portrait3d.testing import shipped_portraits, variants
+
+    a = analyze(analysis_stage, png_bytes(variants(shipped_portraits()["grace_hopper"])["painting"]))
+    stand = standing_rotation(a.camera.center)
+
+    def heads(*overrides: str):
+        cfg = build_profile_config("fast", ["sculpt.steps=25", *overrides])
+        head = HeadPriorInit(cfg.stages["init"])(InitInput(a), Reporter("init"))
+        return head, ReferenceViewSculpt(cfg.stages["sculpt"])(SculptInput(a, head), Reporter("sculpt")).mesh
+
+    long, bound = heads("init.max_depth=3", "sculpt.max_depth=3"), heads()
+    assert 1 / breadth(long[0].vertices, stand) > 1.285
+    assert max(1 / breadth(m.vertices, stand) for m in bound) <= 1.28 + 1e-6
+    front = (long[0].vertices @ stand.T)[:, 2] >= 0
+    np.testing.assert_array_equal(bound[0].vertices[front], long[0].vertices[front])

@@ -9,7 +9,9 @@ per direction is
 3. then warped in the reference view so that its silhouette follows the head mask (per image angle,
    the ratio of mask radius to rendered radius scales the non-face part of the head);
 4. where that warp would make a side of the head wider than ``max_breadth`` times its depth, that side
-   takes only the share of the warp that keeps it within (:func:`.proportions.limit_breadth`).
+   takes only the share of the warp that keeps it within (:func:`.proportions.limit_breadth`);
+5. where the head is deeper than ``max_depth`` times its width (a narrow silhouette before the prior's
+   cranium), the back of the head is shortened to that (:func:`.proportions.limit_depth`).
 
 Being star-shaped and built on a closed sphere, the result is watertight by construction.
 """
@@ -25,7 +27,7 @@ from .camera import Camera, standing_rotation
 from .face_geometry import CHIN, FACE_SIDES, FOREHEAD, MESH_POINTS, face_mesh_topology
 from .image_io import mask_coverage
 from .mesh import adjacency, harmonic_fill, rays_from_origin, symmetric_sphere
-from .proportions import limit_breadth
+from .proportions import limit_breadth, limit_depth
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -99,6 +101,14 @@ class HeadPriorInit:
             ge=0.5,
             le=3,
         )
+        max_depth: float = setting(
+            1.28,
+            "the head, hair included, is at most this many times as deep as it is wide (as it stands): behind a "
+            "narrow silhouette the back of the head is shortened to that (real heads with hair and ears: about "
+            "1.0-1.25)",
+            ge=0.5,
+            le=3,
+        )
 
     def __init__(self, cfg: HeadPriorInit.Config) -> None:
         self.cfg = cfg
@@ -131,7 +141,9 @@ class HeadPriorInit:
                 known=a.photo_pixels(),
                 report=report.span(0.6, 1.0),
             )
-        verts = limit_breadth(prior, verts, cfg.max_breadth, face_w >= 0.5, standing_rotation(a.camera.center))
+        standing = standing_rotation(a.camera.center)
+        verts = limit_breadth(prior, verts, cfg.max_breadth, face_w >= 0.5, standing)
+        verts = limit_depth(verts, cfg.max_depth, standing)
         return HeadMesh(
             vertices=verts.astype(np.float32),
             faces=faces.copy(),

@@ -1,6 +1,7 @@
 """Head proportions that hold whatever the silhouette says: a head, hair included, is not much wider than
 it is deep, so a wider silhouette (hair spread flat, an arm raised to the head, a neighbour's hair beside the
-face) is not followed all the way. Used by init's silhouette warp and by the fast sculpt.
+face) is not followed all the way; nor much deeper than it is wide, so a narrow silhouette does not leave a
+long skull behind it. Used by init's silhouette warp and by the fast sculpt.
 
 Widths and depths are measured as the head stands in the exported head (``standing``: the rotation of
 export's levelling, :func:`.camera.standing_rotation`), x across, z front to back, the head centre at the
@@ -110,4 +111,28 @@ def narrow_to_breadth(
         beyond = s > knee
         p[beyond, 0] = side * (knee + (s[beyond] - knee) * (room - knee) / (reach - knee))
         out[beyond] = p[beyond] @ R  # the rest keep their coordinates bit for bit
+    return out
+
+
+def limit_depth(verts: np.ndarray, max_depth: float, standing: np.ndarray | None = None) -> np.ndarray:
+    """Vertices ``(N, 3)`` (head frame, centre at the origin) with the part behind the centre (z < 0, as the
+    head stands: ``standing (3, 3)`` as in :func:`narrow_to_breadth`) scaled toward it so that the head is at
+    most ``max_depth`` times as deep (z) as it is wide (x), the back at most halved. The face and the front
+    half keep their coordinates bit for bit; a head within the limit is returned as it is.
+
+    Example:
+        >>> v = np.array([[-0.5, 0, 0], [0.5, 0, 0], [0, 0, 0.6], [0, 0, -0.3], [0, 0, -0.9]])
+        >>> limit_depth(v, 1.2, None)[:, 2].round(3).tolist()  # depth 1.5 -> 1.2: the back 0.9 -> 0.6
+        [0.0, 0.0, 0.6, -0.2, -0.6]
+    """
+    R = np.eye(3) if standing is None else standing
+    p = verts @ R.T
+    back = p[:, 2] < 0
+    reach = -float(p[:, 2].min())
+    room = max_depth * float(np.ptp(p[:, 0])) - float(p[:, 2].max())
+    out = verts.copy()
+    if reach <= 0 or room >= reach:
+        return out
+    p[back, 2] *= max(room / reach, 0.5)
+    out[back] = p[back] @ R
     return out

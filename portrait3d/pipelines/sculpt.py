@@ -9,7 +9,8 @@ Vertex positions are optimized with Adam against
 - priors: Laplacian smoothness (keep the initial shape's Laplacian coordinates) and left/right
   symmetry of the skull (the face keeps its own asymmetry);
 then on a side the moves make wider than ``max_breadth`` times the head's depth they are taken only that far,
-as in init (:func:`.proportions.limit_breadth`): the silhouette loss pulls a side that init held back toward the mask.
+as in init (:func:`.proportions.limit_breadth`): the silhouette loss pulls a side that init held back toward the mask;
+and a head the moves make deeper than ``max_depth`` times its width has its back shortened, as in init.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .face_geometry import MESH_POINTS, oriented_face_triangles
 from .image_io import mask_coverage
 from .losses import mask_mse, negative_pearson
 from .mesh import uniform_laplacian, vertex_normals
-from .proportions import limit_breadth
+from .proportions import limit_breadth, limit_depth
 from .registry import register
 from .render import get_rasterizer
 from .schedule import Schedule
@@ -70,6 +71,12 @@ class ReferenceViewSculpt:
             "the sculpted head is at most this many times as wide as it is deep, as in init.max_breadth: on a side "
             "the sculpt makes wider, its moves go only that far (the silhouette loss pulls a side init held back "
             "toward the mask)",
+            ge=0.5,
+            le=3,
+        )
+        max_depth: float = setting(
+            1.28,
+            "the sculpted head is at most this many times as deep as it is wide, as in init.max_depth",
             ge=0.5,
             le=3,
         )
@@ -140,9 +147,9 @@ class ReferenceViewSculpt:
                 }
                 first = first or last
         v = (v0 + delta * mobility).detach().numpy()
-        v = limit_breadth(
-            head.vertices, v, cfg.max_breadth, head.face_weight >= 0.5, standing_rotation(a.camera.center)
-        )
+        standing = standing_rotation(a.camera.center)
+        v = limit_breadth(head.vertices, v, cfg.max_breadth, head.face_weight >= 0.5, standing)
+        v = limit_depth(v, cfg.max_depth, standing)
         out = HeadMesh(
             vertices=v.astype(np.float32), faces=head.faces, mirror=head.mirror, face_weight=head.face_weight
         )
