@@ -220,10 +220,11 @@ class ClassicalTexture:
         top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
         crown = ring & (pts[:, 1] > top + CROWN * (top - chin))
         hair = None
-        if face.sum() >= MIN_SKIN_TEXELS and crown.sum() >= MIN_SKIN_TEXELS:
-            hair = hair_like(colors, colors[face], colors[crown])
-        elif face.sum() >= MIN_SKIN_TEXELS:  # the photo's edge cuts the crown off: hair is what is unlike the skin
-            hair = ~skin_like(colors, colors[face])
+        if face.sum() >= MIN_SKIN_TEXELS:  # a crown the photo's edge cuts off: hair is what is unlike the skin
+            skin = colors[face]
+            hair = (
+                hair_like(colors, skin, colors[crown]) if crown.sum() >= MIN_SKIN_TEXELS else ~skin_like(colors, skin)
+            )
         return ring, hair, base + self.cfg.nape_height * (chin - base)
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
