@@ -247,6 +247,24 @@ def test_a_collar_below_the_nape_is_not_hair_for_the_back():
     assert (hold == 0).all()
 
 
+def test_a_side_seen_only_at_its_crown_leaves_the_low_back_to_the_other_side():
+    """A turned head (card_table_4): one side's ring shows hair down to the ear, the other side only a rim of hair
+    on the crown, too far above the low back to reach it. The low back takes the first side's hair; before, the
+    blend of the two sides was NaN there, no prior held, and the inpainting carried the neck's skin up the back."""
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    elev = np.degrees(np.arcsin(dirs[:, 1]))
+    seen = (az > 50) & (az < 90) & ((dirs[:, 0] > 0) | (elev > 60))
+    colors = np.where((elev > 5)[:, None], HAIR, SKIN).astype(np.float32)
+    hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
+    assert (seen & hair & (dirs[:, 0] < 0)).sum() >= 50
+    prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.7, back_azimuth_deg=100)
+    low_back = (az > 100) & (dirs[:, 1] > -0.7) & (elev < -31)  # beyond 90 degrees of elevation from the rim
+    assert (low_back & (dirs[:, 0] < 0)).sum() > 0
+    np.testing.assert_allclose(prior[low_back], np.tile(HAIR, (low_back.sum(), 1)), atol=1e-3)
+    assert (hold[low_back] == 1).all()
+
+
 def test_the_back_of_a_head_with_hair_close_to_its_skin_is_the_hair(analysis_stage):
     """tracking_3, a real photo: short dark brown hair, near his skin in hue, and red, backlit ears. With hair
     as "unlike the face's skin" his hair was skin and the back of his head took his ears' red (measured on

@@ -480,7 +480,8 @@ def ring_prior(
     At the back of the head (beyond ``back_azimuth_deg`` and above ``hair_min_y``, the nape) the ring
     is only its ``hair (P,)`` texels (not skin: cheeks and ears do not wrap around the back), taken from
     the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them
-    (:func:`enough_hair`), the two sides blended across the midline; these hold firmly, from 0 at
+    (:func:`enough_hair`), the two sides blended across the midline (where one side's hair is more than
+    ``BACK_MAX_GAP_DEG`` of elevation away, the other's alone); these hold firmly, from 0 at
     ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every ``QUERY_CHUNK``
     texels and may raise to cancel.
     """
@@ -503,14 +504,18 @@ def ring_prior(
         q = side == sd
         upper = ring & (y > hair_min_y)  # a collar's colour below the nape is not the hair's
         if back.any() and enough_hair(upper, hair, RING_MIN_TEXELS):
-            preds.append(_continue_ring(elev, az, colors, upper & hair, back, 90, check, k=BACK_NEIGHBOURS))
+            seen_hair = upper & hair
+            preds.append(_continue_ring(elev, az, colors, seen_hair, back, BACK_MAX_GAP_DEG, check, k=BACK_NEIGHBOURS))
             # Each side's hair fades into the other's across the back's midline.
             weights.append(np.clip(0.5 + (x[back] if sd else -x[back]) / (r[back] * BACK_MIDLINE), 0, 1) + 1e-6)
             q = q & ~back
         out[q] = _continue_ring(elev, az, colors, ring, q, 8, check, k=SIDE_NEIGHBOURS, median=True)
     if preds:
-        w = np.stack(weights)[..., None]
-        out[back] = (np.stack(preds) * w).sum(0) / w.sum(0)
+        # A side whose hair is seen only high up has none within reach of the low back: the other side's holds there.
+        p = np.stack(preds)
+        w = np.stack(weights)[..., None] * ~np.isnan(p)
+        with np.errstate(invalid="ignore"):
+            out[back] = (np.nan_to_num(p) * w).sum(0) / w.sum(0)
         hold[back] = ramp[back]
     return out, hold
 
@@ -518,6 +523,7 @@ def ring_prior(
 RING_MIN_TEXELS = 50
 HAIR_MIN_SHARE = 0.1  # hair texels fewer than this share of a ring are something else (a held card, a collar)
 BACK_RAMP_DEG = 30.0
+BACK_MAX_GAP_DEG = 90.0  # the back takes no side's hair from farther than this in elevation
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
 BACK_MIDLINE = 1.0  # the two sides' hair blend where |x| / r < this / 2 (within 30 degrees of the midline)
