@@ -315,7 +315,7 @@ def _faces_in(stage: Any, cfg: Any, uri: str, choose: bool) -> tuple[list[Any], 
     from .pipelines.image_io import load_image
 
     photo = load_image(storage.read_bytes(uri), max_megapixels=cfg.max_megapixels, name=uri)
-    found = stage.detect_faces(photo.pixels, cfg.face_tiles)
+    found = stage.faces_in_photo(photo.pixels, cfg.face_tiles)[0]
     return found, stage.pick_face(photo.pixels, found, cfg.face if choose else "largest", photo.source)[0]
 
 

@@ -1,10 +1,11 @@
 """Stage 1, portrait analysis (``fast``: mediapipe + dlib, models that ship inside the wheels).
 
-Face detection on the whole image and on overlapping tiles of it (full-range model; when several
-faces, the one ``face`` picks), a square head-and-shoulders crop around it, 478 landmarks on the
-crop, head pose and the reference camera, a head mask (the person segmentation of the one person
-the pose model segments, hands cut out, within a head's reach of the face, cut at the neck, without
-the clothes beside the face: :mod:`.clothes`), a canny map, and an identity embedding.
+Face detection on the whole image and on overlapping tiles of it (full-range model; the short-range
+model where that finds none: a face that fills the photo; when several faces, the one ``face`` picks),
+a square head-and-shoulders crop around it, 478 landmarks on the crop, head pose and the reference
+camera, a head mask (the person segmentation of the one person the pose model segments, hands cut
+out, within a head's reach of the face, cut at the neck, without the clothes beside the face:
+:mod:`.clothes`), a canny map, and an identity embedding.
 
 Example:
     >>> stage = MediapipeAnalysis(MediapipeAnalysis.Config())                       # doctest: +SKIP
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -319,6 +321,9 @@ class MediapipeAnalysis:
         self._detector = mp.solutions.face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=cfg.detection_confidence
         )
+        self._near_detector = mp.solutions.face_detection.FaceDetection(
+            model_selection=0, min_detection_confidence=cfg.detection_confidence
+        )
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
@@ -361,7 +366,7 @@ class MediapipeAnalysis:
             self.parser = FaceParser(root.folder("face_parsing"))
 
     def close(self) -> None:
-        for m in (self._detector, self._mesh, self._segmenter, self._pose, self._hands):
+        for m in (self._detector, self._near_detector, self._mesh, self._segmenter, self._pose, self._hands):
             if m is not None:
                 m.close()
 
@@ -369,13 +374,23 @@ class MediapipeAnalysis:
         """``(H, W, 3)`` uint8 -> ``[(score, (x0, y0, x1, y1))]`` in pixels, largest first. With ``tiles > 1``
         also in ``tiles x tiles`` overlapping tiles (:func:`tile_boxes`): a face found there that overlaps
         one found already (:data:`SAME_FACE`) is the same face and is dropped."""
-        found = self._detect(image, 0, 0)
+        found = self._detect(self._detector, image, 0, 0)
         for x0, y0, x1, y1 in tile_boxes(image.shape[1], image.shape[0], tiles):
-            for face in self._detect(image[y0:y1, x0:x1], x0, y0):
+            for face in self._detect(self._detector, image[y0:y1, x0:x1], x0, y0):
                 if all(box_overlap(face[1], f[1]) < SAME_FACE for f in found):
                     found.append(face)
         found.sort(key=lambda f: -box_area(f[1]))
         return found
+
+    def faces_in_photo(self, image: np.ndarray, tiles: int = 1) -> tuple[list[Detection], bool]:
+        """:meth:`detect_faces` in a photo ``(H, W, 3)``; where it finds none, the faces of mediapipe's
+        short-range model, and whether they are those. A face that fills the photo (a tight crop) is too near
+        for the full-range model, and what the short-range one is made for; tried first, the short-range
+        model would miss the small faces of a wider photo."""
+        found = self.detect_faces(image, tiles)
+        if found:
+            return found, False
+        return sorted(self._detect(self._near_detector, image, 0, 0), key=lambda f: -box_area(f[1])), True
 
     def pick_face(self, image: np.ndarray, faces: list[Detection], how: str, source: str) -> tuple[Detection, str]:
         """:func:`choose_face` on the photo ``(H, W, 3)``, rating how clear each face is when ``how`` asks;
@@ -385,11 +400,12 @@ class MediapipeAnalysis:
             how = "largest"
         return choose_face(faces, how, image.shape[1], image.shape[0], source, clarity), how
 
-    def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
-        """Faces in ``image``, their boxes shifted by ``(x0, y0)``."""
+    @staticmethod
+    def _detect(detector: Any, image: np.ndarray, x0: int, y0: int) -> list[Detection]:
+        """Faces the mediapipe ``detector`` finds in ``image``, their boxes shifted by ``(x0, y0)``."""
         H, W = image.shape[:2]
         out = []
-        for d in self._detector.process(np.ascontiguousarray(image)).detections or []:
+        for d in detector.process(np.ascontiguousarray(image)).detections or []:
             b = d.location_data.relative_bounding_box
             box = (x0 + b.xmin * W, y0 + b.ymin * H, x0 + (b.xmin + b.width) * W, y0 + (b.ymin + b.height) * H)
             out.append((float(d.score[0]), box))
@@ -400,8 +416,8 @@ class MediapipeAnalysis:
         image = inputs.image
         img = image.pixels
         H, W = img.shape[:2]
-        faces = self.detect_faces(img, cfg.face_tiles)
-        notes = []
+        faces, near = self.faces_in_photo(img, cfg.face_tiles)
+        notes = ["the face fills the photo: found by the short-range face detector"] if near and faces else []
         how = check_face_choice(inputs.face, f"the face asked for {image.source}") if inputs.face else cfg.face
         (score, (x0, y0, x1, y1)), how = self.pick_face(img, faces, how, image.source)
         if len(faces) > 1 or inputs.face:
