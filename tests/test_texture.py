@@ -265,6 +265,24 @@ def test_a_side_seen_only_at_its_crown_leaves_the_low_back_to_the_other_side():
     assert (hold[low_back] == 1).all()
 
 
+def test_a_crown_the_photos_edge_cuts_off_takes_the_hair_seen_at_the_sides():
+    """A tight crop (kim1_crop in the hold-out set): the photo shows hair beside the face, up to the forehead,
+    and nothing above it. The unseen crown, front included, takes that hair, held firmly from 2 cm above the
+    hairline (the face outline's top); before, nothing reached it and the forehead's skin was inpainted over it: a bald
+    dome."""
+    dirs, _, _ = symmetric_sphere(5)
+    az = np.degrees(np.abs(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    seen = (az > 50) & (az < 90) & (dirs[:, 1] < 0.3)
+    colors = np.where((dirs[:, 1] > -0.2)[:, None], HAIR, SKIN).astype(np.float32)
+    hair = ~skin_like(colors, np.tile(SKIN, (300, 1)))
+    crown = (dirs[:, 1] > 0.5) & (az < 60)
+    prior, hold = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100, hairline_y=0.5)
+    np.testing.assert_allclose(prior[crown], np.tile(HAIR, (crown.sum(), 1)), atol=1e-3)
+    assert (hold[crown & (dirs[:, 1] > 0.52)] == 1).all() and (hold[crown] > 0).all()
+    old, _ = ring_prior(dirs, colors, seen, 50, hair, hair_min_y=-0.2, back_azimuth_deg=100)
+    assert np.isnan(old[crown]).all()
+
+
 def test_the_back_of_a_head_with_hair_close_to_its_skin_is_the_hair(analysis_stage):
     """tracking_3, a real photo: short dark brown hair, near his skin in hue, and red, backlit ears. With hair
     as "unlike the face's skin" his hair was skin and the back of his head took his ears' red (measured on

@@ -16,7 +16,7 @@
    fading out over about a centimetre (``edge_fade``), so a cheek seen from the side ends without a step.
    Far from known colour the ring prior takes over: the outermost seen ring continued around the head,
    behind the ears and above the nape only its hair (texels more like the photo's crown than like the
-   face's skin).
+   face's skin), and so is the unseen crown above the face outline's top (a photo that cuts it off).
 5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
    feathered into the photo region.
 6. The back of the head is looked at with mediapipe's face detector; where it finds a face there, the
@@ -210,11 +210,12 @@ class ClassicalTexture:
 
     def hair_ring(
         self, a: PortraitAnalysis, pts: np.ndarray, colors: np.ndarray, source: np.ndarray, fw: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    ) -> tuple[np.ndarray, np.ndarray | None, float, float]:
         """The photo's non-face texels ``(P,)`` bool; which texels are hair, or None without enough face
-        texels to tell; and the nape's height ``nape_height`` of the way from the nose's base to the chin
-        (head frame, metres). Hair looks like the photo's texels on the crown (``CROWN``) more than like the
-        face's skin (:func:`hair_like`); a bald head's crown is its scalp, so its back is the scalp's colour."""
+        texels to tell; the nape's height ``nape_height`` of the way from the nose's base to the chin, and
+        the face outline's top, where a hairline usually is (head frame, metres). Hair looks like the photo's
+        texels on the crown (``CROWN``) more than like the face's skin (:func:`hair_like`); a bald head's crown
+        is its scalp, so its back is the scalp's colour."""
         photo = source == PHOTO
         face, ring = photo & (fw >= FACE_TEXEL), photo & (fw < FACE_TEXEL)
         top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
@@ -225,7 +226,7 @@ class ClassicalTexture:
             hair = (
                 hair_like(colors, skin, colors[crown]) if crown.sum() >= MIN_SKIN_TEXELS else ~skin_like(colors, skin)
             )
-        return ring, hair, base + self.cfg.nape_height * (chin - base)
+        return ring, hair, base + self.cfg.nape_height * (chin - base), top
 
     def __call__(self, inputs: TextureInput, report: Reporter) -> TexturedHead:
         cfg = self.cfg
@@ -277,11 +278,11 @@ class ClassicalTexture:
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
         # ring's hair texels for the back of the head, down to the nape.
-        ring, hair, nape = self.hair_ring(a, pts, colors, source, fw)
+        ring, hair, nape, hairline = self.hair_ring(a, pts, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
             prior, hold = ring_prior(
-                pts, colors, ring, cfg.ring_min_azimuth, hair, nape, cfg.back_azimuth, report.check
+                pts, colors, ring, cfg.ring_min_azimuth, hair, nape, cfg.back_azimuth, report.check, hairline
             )
 
         # 4. Progressive inpainting along the trajectory.

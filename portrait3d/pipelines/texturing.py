@@ -469,6 +469,7 @@ def ring_prior(
     hair_min_y: float = 0.0,
     back_azimuth_deg: float = 100.0,
     check: Callable[[], None] = lambda: None,
+    hairline_y: float = np.inf,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colours ``(P, 3)`` (NaN where none) continuing the outermost seen ring around the head, and
     ``(P,)`` how firmly they hold (1: over any colour inpainted from the seen side).
@@ -482,8 +483,11 @@ def ring_prior(
     the nearest height that has them (the mean of ``BACK_NEIGHBOURS``), when a side has enough of them
     (:func:`enough_hair`), the two sides blended across the midline (where one side's hair is more than
     ``BACK_MAX_GAP_DEG`` of elevation away, the other's alone); these hold firmly, from 0 at
-    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. ``check`` is called every ``QUERY_CHUNK``
-    texels and may raise to cancel.
+    ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. Above ``hairline_y`` the whole head takes the
+    hair so, as firmly from ``CROWN_RAMP`` metres above it, so the top of a head the photo's edge cuts off
+    is the hair seen at its sides, not its forehead's skin inpainted upward (what the photo shows there
+    stays the photo's). ``check`` is called every
+    ``QUERY_CHUNK`` texels and may raise to cancel.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
     # between runs on the same input (measured), which changed nearest neighbours below.
@@ -495,7 +499,7 @@ def ring_prior(
     out = np.full_like(colors, np.nan)
     hold = np.zeros(len(colors), np.float32)
     ramp = np.clip((az - np.radians(back_azimuth_deg - BACK_RAMP_DEG)) / np.radians(BACK_RAMP_DEG), 0, 1)
-    back = (y > hair_min_y) & (ramp > 0) if hair is not None else np.zeros(len(x), bool)
+    back = ((y > hair_min_y) & (ramp > 0)) | (y > hairline_y) if hair is not None else np.zeros(len(x), bool)
     preds, weights = [], []
     for sd in (True, False):
         ring = seen & (side == sd) & (az > np.radians(min_azimuth_deg))
@@ -516,13 +520,14 @@ def ring_prior(
         w = np.stack(weights)[..., None] * ~np.isnan(p)
         with np.errstate(invalid="ignore"):
             out[back] = (np.nan_to_num(p) * w).sum(0) / w.sum(0)
-        hold[back] = ramp[back]
+        hold[back] = np.maximum(ramp, np.clip((y - hairline_y) / CROWN_RAMP, 0, 1))[back]
     return out, hold
 
 
 RING_MIN_TEXELS = 50
 HAIR_MIN_SHARE = 0.1  # hair texels fewer than this share of a ring are something else (a held card, a collar)
 BACK_RAMP_DEG = 30.0
+CROWN_RAMP = 0.02  # metres above the hairline over which the crown's hair comes to hold
 BACK_MAX_GAP_DEG = 90.0  # the back takes no side's hair from farther than this in elevation
 BACK_NEIGHBOURS = 32  # the back averages this many hair texels: sparse hair texels would tile it in patches
 SIDE_NEIGHBOURS = 16  # the sides take the median of this many ring texels: one stray texel must not tile a patch
