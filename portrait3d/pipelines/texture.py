@@ -277,12 +277,12 @@ class ClassicalTexture:
         report(0.3, "views")
 
         # A prior for what no photo pixel shows: the outermost seen ring, continued around the head, with the
-        # ring's hair texels for the back of the head, down to the nape.
+        # ring's hair texels for the back of the head, down to the nape, and for the unseen crown.
         ring, hair, nape, hairline = self.hair_ring(a, pts, colors, source, fw)
         prior, hold = None, None
         if cfg.ring_prior:
             prior, hold = ring_prior(
-                pts, colors, ring, cfg.ring_min_azimuth, hair, nape, cfg.back_azimuth, report.check, hairline
+                pts, colors, ring, cfg.ring_min_azimuth, hair, nape, cfg.back_azimuth, report.check, hairline_y=hairline
             )
 
         # 4. Progressive inpainting along the trajectory.

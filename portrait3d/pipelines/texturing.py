@@ -486,8 +486,7 @@ def ring_prior(
     ``BACK_RAMP_DEG`` before ``back_azimuth_deg`` to 1 at it. Above ``hairline_y`` the whole head takes the
     hair so, as firmly from ``CROWN_RAMP`` metres above it, so the top of a head the photo's edge cuts off
     is the hair seen at its sides, not its forehead's skin inpainted upward (what the photo shows there
-    stays the photo's). ``check`` is called every
-    ``QUERY_CHUNK`` texels and may raise to cancel.
+    stays the photo's). ``check`` is called every ``QUERY_CHUNK`` texels and may raise to cancel.
     """
     # Contiguous float64 columns: NumPy's float32 arctan2 on strided columns gave last-bit differences
     # between runs on the same input (measured), which changed nearest neighbours below.
