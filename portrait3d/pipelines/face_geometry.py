@@ -36,6 +36,8 @@ EYE_OUTER = (33, 263)
 #: The subject's right eye's contour (its mirror partners outline the left eye).
 RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 FACE_SIDES = (234, 454)
+#: The base of the nose: below it a face may be beard, moustache or lips.
+NOSE_BASE = 2
 #: mediapipe's metric canonical face (Apache-2.0, see the file's header).
 CANONICAL_FACE_FILE = Path(__file__).parent / "data" / "mediapipe_canonical_face.txt"
 # A side turned this much less toward the camera (cos) than its mirror side starts taking the mirror's
@@ -289,3 +291,18 @@ def on_photo(lm_px: np.ndarray, in_photo: np.ndarray) -> np.ndarray:
     px = np.asarray(lm_px[:MESH_POINTS, :2], np.float64)
     inside = (px >= 0).all(1) & (px < S).all(1)
     return inside & in_photo[pixel_index(px, S, S)]
+
+
+def bare_skin(pts: np.ndarray, lm3d: np.ndarray, eye_radius: float = 0.3) -> np.ndarray:
+    """Which surface points ``(P, 3)`` of a face are where it is bare skin on nearly everyone: above the
+    base of the nose (no beard, moustache or lips) and farther than ``eye_radius`` eye spans (outer
+    corners) from either iris centre (no eyes or brows), ``lm3d (478, 3)`` in the same frame. ``(P,)``
+    bool. Forehead, temples, cheekbones and nose keep the face's range of shading.
+
+    >>> lm = np.zeros((478, 3)); lm[263, 0] = 0.1; lm[[468, 473], 1] = 0.03
+    >>> bare_skin(np.array([[0.0, 0.01, 0], [0.0, -0.01, 0], [0.0, 0.08, 0]]), lm).tolist()
+    [False, False, True]
+    """
+    span = float(np.linalg.norm(lm3d[EYE_OUTER[1]] - lm3d[EYE_OUTER[0]]))
+    eyes = np.min([((pts - lm3d[i]) ** 2).sum(1) for i in IRIS_CENTRES], 0) < (eye_radius * span) ** 2
+    return (pts[:, 1] > lm3d[NOSE_BASE, 1]) & ~eyes

@@ -16,7 +16,7 @@
    fading out over about a centimetre (``edge_fade``), so a cheek seen from the side ends without a step.
    Far from known colour the ring prior takes over: the outermost seen ring continued around the head,
    behind the ears and above the nape only its hair (texels more like the photo's crown than like the
-   face's skin), and so is the unseen crown above the face outline's top (a photo that cuts it off).
+   face's bare skin), and so is the unseen crown above the face outline's top (a photo that cuts it off).
 5. Seams: texels no view saw and the atlas gutter are filled by push-pull, and filled regions are
    feathered into the photo region.
 6. The back of the head is looked at with mediapipe's face detector; where it finds a face there, the
@@ -45,7 +45,7 @@ from .back_check import (
     smooth_back,
 )
 from .camera import pixel_index, standing_rotation
-from .face_geometry import CHIN, eye_cut_side
+from .face_geometry import CHIN, NOSE_BASE, bare_skin, eye_cut_side
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -81,7 +81,6 @@ from .uv_unwrap import UVUnwrapper
 INNER = (0.12, 0.06)  # the face's inner part starts this many face widths inside its outline, fully in over this
 FACE_TEXEL = 0.5  # texels with a face weight from here up are face, never part of the hair ring
 MIN_SKIN_TEXELS = 200  # fewer face texels from the photo than this: no skin model, no hair ring
-NOSE_BASE = 2  # mediapipe landmark under the nose: the nape's height at the back of the head
 FOREHEAD_TOP = 10  # mediapipe landmark at the top of the face's outline
 # The crown: from this many face heights above the face's outline up. Between it and the outline a high
 # forehead's skin would make the hair's colour model half skin (measured on obama_partial_face2).
@@ -214,13 +213,16 @@ class ClassicalTexture:
         """The photo's non-face texels ``(P,)`` bool; which texels are hair, or None without enough face
         texels to tell; the nape's height ``nape_height`` of the way from the nose's base to the chin, and
         the face outline's top, where a hairline usually is (head frame, metres). Hair looks like the photo's
-        texels on the crown (``CROWN``) more than like the face's skin (:func:`hair_like`); a bald head's crown
-        is its scalp, so its back is the scalp's colour."""
+        texels on the crown (``CROWN``) more than like the face's skin (:func:`hair_like`), sampled where the
+        face is bare (:func:`bare_skin`); a bald head's crown is its scalp, so its back is the scalp's colour."""
         photo = source == PHOTO
         face, ring = photo & (fw >= FACE_TEXEL), photo & (fw < FACE_TEXEL)
         top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
         crown = ring & (pts[:, 1] > top + CROWN * (top - chin))
         hair = None
+        bare = face & bare_skin(pts, a.landmarks_3d)
+        if bare.sum() >= MIN_SKIN_TEXELS:  # a white beard in the skin's sample would make grey hair skin
+            face = bare
         if face.sum() >= MIN_SKIN_TEXELS:  # a crown the photo's edge cuts off: hair is what is unlike the skin
             skin = colors[face]
             hair = (
