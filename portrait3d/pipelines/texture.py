@@ -220,11 +220,11 @@ class ClassicalTexture:
         top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
         crown = ring & (pts[:, 1] > top + CROWN * (top - chin))
         hair = None
-        bare = face & bare_skin(pts, a.landmarks_3d)
-        if bare.sum() >= MIN_SKIN_TEXELS:  # a white beard in the skin's sample would make grey hair skin
-            face = bare
-        if face.sum() >= MIN_SKIN_TEXELS:  # a crown the photo's edge cuts off: hair is what is unlike the skin
-            skin = colors[face]
+        sample = face & bare_skin(pts, a.landmarks_3d)  # a white beard in it would make grey hair skin
+        if sample.sum() < MIN_SKIN_TEXELS:
+            sample = face
+        if sample.sum() >= MIN_SKIN_TEXELS:  # a crown the photo's edge cuts off: hair is what is unlike the skin
+            skin = colors[sample]
             hair = (
                 hair_like(colors, skin, colors[crown]) if crown.sum() >= MIN_SKIN_TEXELS else ~skin_like(colors, skin)
             )
