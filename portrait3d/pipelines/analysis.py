@@ -58,6 +58,11 @@ MIN_WING = 0.02
 #: A head mask that runs along the photo's edge (inside the crop) for more than this share of the crop's side is
 #: cut there, and head.json says so: the head's shape and colour beyond the edge are the head prior's.
 PAST_EDGE = 0.02
+#: A person segmentation covering less than this share of the landmarks' face failed on the photo.
+SEGMENTED_FACE = 0.5
+SEGMENTER_MISSED_NOTE = (
+    "the person segmentation missed the face; the head mask is the pose model's segmentation of the person"
+)
 PAST_EDGE_NOTE = "the head reaches past the photo's edge; its shape and colour there come from the head prior"
 
 Detection = tuple[float, tuple[float, float, float, float]]
@@ -462,10 +467,8 @@ class MediapipeAnalysis:
         )
         if cfg.mirror_hidden_side:
             lm3d = mirror_hidden_side(lm3d, cam)
-        person = self._segmenter.process(crop).segmentation_mask > 0.5
-        if self._pose is not None:
-            person &= self.this_person(crop)
         face = landmark_face_mask(lm, S)
+        person = self.person_mask(crop, face, notes)
         if self.parser is not None:
             parsed_face, parsed_head = self.parse(crop)
             if (parsed_face & face).sum() >= cfg.parsing_agreement * face.sum():
@@ -522,14 +525,22 @@ class MediapipeAnalysis:
             in_photo=in_photo,
         )
 
-    def this_person(self, crop: np.ndarray) -> np.ndarray:
-        """``(S, S)`` bool: the one person the pose model segments in the crop (grown by 2% of the crop,
-        so that it trims other people, not this one's hair), or everything when it finds none."""
-        seg = self._pose.process(crop).segmentation_mask
+    def person_mask(self, crop: np.ndarray, face: np.ndarray, notes: list[str]) -> np.ndarray:
+        """``(S, S)`` bool: the person segmentation, trimmed to the one person the pose model segments (grown
+        by 2% of the crop, so that it trims other people, not this one's hair; untrimmed where the pose model
+        finds no one). Where the person segmentation misses the landmarks' ``face`` (``(S, S)`` bool) it
+        failed on this photo (a face filling a tight crop): the pose model's person is the mask, and
+        ``notes`` say so."""
+        person = self._segmenter.process(crop).segmentation_mask > 0.5
+        seg = self._pose.process(crop).segmentation_mask if self._pose is not None else None
         if seg is None:
-            return np.ones(crop.shape[:2], bool)
+            return person
+        this = seg > 0.5
+        if (person & face).sum() < SEGMENTED_FACE * face.sum():
+            notes.append(SEGMENTER_MISSED_NOTE)
+            return this
         k = max(3, crop.shape[0] // 50) | 1
-        return cv2.dilate((seg > 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+        return person & (cv2.dilate(this.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0)
 
     def hands(self, image: np.ndarray) -> list[np.ndarray]:
         """Each hand mediapipe finds in ``image (H, W, 3)``: its 21 landmarks ``(21, 2)`` in pixels."""
