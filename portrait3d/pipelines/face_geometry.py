@@ -38,6 +38,8 @@ RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 
 FACE_SIDES = (234, 454)
 #: The base of the nose: below it a face may be beard, moustache or lips.
 NOSE_BASE = 2
+#: Eye spans about each iris centre that are eye or brow, not bare skin.
+EYE_RADIUS = 0.3
 #: Sunglasses cover a face this far (eye spans) above and below the irises' height, from temple to temple.
 EYEWEAR_BAND = 0.25
 #: mediapipe's metric canonical face (Apache-2.0, see the file's header).
@@ -295,33 +297,41 @@ def on_photo(lm_px: np.ndarray, in_photo: np.ndarray) -> np.ndarray:
     return inside & in_photo[pixel_index(px, S, S)]
 
 
+def eye_span(lm3d: np.ndarray) -> float:
+    """The distance between the eyes' outer corners of ``lm3d (478, 3)``: the face's unit for eye regions."""
+    return float(np.linalg.norm(lm3d[EYE_OUTER[1]] - lm3d[EYE_OUTER[0]]))
+
+
 def eye_distance(pts: np.ndarray, lm3d: np.ndarray) -> np.ndarray:
     """How far surface points ``(P, 3)`` are from the nearer iris centre of ``lm3d (478, 3)`` (same frame),
-    in eye spans (the eyes' outer corners apart). ``(P,)``.
+    in eye spans (:func:`eye_span`). ``(P,)``.
 
     >>> lm = np.zeros((478, 3)); lm[263, 0] = 0.1; lm[468, 0], lm[473, 0] = -0.03, 0.03
     >>> eye_distance(np.array([[0.03, 0.0, 0.0], [0.0, 0.05, 0.0]]), lm).round(2).tolist()
     [0.0, 0.58]
     """
-    span = float(np.linalg.norm(lm3d[EYE_OUTER[1]] - lm3d[EYE_OUTER[0]]))
-    return np.sqrt(np.min([((pts - lm3d[i]) ** 2).sum(1) for i in IRIS_CENTRES], 0)) / span
+    return np.sqrt(np.min([((pts - lm3d[i]) ** 2).sum(1) for i in IRIS_CENTRES], 0)) / eye_span(lm3d)
 
 
-def bare_skin(pts: np.ndarray, lm3d: np.ndarray, eye_radius: float = 0.3, eyewear: bool = False) -> np.ndarray:
+def bare_skin(pts: np.ndarray, lm3d: np.ndarray, eye_radius: float = EYE_RADIUS) -> np.ndarray:
     """Which surface points ``(P, 3)`` of a face are where it is bare skin on nearly everyone: above the
     base of the nose (no beard, moustache or lips) and farther than ``eye_radius`` eye spans (outer
     corners) from either iris centre (no eyes or brows), ``lm3d (478, 3)`` in the same frame. ``(P,)``
-    bool. Forehead, temples, cheekbones and nose keep the face's range of shading. With ``eyewear``
-    (sunglasses: lenses and arms from temple to temple) not within ``EYEWEAR_BAND`` eye spans of the
-    irises' height either.
+    bool. Forehead, temples, cheekbones and nose keep the face's range of shading.
 
     >>> lm = np.zeros((478, 3)); lm[263, 0] = 0.1; lm[[468, 473], 1] = 0.03
-    >>> pts = np.array([[0.0, 0.01, 0], [0.0, -0.01, 0], [0.0, 0.08, 0], [0.07, 0.04, 0]])
-    >>> bare_skin(pts, lm).tolist(), bare_skin(pts, lm, eyewear=True).tolist()
-    ([False, False, True, True], [False, False, True, False])
+    >>> bare_skin(np.array([[0.0, 0.01, 0], [0.0, -0.01, 0], [0.0, 0.08, 0], [0.07, 0.04, 0]]), lm).tolist()
+    [False, False, True, True]
     """
-    bare = (pts[:, 1] > lm3d[NOSE_BASE, 1]) & (eye_distance(pts, lm3d) >= eye_radius)
-    if eyewear:
-        span = float(np.linalg.norm(lm3d[EYE_OUTER[1]] - lm3d[EYE_OUTER[0]]))
-        bare &= np.abs(pts[:, 1] - lm3d[list(IRIS_CENTRES), 1].mean()) >= EYEWEAR_BAND * span
-    return bare
+    return (pts[:, 1] > lm3d[NOSE_BASE, 1]) & (eye_distance(pts, lm3d) >= eye_radius)
+
+
+def sunglasses_band(pts: np.ndarray, lm3d: np.ndarray) -> np.ndarray:
+    """Which surface points ``(P, 3)`` sunglasses would cover: within ``EYEWEAR_BAND`` eye spans of the
+    irises' height, temple to temple (lenses and arms), ``lm3d (478, 3)`` in the same frame. ``(P,)`` bool.
+
+    >>> lm = np.zeros((478, 3)); lm[263, 0] = 0.1; lm[[468, 473], 1] = 0.03
+    >>> sunglasses_band(np.array([[0.07, 0.04, 0], [0.0, 0.08, 0]]), lm).tolist()
+    [True, False]
+    """
+    return np.abs(pts[:, 1] - lm3d[list(IRIS_CENTRES), 1].mean()) < EYEWEAR_BAND * eye_span(lm3d)

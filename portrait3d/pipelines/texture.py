@@ -46,7 +46,7 @@ from .back_check import (
     smooth_back,
 )
 from .camera import pixel_index, standing_rotation
-from .face_geometry import CHIN, NOSE_BASE, bare_skin, eye_cut_side, eye_distance
+from .face_geometry import CHIN, EYE_RADIUS, NOSE_BASE, bare_skin, eye_cut_side, eye_distance, sunglasses_band
 from .registry import register
 from .render import get_rasterizer
 from .settings import setting
@@ -86,25 +86,23 @@ FOREHEAD_TOP = 10  # mediapipe landmark at the top of the face's outline
 # The crown: from this many face heights above the face's outline up. Between it and the outline a high
 # forehead's skin would make the hair's colour model half skin (measured on obama_partial_face2).
 CROWN = 0.2
-EYE_RADIUS = 0.3  # eye spans about each iris centre that are eye or brow, not bare skin
 DARK_GLASSES = 0.4  # eyes darker than this share of the bare skin's median luma are behind sunglasses
 
 
-def dark_glasses(colors: np.ndarray, face: np.ndarray, eyes: np.ndarray, bare: np.ndarray) -> bool:
-    """Whether a face wears sunglasses: its ``eyes`` texels (``(P,)`` bool, among the ``face`` ones) are
-    much darker (median luma below ``DARK_GLASSES`` of) than its ``bare`` skin; ``colors (P, 3)`` 0-255.
+def dark_glasses(colors: np.ndarray, eyes: np.ndarray, bare: np.ndarray) -> bool:
+    """Whether a face wears sunglasses: its ``eyes`` texels (``(P,)`` bool) are much darker (median luma below
+    ``DARK_GLASSES`` of) than its ``bare`` skin texels (``(P,)`` bool); ``colors (P, 3)`` 0-255.
     Measured (the ratio): 0.72-1.08 on 15 real faces without them (deep-set eyes, eye make-up, glasses), 0.13
     with (terminator_crop).
 
     >>> cols = np.array([[200.0, 150, 120]] * 300 + [[25.0, 25, 25]] * 100)  # skin; black lenses
     >>> eyes = np.arange(400) >= 300
-    >>> dark_glasses(cols, np.ones(400, bool), eyes, ~eyes)
+    >>> dark_glasses(cols, eyes, ~eyes)
     True
     >>> cols[eyes] = [150.0, 110, 95]  # eyes, lashes and brows, in the shade of the brow ridge
-    >>> dark_glasses(cols, np.ones(400, bool), eyes, ~eyes)
+    >>> dark_glasses(cols, eyes, ~eyes)
     False
     """
-    eyes, bare = face & eyes, face & bare
     if eyes.sum() < MIN_SKIN_TEXELS // 4 or bare.sum() < MIN_SKIN_TEXELS:
         return False
     luma = colors @ np.array([0.299, 0.587, 0.114])
@@ -245,10 +243,11 @@ class ClassicalTexture:
         top, base, chin = (float(a.landmarks_3d[i, 1]) for i in (FOREHEAD_TOP, NOSE_BASE, CHIN))
         crown = ring & (pts[:, 1] > top + CROWN * (top - chin))
         hair = None
-        lm = a.landmarks_3d
-        eyewear = dark_glasses(colors, face, eye_distance(pts, lm) < EYE_RADIUS, face & bare_skin(pts, lm))
         # A white beard or sunglasses in the skin sample would make grey or dark hair skin.
-        sample = face & bare_skin(pts, lm, EYE_RADIUS, eyewear)
+        lm = a.landmarks_3d
+        sample = face & bare_skin(pts, lm)
+        if dark_glasses(colors, face & (eye_distance(pts, lm) < EYE_RADIUS), sample):
+            sample &= ~sunglasses_band(pts, lm)
         if sample.sum() < MIN_SKIN_TEXELS:
             sample = face
         if sample.sum() >= MIN_SKIN_TEXELS:  # a crown the photo's edge cuts off: hair is what is unlike the skin
