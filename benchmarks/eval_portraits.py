@@ -14,8 +14,9 @@ tracking.js's photo of three men (long hair over the cheeks, a beard, glasses) a
 people, most of them tight crops; never tuned on). Set up the harness first with
 ``bash ../shared/eval/setup.sh``. Prints one row per photo, then the issue's table over the heads and
 whether each target holds, and beside the +-60 share the count over the band of yaws 50..70 on both sides
-(``BAND_YAWS``, the harness's renderer and detector); ``--sheet`` writes a contact sheet (views 0, +30,
--30, +90, -90, 180). A failed generation (a typed error) is a row too.
+(``BAND_YAWS``, the harness's renderer and detector), and the +-30 distance split by how many degrees
+each view turns from the photo's own pose (``OFF_POSE_BINS``); ``--sheet`` writes a contact sheet (views
+0, +30, -30, +90, -90, 180). A failed generation (a typed error) is a row too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ SHEET_VIEWS = ("0", "30", "-30", "90", "-90", "180")
 # The harness's default views, then the band around +-60 the side figure is one sample of: whether the
 # detector finds a face at exactly 60 flips with changes of a few pixels, its count over the band does not.
 BAND_YAWS = (50, 55, 60, 65, 70)
+# Degrees between a +-30 view and the photo's own pose: how far the view turns the face from what the photo
+# shows, which the identity distance there follows (the +-30 figure is split by it, not an issue figure).
+OFF_POSE_BINS = (0, 25, 35, 180)
 VIEWS = "0,30,-30,45,-45,60,-60,90,-90,135,-135,180," + ",".join(
     f"{s * y}" for s in (1, -1) for y in BAND_YAWS if y != 60
 )
@@ -130,6 +134,7 @@ def row_metrics(report: dict, yaw: float, ours: bool = True) -> dict:
         "d-30": side[1],
         "d_pose": v[at_pose]["id_distance"],
         "pose_view": at_pose,
+        "off_pose": [round(abs(float(k) - yaw), 1) for k in ("30", "-30")],
         "same_person": all(d is not None and d < 0.6 for d in [v["0"]["id_distance"], *side]) if has_ref else None,
         "mp60": [bool(v[k]["mediapipe"]["detected"]) for k in ("60", "-60")],
         "mp_band": band_detections(v),
@@ -168,6 +173,11 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
         ),
         ("same person at yaw 0 and +-30 (all heads)", _count(ided, "same_person"), all(r["same_person"] for r in ided)),
         ("mean identity distance at yaw +-30", f"{mean(d30):.3f}", mean(d30) <= 0.32),
+        (
+            "+-30 distance by degrees off the photo's pose",
+            by_off_pose(ok),
+            None,
+        ),
         ("identity distance at the photo's pose (mean)", f"{mean(dpose):.3f}", mean(dpose) <= 0.20),
         ("heads with a face in the back view", _count(ok, "back_face"), not any(r["back_face"] for r in ok)),
         (
@@ -184,6 +194,24 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
         ("side/front area and depth ratio in 0.8-1.3", f"{sum(shape)}/{len(ok)}", all(shape)),
         ("mean seconds per head", f"{mean([r['secs'] for r in ok]):.1f}", mean([r["secs"] for r in ok]) <= 30),
     ]
+
+
+def by_off_pose(rows: list[dict]) -> str:
+    """The mean identity distance at +-30 over the views in each bin of ``OFF_POSE_BINS`` (degrees between
+    the view and the photo's pose), with how many views: ``"<25: 0.268 (13), ..."``."""
+    pairs = [
+        (off, d)
+        for r in rows
+        if "off_pose" in r
+        for off, d in zip(r["off_pose"], (r["d30"], r["d-30"]), strict=True)
+        if d is not None
+    ]
+    parts = []
+    for lo, hi in zip(OFF_POSE_BINS, OFF_POSE_BINS[1:], strict=False):
+        ds = [d for off, d in pairs if lo <= off < hi]
+        if ds:
+            parts.append(f"{lo}-{hi}: {np.mean(ds):.3f} ({len(ds)})")
+    return ", ".join(parts) or "-"
 
 
 def _count(rows: list[dict], key: str) -> str:

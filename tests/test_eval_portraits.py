@@ -53,6 +53,18 @@ def test_the_table_over_both(bench):
     assert table["mean seconds per head"] == ("13.0", True)
 
 
+def test_the_distance_at_30_is_split_by_how_far_the_view_turns_from_the_photo(bench):
+    """A frontal photo's +-30 views are both 30 degrees from it; a photo taken from yaw 10 has its +30 view 20
+    degrees away and its -30 view 40."""
+    front = bench.row_metrics(_report("astronaut"), 0.0)
+    turned = bench.row_metrics(_report("grace_hopper_painting"), 10.0)
+    assert front["off_pose"] == [30.0, 30.0] and turned["off_pose"] == [20.0, 40.0]
+    assert bench.by_off_pose([front, turned]) == (
+        f"0-25: {0.2554:.3f} (1), 25-35: {(0.3998 + 0.3857) / 2:.3f} (2), 35-180: {0.3161:.3f} (1)"
+    )
+    assert bench.by_off_pose([{**front, "d30": None, "d-30": None}]) == "-"
+
+
 def test_a_shifted_photo_loses_its_left_columns_and_top_rows(bench, tmp_path):
     import numpy as np
     from PIL import Image
