@@ -198,7 +198,7 @@ def table(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
 
 def by_off_pose(rows: list[dict]) -> str:
     """The mean identity distance at +-30 over the views in each bin of ``OFF_POSE_BINS`` (degrees between
-    the view and the photo's pose), with how many views: ``"<25: 0.268 (13), ..."``."""
+    the view and the photo's pose), with how many views: ``"0-25: 0.268 (13), 25-35: 0.325 (58), ..."``."""
     pairs = [
         (off, d)
         for r in rows
