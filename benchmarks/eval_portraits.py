@@ -206,11 +206,24 @@ def by_off_pose(rows: list[dict]) -> str:
         for off, d in zip(r["off_pose"], (r["d30"], r["d-30"]), strict=True)
         if d is not None
     ]
+    return mean_by_bins(pairs, OFF_POSE_BINS)
+
+
+def mean_by_bins(pairs: list[tuple[float, float]], bins: tuple[float, ...], least: bool = False) -> str:
+    """The mean of the values of ``(key, value)`` pairs whose key falls in each bin ``[bins[i], bins[i+1])``,
+    with how many (and, with ``least``, the least value); empty bins are left out.
+
+    Example:
+        >>> mean_by_bins([(3, 0.2), (4, 0.4), (12, 0.5), (40, 1.0)], (0, 5, 20))
+        '0-5: 0.300 (2), 5-20: 0.500 (1)'
+        >>> mean_by_bins([(3, 0.2), (4, 0.4)], (0, 5), least=True)
+        '0-5: 0.300 (least 0.200, 2)'
+    """
     parts = []
-    for lo, hi in zip(OFF_POSE_BINS, OFF_POSE_BINS[1:], strict=False):
-        ds = [d for off, d in pairs if lo <= off < hi]
-        if ds:
-            parts.append(f"{lo}-{hi}: {np.mean(ds):.3f} ({len(ds)})")
+    for lo, hi in zip(bins, bins[1:], strict=False):
+        vs = [v for k, v in pairs if lo <= k < hi]
+        if vs:
+            parts.append(f"{lo}-{hi}: {np.mean(vs):.3f} ({f'least {min(vs):.3f}, ' if least else ''}{len(vs)})")
     return ", ".join(parts) or "-"
 
 

@@ -123,3 +123,12 @@ def test_the_band_around_60_degrees_counts_each_view(bench):
     assert old["mp_band"] is None
     table = {name: value for name, value, _ in bench.table([{**old, "secs": 10.0}])}
     assert table["mediapipe face at yaws +-50..70 (views, not an issue figure)"] == "-"
+
+
+def test_values_are_averaged_per_bin_with_the_least_on_request(bench):
+    pairs = [(0, 0.1), (4.9, 0.3), (5, 0.5), (29, 0.7), (30, 9.0)]
+    assert bench.mean_by_bins(pairs, (0, 5, 30)) == "0-5: 0.200 (2), 5-30: 0.600 (2)"
+    assert bench.mean_by_bins(pairs, (0, 5, 30), least=True) == (
+        "0-5: 0.200 (least 0.100, 2), 5-30: 0.600 (least 0.500, 2)"
+    )
+    assert bench.mean_by_bins(pairs, (100, 200)) == "-"
