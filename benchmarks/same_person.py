@@ -18,6 +18,7 @@ import itertools
 import os
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,27 @@ FRAMES = tuple(f"franck_{n:05d}.jpg" for n in (1829, 2045, 2159, 2221, 2683, 288
 GAP_BINS = (0, 5, 10, 30)
 
 
-def harness_descriptor(rgb: np.ndarray) -> np.ndarray | None:
-    """The 128-D dlib descriptor ``(128,)`` of the photo's highest-scoring HOG face ``rgb (H, W, 3)``, as the
-    shared harness computes it; None without a face."""
+@lru_cache(maxsize=1)
+def harness_models():
+    """dlib's HOG detector, 68-point shape predictor and ResNet descriptor, as the shared harness loads them."""
     import dlib
     import face_recognition_models as frm
 
-    det = dlib.get_frontal_face_detector()
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(frm.pose_predictor_model_location()),
+        dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
+    )
+
+
+def harness_descriptor(rgb: np.ndarray) -> np.ndarray | None:
+    """The 128-D dlib descriptor ``(128,)`` of the highest-scoring HOG face in ``rgb (H, W, 3)`` uint8, as
+    the shared harness computes it (upsampled once, no jitter); None without a face."""
+    det, predictor, rec = harness_models()
     rects, scores, _ = det.run(rgb, 1, 0.0)
     if not rects:
         return None
-    shape = dlib.shape_predictor(frm.pose_predictor_model_location())(rgb, rects[int(np.argmax(scores))])
-    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    shape = predictor(rgb, rects[int(np.argmax(scores))])
     return np.asarray(rec.compute_face_descriptor(rgb, shape, 0))
 
 
